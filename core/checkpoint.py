@@ -176,6 +176,10 @@ def save_model(
     _save_tensors(folder / WEIGHTS, weights, metadata={"format": "pt"})
 
 
+def write_best_params(folder: Path, record: dict[str, Any]) -> None:
+    atomic_write_text(folder / BEST_PARAMS, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
 def read_config(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG_JSON
     if not path.is_file():

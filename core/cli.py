@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import signal
 import sys
@@ -23,6 +24,7 @@ from core.trainer import LossDiverged, TrainHooks, train
 
 log = logging.getLogger("chargpt")
 DEFAULT_DATA_DIR = "dataset"
+DEFAULT_STORAGE_URL = "sqlite:///studies/gpt_tuning.db"
 
 
 class CliError(RuntimeError):
@@ -93,6 +95,7 @@ class StopOnSignal:
 
     def __init__(self) -> None:
         self.requested = False
+        self.on_request: Callable[[], None] | None = None
 
     def __enter__(self) -> StopOnSignal:
         self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -106,6 +109,8 @@ class StopOnSignal:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        if self.on_request:
+            self.on_request()
         print("\nstopping after this step and saving (Ctrl-C again to abort)", file=sys.stderr)
 
     def __call__(self) -> bool:
@@ -113,29 +118,27 @@ class StopOnSignal:
 
 
 def training_configs(
-    args: argparse.Namespace, out_dir: Path, base: dict[str, Any] | None = None
+    args: argparse.Namespace, out_dir: Path, params: dict[str, Any] | None = None
 ) -> tuple[ModelConfig, TrainConfig]:
-    """Defaults, then `base` (a study's best params or a resumed checkpoint's configs), then the flags."""
+    """Defaults (or the resumed checkpoint's configs), then tuned `params`, then the flags the user gave."""
     model_config, train_config = ModelConfig(), TrainConfig()
-    if base:
-        model_config = replace_known(model_config, base)
-        train_config = replace_known(train_config, base)
     if args.resume:
         state = ckpt.latest_checkpoint(out_dir)
         if state is not None:
             model_config = replace_known(model_config, state.state["model_config"])
             train_config = replace_known(train_config, state.state["train_config"])
-    model_config = replace_known(model_config, given(args, ModelConfig))
-    train_config = replace_known(train_config, given(args, TrainConfig))
+    flags = given(args, ModelConfig) | given(args, TrainConfig)
+    model_config = replace_known(model_config, flags)
+    train_config = replace_known(train_config, flags)
+    if params and not args.resume:
+        from core.tuning import apply_params
+
+        model_config, train_config = apply_params(params, model_config, train_config, keep=set(flags))
     return model_config.validate(), train_config.validate()
 
 
-def run_training(
-    args: argparse.Namespace,
-    base: dict[str, Any] | None = None,
-    info: dict[str, Any] | None = None,
-    extra_files: Callable[[Path], None] | None = None,
-) -> int:
+def run_training(args: argparse.Namespace, tuned: dict[str, Any] | None = None) -> int:
+    """Train `args.name`; `tuned` is a study's best-params record (see core.tuning.best_params)."""
     from tqdm import tqdm
 
     out_dir = ckpt.model_dir(args.name, args.models_dir)
@@ -148,11 +151,13 @@ def run_training(
         import shutil
 
         shutil.rmtree(out_dir)
-    model_config, train_config = training_configs(args, out_dir, base)
+    model_config, train_config = training_configs(args, out_dir, tuned["params"] if tuned else None)
     ensure_dataset(train_config.data_dir)
-    if extra_files:
+    info = None
+    if tuned:
         out_dir.mkdir(parents=True, exist_ok=True)
-        extra_files(out_dir)
+        ckpt.write_best_params(out_dir, tuned)
+        info = {"source": {k: v for k, v in tuned.items() if k != "params"}}
     bar = tqdm(total=train_config.max_iters, desc=args.name, unit="it", dynamic_ncols=True, file=sys.stderr)
 
     def on_step(event) -> None:
@@ -189,7 +194,109 @@ def run_training(
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    return run_training(args)
+    tuned = None
+    if args.from_study:
+        from core.tuning import best_params, open_study
+
+        tuned = best_params(open_study(args.from_study, args.storage))
+        print(f"using trial {tuned['trial']} of study {tuned['study']} (val {tuned['val_loss']:.4f})", file=sys.stderr)
+    return run_training(args, tuned)
+
+
+# --- tune ------------------------------------------------------------------------------------------
+
+
+def tune_config(args: argparse.Namespace):
+    from core.tuning import TuneConfig
+
+    return replace_known(TuneConfig(), given(args, TuneConfig)).validate()
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from core.tuning import SearchSpace, create_study, run_study, worker_env
+
+    config = tune_config(args)
+    space = SearchSpace.for_device(config.device)
+    if args.space:
+        space = SearchSpace.load(args.space, base=space)
+    space.validate()
+    ensure_dataset(config.data_dir)
+    create_study(config)  # once, before any worker, so that workers never race on the schema
+    if args.create_only:
+        print(f"study {config.study} is ready in {config.storage}")
+        return 0
+    if args.workers > 1:
+        per_worker = [config.trials // args.workers + (i < config.trials % args.workers) for i in range(args.workers)]
+        argv = strip_options(sys.argv[1:], {"--workers": True, "--trials": True, "--then-train": False})
+        procs = []
+        for worker, trials in enumerate(per_worker):
+            if trials:
+                command = [sys.executable, sys.argv[0], *argv, "--trials", str(trials), "--worker-index", str(worker)]
+                procs.append(subprocess.Popen(command, env=worker_env(worker, args.workers)))
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise CliError(f"worker(s) failed with exit codes {codes}")
+    else:
+
+        def report(event) -> None:
+            if event.state != "RUNNING":
+                value = f"{event.val_loss:.4f}" if event.val_loss is not None else "-"
+                print(f"trial {event.trial}: {event.state.lower()} at step {event.step}, val {value}", file=sys.stderr)
+
+        with StopOnSignal() as stop:
+            import threading
+
+            stop_event = threading.Event()
+            stop.on_request = stop_event.set
+            run_study(config, space, stop=stop_event, on_event=report, worker=args.worker_index)
+    from core.tuning import best_params, open_study, write_best_params
+
+    study = open_study(config.study, config.storage)
+    path = write_best_params(study)
+    tuned = best_params(study)
+    print(f"best: trial {tuned['trial']} val_loss={tuned['val_loss']:.4f} params={json.dumps(tuned['params'])}")
+    print(f"best params written to {path}")
+    if args.then_train:
+        return run_training(args, tuned)
+    return 0
+
+
+def strip_options(argv: list[str], options: dict[str, bool]) -> list[str]:
+    """`argv` without the named options; the bool says whether the option takes a value."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in options:
+            skip = options[name] and "=" not in arg
+            continue
+        out.append(arg)
+    return out
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    from core.tuning import list_studies
+
+    studies = list_studies(args.storage)
+    if not studies:
+        print(f"no studies in {args.storage}")
+    for summary in studies:
+        print(summary.line())
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from optuna_dashboard import run_server
+
+    from core.tuning import make_storage
+
+    print(f"optuna-dashboard for {args.storage} at http://{args.host}:{args.port} (Ctrl-C to stop)")
+    run_server(make_storage(args.storage, heartbeat=0), host=args.host, port=args.port)
+    return 0
 
 
 # --- chat ------------------------------------------------------------------------------------------
@@ -265,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model and save it under models/NAME")
     add_train_arguments(p)
+    p.add_argument("--from-study", metavar="STUDY", help="start from the best params of this study")
+    p.add_argument("--storage", default=DEFAULT_STORAGE_URL, help="storage of --from-study")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("chat", help="chat with a saved model in the terminal")
@@ -274,18 +383,41 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(p, SamplingConfig, "sampling")
     p.set_defaults(func=cmd_chat)
 
+    from core.tuning import DEFAULT_STORAGE, TuneConfig
+
+    p = sub.add_parser("tune", help="search hyperparameters with Optuna (resumable, shareable by many workers)")
+    add_dataclass_flags(p, TuneConfig, "study")
+    p.add_argument("--space", help="search space JSON file (fields not given keep their defaults)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--create-only", action="store_true", help="create the study and exit (before starting workers)")
+    p.add_argument("--then-train", action="store_true", help="train the final model with the best params")
+    add_train_arguments(p, with_data_dir=False)
+    p.set_defaults(func=cmd_tune, from_study=None)
+
+    p = sub.add_parser("studies", help="list the studies of a storage")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
+    p.set_defaults(func=cmd_studies)
+
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage (127.0.0.1)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (the dashboard has no login)")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_dashboard)
+
     for register in _extra_commands:
         register(sub)
     return parser
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
+def add_train_arguments(p: argparse.ArgumentParser, with_data_dir: bool = True) -> None:
     p.add_argument("--name", default="default", help="model name: saved under models/NAME (default: default)")
     p.add_argument("--models-dir", default="models", help="where saved models live")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of --name")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
     add_dataclass_flags(p, ModelConfig, "model")
-    add_dataclass_flags(p, TrainConfig, "training")
+    skip = () if with_data_dir else ("data_dir", "device", "seed", "eval_interval", "eval_iters")
+    add_dataclass_flags(p, TrainConfig, "final training", skip=skip)
 
 
 _extra_commands: list[Callable[[Any], None]] = []
@@ -307,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (CliError, ConfigError, DataError, ckpt.ModelError, ValueError) as err:
+    except (CliError, ConfigError, DataError, ckpt.ModelError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except LossDiverged as err:

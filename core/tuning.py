@@ -1,0 +1,577 @@
+"""Hyperparameter search with Optuna: search space, objective, storages, study lifecycle, best params.
+
+    space = SearchSpace.for_device("cpu")
+    study = run_study(TuneConfig(study="s1", trials=20), space)      # blocks; stop with a threading.Event
+    params = best_params(open_study("s1"))                            # feeds `train --from-study s1`
+
+Each trial trains with the core trainer for a short budget, reports the validation loss at every
+evaluation and is pruned by Optuna's pruner. Storage is any Optuna storage URL; the default is SQLite in
+studies/, which optuna-dashboard opens while the study runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from core.config import ConfigError, ModelConfig, TrainConfig, replace_known
+from core.data import Dataset
+from core.fileio import atomic_write_text
+from core.trainer import EvalEvent, LossDiverged, TrainHooks, train
+
+log = logging.getLogger(__name__)
+
+STUDIES_DIR = Path("studies")
+DEFAULT_STORAGE = f"sqlite:///{STUDIES_DIR}/gpt_tuning.db"
+PRUNERS = ("median", "hyperband", "none")
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class TuningError(ValueError):
+    """A bad search space, storage URL or study; the message says what to change."""
+
+
+# --- search space ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IntRange:
+    low: int
+    high: int
+    step: int = 1
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    options: tuple
+
+
+Spec = IntRange | FloatRange | Choice | int | float
+
+# Fields that must be positive whatever their spec; the others must be >= 0.
+_POSITIVE = {"lr", "n_layer", "n_head", "head_size", "batch_size", "block_size"}
+_FRACTIONS = {"dropout", "warmup_fraction", "min_lr_ratio"}
+
+
+@dataclass
+class SearchSpace:
+    """What a trial may vary. Each field is a range, a choice, or a fixed value.
+
+    Width is drawn as `n_head * head_size`, so an invalid n_embd/n_head pair is never sampled.
+    JSON form (`--space space.json`): `[low, high]` is a range (integers if both are), `{"low": .., "high":
+    .., "log": true}` a log range, `{"choices": [...]}` a choice, and a plain number a fixed value.
+    """
+
+    lr: Spec = FloatRange(3e-4, 3e-3, log=True)
+    n_layer: Spec = IntRange(2, 4)
+    n_head: Spec = Choice((2, 4))
+    head_size: Spec = Choice((16, 32))
+    dropout: Spec = FloatRange(0.0, 0.2)
+    batch_size: Spec = Choice((8, 16, 32))
+    block_size: Spec = Choice((32, 64, 128))
+    weight_decay: Spec = FloatRange(0.0, 0.2)
+    warmup_fraction: Spec = FloatRange(0.0, 0.1)
+    min_lr_ratio: Spec = 0.1
+
+    @classmethod
+    def for_device(cls, device: str = "auto") -> SearchSpace:
+        """Defaults sized for the device: small models on CPU, wider and deeper ones on a GPU."""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda"):
+            return cls(
+                n_layer=IntRange(4, 8),
+                n_head=Choice((4, 6, 8)),
+                head_size=Choice((32, 64)),
+                batch_size=Choice((32, 64)),
+                block_size=Choice((128, 256)),
+            )
+        return cls()
+
+    def validate(self) -> SearchSpace:
+        for f in dataclasses.fields(self):
+            spec = getattr(self, f.name)
+            values: list[float] = []
+            if isinstance(spec, (IntRange, FloatRange)):
+                if spec.low > spec.high:
+                    raise TuningError(f"search space {f.name}: low ({spec.low}) is greater than high ({spec.high})")
+                if isinstance(spec, FloatRange) and spec.log and spec.low <= 0:
+                    raise TuningError(f"search space {f.name}: a log range needs low > 0, got {spec.low}")
+                values = [spec.low, spec.high]
+            elif isinstance(spec, Choice):
+                if not spec.options:
+                    raise TuningError(f"search space {f.name}: the list of choices is empty")
+                values = list(spec.options)
+            elif isinstance(spec, (int, float)) and not isinstance(spec, bool):
+                values = [spec]
+            else:
+                raise TuningError(f"search space {f.name}: cannot use {spec!r}")
+            for value in values:
+                if f.name in _POSITIVE and not value > 0:
+                    raise TuningError(f"search space {f.name}: values must be > 0, got {value}")
+                if value < 0:
+                    raise TuningError(f"search space {f.name}: values must be >= 0, got {value}")
+                if f.name in _FRACTIONS and value >= 1:
+                    raise TuningError(f"search space {f.name}: values must be < 1, got {value}")
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            spec = getattr(self, f.name)
+            if isinstance(spec, IntRange):
+                out[f.name] = [spec.low, spec.high] if spec.step == 1 else dataclasses.asdict(spec)
+            elif isinstance(spec, FloatRange):
+                out[f.name] = {"low": spec.low, "high": spec.high, "log": spec.log}
+            elif isinstance(spec, Choice):
+                out[f.name] = {"choices": list(spec.options)}
+            else:
+                out[f.name] = spec
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], base: SearchSpace | None = None) -> SearchSpace:
+        """Fields missing from `data` keep the values of `base` (default: the CPU defaults)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise TuningError(f"unknown search space field(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        return dataclasses.replace(base or cls(), **{k: _parse_spec(k, v) for k, v in data.items()}).validate()
+
+    @classmethod
+    def load(cls, path: str | Path, base: SearchSpace | None = None) -> SearchSpace:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as err:
+            raise TuningError(f"cannot read search space {path}: {err.strerror}") from None
+        except ValueError as err:
+            raise TuningError(f"{path} is not valid JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise TuningError(f"{path} must hold a JSON object of field: range")
+        return cls.from_json(data, base)
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Draw one set of parameters; fixed fields are recorded but not searched."""
+        params = {f.name: _suggest(trial, f.name, getattr(self, f.name)) for f in dataclasses.fields(self)}
+        params["n_embd"] = params["n_head"] * params["head_size"]
+        return params
+
+
+def _parse_spec(name: str, value: Any) -> Spec:
+    if isinstance(value, bool):
+        raise TuningError(f"search space {name}: {value!r} is not a number")
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        low, high = value
+        if isinstance(low, int) and isinstance(high, int):
+            return IntRange(low, high)
+        return FloatRange(float(low), float(high), log=name == "lr")
+    if isinstance(value, dict) and "choices" in value:
+        return Choice(tuple(value["choices"]))
+    if isinstance(value, dict) and {"low", "high"} <= value.keys():
+        if isinstance(value["low"], int) and isinstance(value["high"], int) and not value.get("log"):
+            return IntRange(value["low"], value["high"], int(value.get("step", 1)))
+        return FloatRange(float(value["low"]), float(value["high"]), bool(value.get("log", False)))
+    raise TuningError(
+        f'search space {name}: cannot read {value!r}; use [low, high], {{"low": .., "high": .., "log": true}}, '
+        '{"choices": [...]} or a single number'
+    )
+
+
+def _suggest(trial: optuna.Trial, name: str, spec: Spec) -> Any:
+    if isinstance(spec, IntRange):
+        return spec.low if spec.low == spec.high else trial.suggest_int(name, spec.low, spec.high, step=spec.step)
+    if isinstance(spec, FloatRange):
+        return spec.low if spec.low == spec.high else trial.suggest_float(name, spec.low, spec.high, log=spec.log)
+    if isinstance(spec, Choice):
+        return spec.options[0] if len(spec.options) == 1 else trial.suggest_categorical(name, list(spec.options))
+    return spec
+
+
+def apply_params(
+    params: dict[str, Any], model_config: ModelConfig, train_config: TrainConfig, keep: set[str] = frozenset()
+) -> tuple[ModelConfig, TrainConfig]:
+    """Configs with the tuned `params` applied; fields named in `keep` (set by the user) are left alone.
+
+    `warmup_fraction` and `min_lr_ratio` become `warmup_iters` and `min_lr` for the run's own budget.
+    """
+    values = {k: v for k, v in params.items() if k not in keep}
+    if "warmup_fraction" in values and "warmup_iters" not in keep:
+        values["warmup_iters"] = round(values["warmup_fraction"] * train_config.max_iters)
+    if "min_lr_ratio" in values and "min_lr" not in keep:
+        values["min_lr"] = values["min_lr_ratio"] * values.get("lr", train_config.lr)
+    return replace_known(model_config, values), replace_known(train_config, values)
+
+
+# --- storage ---------------------------------------------------------------------------------------
+
+
+def check_study_name(name: str) -> str:
+    if not _STUDY_NAME.match(name or ""):
+        raise TuningError(f"invalid study name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    return name
+
+
+def make_storage(url: str = DEFAULT_STORAGE, *, heartbeat: int = 10) -> optuna.storages.BaseStorage:
+    """An Optuna storage for `url`.
+
+    On RDB storages a running trial beats every `heartbeat` seconds (0 = off); a trial silent for three
+    beats (its worker was killed) is marked FAIL and queued again, up to twice.
+    """
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if url.startswith(("sqlite://", "postgresql", "mysql", "mariadb", "oracle", "mssql")):
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+        else:
+            kwargs["engine_kwargs"] = {"pool_pre_ping": True, "connect_args": _connect_timeout(url)}
+        if heartbeat:
+            kwargs.update(
+                heartbeat_interval=heartbeat,
+                grace_period=3 * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except ImportError as err:
+            raise TuningError(
+                f"the database driver for {url.split(':')[0]} is not installed ({err.name}); pip install it"
+            ) from None
+        except Exception as err:  # SQLAlchemy raises many kinds; all mean "cannot use this database"
+            raise TuningError(f"cannot open storage {_redact(url)}: {_first_line(err)}") from None
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        return optuna.storages.JournalStorage(backend)
+    if url.startswith("grpc://"):
+        host, _, port = url.removeprefix("grpc://").rpartition(":")
+        if not host or not port.isdigit():
+            raise TuningError(f"grpc storage needs grpc://HOST:PORT, got {url!r}")
+        return optuna.storages.GrpcStorageProxy(host=host, port=int(port))
+    raise TuningError(
+        f"unknown storage {url!r}; use sqlite:///PATH, postgresql://USER:PASS@HOST/DB, mysql+pymysql://..., "
+        "journal:PATH or grpc://HOST:PORT"
+    )
+
+
+def _connect_timeout(url: str) -> dict[str, Any]:
+    return {"connect_timeout": 10} if url.startswith("postgresql") else {}
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def make_pruner(name: str, min_resource: int = 1, max_resource: int | str = "auto") -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=min_resource)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=max_resource)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise TuningError(f"unknown pruner {name!r}; use one of {', '.join(PRUNERS)}")
+
+
+def open_study(name: str, storage: str = DEFAULT_STORAGE) -> optuna.Study:
+    """An existing study, or a clear error listing the studies the storage has."""
+    check_study_name(name)
+    backend = make_storage(storage, heartbeat=0)
+    try:
+        return optuna.load_study(study_name=name, storage=backend)
+    except KeyError:
+        known = ", ".join(s.study_name for s in optuna.get_all_study_summaries(backend)) or "none"
+        raise TuningError(f"no study named {name!r} in {_redact(storage)} (studies: {known})") from None
+
+
+# --- running a study -------------------------------------------------------------------------------
+
+
+@dataclass
+class TuneConfig:
+    study: str = field(default="default", metadata={"help": "study name"})
+    storage: str = field(default=DEFAULT_STORAGE, metadata={"help": "Optuna storage URL"})
+    trials: int = field(default=20, metadata={"help": "trials to run in this call"})
+    timeout: float = field(default=0.0, metadata={"help": "stop starting trials after this many seconds (0 = none)"})
+    trial_iters: int = field(default=300, metadata={"help": "training steps per trial"})
+    trial_seconds: float = field(default=0.0, metadata={"help": "time budget per trial in seconds (0 = none)"})
+    eval_interval: int = field(default=50, metadata={"help": "steps between evaluations (pruning points)"})
+    eval_iters: int = field(default=20, metadata={"help": "batches per evaluation"})
+    pruner: str = field(default="median", metadata={"help": "median, hyperband or none"})
+    seed: int = field(default=0, metadata={"help": "study seed: sampler and per-trial seeds derive from it"})
+    data_dir: str = field(default="dataset", metadata={"help": "prepared dataset folder"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
+    heartbeat: int = field(default=10, metadata={"help": "seconds between trial heartbeats (RDB storages)"})
+
+    def validate(self) -> TuneConfig:
+        check_study_name(self.study)
+        if self.trials <= 0:
+            raise TuningError(f"trials must be > 0, got {self.trials}")
+        if self.trial_iters <= 0 or self.eval_interval <= 0 or self.eval_iters <= 0:
+            raise TuningError("trial_iters, eval_interval and eval_iters must be > 0")
+        if self.timeout < 0 or self.trial_seconds < 0:
+            raise TuningError("timeout and trial_seconds must be >= 0")
+        make_pruner(self.pruner)
+        return self
+
+
+@dataclass
+class TrialEvent:
+    """What a running study reports to its caller after each evaluation and each finished trial."""
+
+    trial: int
+    state: str  # RUNNING, COMPLETE, PRUNED, FAIL
+    step: int = 0
+    val_loss: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def create_study(config: TuneConfig, worker: int = 0) -> optuna.Study:
+    sampler = optuna.samplers.TPESampler(seed=config.seed + 1000 * worker, multivariate=True, group=True)
+    pruner = make_pruner(config.pruner, min_resource=config.eval_interval, max_resource=config.trial_iters)
+    try:
+        return optuna.create_study(
+            study_name=check_study_name(config.study),
+            storage=make_storage(config.storage, heartbeat=config.heartbeat),
+            sampler=sampler,
+            pruner=pruner,
+            direction="minimize",
+            load_if_exists=True,
+        )
+    except TuningError:
+        raise
+    except Exception as err:
+        raise TuningError(
+            f"cannot create study {config.study!r} in {_redact(config.storage)}: {_first_line(err)}"
+        ) from None
+
+
+def trial_configs(params: dict[str, Any], config: TuneConfig, trial_number: int) -> tuple[ModelConfig, TrainConfig]:
+    base = TrainConfig(
+        data_dir=config.data_dir,
+        max_iters=config.trial_iters,
+        max_minutes=config.trial_seconds / 60,
+        eval_interval=config.eval_interval,
+        eval_iters=config.eval_iters,
+        sample_chars=0,
+        seed=config.seed * 100_003 + trial_number,
+        device=config.device,
+    )
+    return apply_params(params, ModelConfig(), base)
+
+
+def make_objective(
+    config: TuneConfig,
+    space: SearchSpace,
+    dataset: Dataset,
+    stop: threading.Event,
+    on_event: Callable[[TrialEvent], None] | None = None,
+) -> Callable[[optuna.Trial], float]:
+    def objective(trial: optuna.Trial) -> float:
+        params = space.suggest(trial)
+        model_config, train_config = trial_configs(params, config, trial.number)
+        try:
+            model_config.validate()
+            dataset.check_block_size(model_config.block_size)
+        except (ConfigError, ValueError) as err:
+            trial.set_user_attr("reason", str(err))
+            raise optuna.TrialPruned(str(err)) from None
+        trial.set_user_attr("params", params)
+
+        def on_eval(event: EvalEvent) -> None:
+            trial.report(event.val_loss, event.step)
+            if on_event:
+                on_event(TrialEvent(trial.number, "RUNNING", event.step, event.val_loss, params))
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {event.step} (val {event.val_loss:.4f})")
+
+        started = time.perf_counter()
+        try:
+            result = train(
+                model_config,
+                train_config,
+                hooks=TrainHooks(on_eval=on_eval, should_stop=stop.is_set),
+                dataset=dataset,
+            )
+        except LossDiverged as err:
+            trial.set_user_attr("reason", f"diverged: {err}")
+            raise optuna.TrialPruned("loss diverged") from None
+        except torch.OutOfMemoryError:
+            trial.set_user_attr("reason", "out of memory")
+            raise optuna.TrialPruned("out of memory") from None
+        finally:
+            trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        trial.set_user_attr("tokens_per_s", round(result.tokens_per_s))
+        trial.set_user_attr("best_step", result.best_step)
+        if result.stop_reason == "stopped":
+            trial.set_user_attr("reason", "stopped by the user")
+            raise optuna.TrialPruned("stopped by the user")
+        return result.val_loss
+
+    return objective
+
+
+def run_study(
+    config: TuneConfig,
+    space: SearchSpace,
+    *,
+    stop: threading.Event | None = None,
+    on_event: Callable[[TrialEvent], None] | None = None,
+    worker: int = 0,
+) -> optuna.Study:
+    """Run `config.trials` more trials in this process (other workers add their own); returns the study."""
+    config.validate()
+    space.validate()
+    stop = stop or threading.Event()
+    dataset = Dataset(config.data_dir)
+    study = create_study(config, worker)
+    study.set_user_attr("search_space", space.to_json())
+    study.set_user_attr("data_dir", str(Path(config.data_dir).resolve()))
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if on_event:
+            value = trial.value if trial.value is not None else _last_intermediate(trial)
+            on_event(
+                TrialEvent(trial.number, trial.state.name, _last_step(trial), value, trial.user_attrs.get("params", {}))
+            )
+        write_best_params(study)
+        if stop.is_set():
+            study.stop()
+
+    objective = make_objective(config, space, dataset, stop, on_event)
+    study.optimize(
+        objective,
+        n_trials=config.trials,
+        timeout=config.timeout or None,
+        callbacks=[after_trial],
+        gc_after_trial=True,
+    )
+    gc.collect()
+    return study
+
+
+def _last_step(trial: optuna.trial.FrozenTrial) -> int:
+    return max(trial.intermediate_values, default=0)
+
+
+def _last_intermediate(trial: optuna.trial.FrozenTrial) -> float | None:
+    return trial.intermediate_values[_last_step(trial)] if trial.intermediate_values else None
+
+
+# --- results ---------------------------------------------------------------------------------------
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    try:
+        return study.best_trial
+    except ValueError:
+        raise TuningError(f"study {study.study_name!r} has no completed trial yet; run more trials") from None
+
+
+def best_params(study: optuna.Study) -> dict[str, Any]:
+    """The best trial's full parameters (searched and fixed), with where they came from."""
+    trial = best_trial(study)
+    return {
+        "params": trial.user_attrs.get("params", trial.params),
+        "study": study.study_name,
+        "trial": trial.number,
+        "val_loss": trial.value,
+    }
+
+
+def best_params_path(study_name: str) -> Path:
+    return STUDIES_DIR / f"{check_study_name(study_name)}.best.json"
+
+
+def write_best_params(study: optuna.Study) -> Path | None:
+    try:
+        record = best_params(study)
+    except TuningError:
+        return None
+    path = best_params_path(study.study_name)
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+@dataclass
+class StudySummary:
+    name: str
+    complete: int
+    pruned: int
+    failed: int
+    running: int
+    best_value: float | None
+    best_trial: int | None
+
+    def line(self) -> str:
+        best = f"{self.best_value:.4f} (trial {self.best_trial})" if self.best_value is not None else "-"
+        return (
+            f"{self.name:<24} complete {self.complete:>4}  pruned {self.pruned:>4}  failed {self.failed:>3}  "
+            f"running {self.running:>2}  best {best}"
+        )
+
+
+def list_studies(storage: str = DEFAULT_STORAGE) -> list[StudySummary]:
+    backend = make_storage(storage, heartbeat=0)
+    summaries = []
+    states = optuna.trial.TrialState
+    for summary in optuna.get_all_study_summaries(backend, include_best_trial=True):
+        study = optuna.load_study(study_name=summary.study_name, storage=backend)
+        counts = {state: 0 for state in states}
+        for trial in study.get_trials(deepcopy=False):
+            counts[trial.state] += 1
+        best = summary.best_trial
+        summaries.append(
+            StudySummary(
+                name=summary.study_name,
+                complete=counts[states.COMPLETE],
+                pruned=counts[states.PRUNED],
+                failed=counts[states.FAIL],
+                running=counts[states.RUNNING],
+                best_value=best.value if best and best.value is not None and math.isfinite(best.value) else None,
+                best_trial=best.number if best else None,
+            )
+        )
+    return summaries
+
+
+def worker_env(worker: int, workers: int) -> dict[str, str]:
+    """Environment for worker `worker` of `workers`: its own GPU when there are several, else a share of cores."""
+    env = dict(os.environ)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus > 1:
+        env["CUDA_VISIBLE_DEVICES"] = str(worker % gpus)
+    else:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    return env

@@ -1,0 +1,285 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from core.config import ModelConfig, TrainConfig
+from core.tuning import (
+    Choice,
+    FloatRange,
+    IntRange,
+    SearchSpace,
+    TuneConfig,
+    TuningError,
+    apply_params,
+    best_params,
+    list_studies,
+    make_storage,
+    open_study,
+    run_study,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_SPACE = SearchSpace(
+    lr=FloatRange(1e-5, 1e-2, log=True),
+    n_layer=IntRange(1, 2),
+    n_head=Choice((2,)),
+    head_size=Choice((8, 16)),
+    dropout=0.0,
+    batch_size=Choice((4, 8)),
+    block_size=Choice((16, 32)),
+    weight_decay=FloatRange(0.0, 0.1),
+    warmup_fraction=0.05,
+)
+
+
+def tune_config(tmp_path: Path, dataset_dir: Path, **overrides) -> TuneConfig:
+    values = dict(
+        study="t",
+        storage=f"sqlite:///{tmp_path}/studies.db",
+        trials=6,
+        trial_iters=30,
+        eval_interval=10,
+        eval_iters=2,
+        data_dir=str(dataset_dir),
+        device="cpu",
+        heartbeat=1,
+    )
+    return TuneConfig(**(values | overrides))
+
+
+def test_trials_complete_and_prune_and_the_study_resumes(tmp_path, dataset_dir):
+    events = []
+    config = tune_config(tmp_path, dataset_dir, trials=6)
+    study = run_study(config, TINY_SPACE, on_event=events.append)
+    states = [t.state for t in study.trials]
+    assert len(states) == 6
+    assert states.count(optuna.trial.TrialState.COMPLETE) >= 3
+    assert states.count(optuna.trial.TrialState.PRUNED) >= 1
+    assert {e.state for e in events} >= {"RUNNING", "COMPLETE", "PRUNED"}
+    best = best_params(study)
+    assert best["params"]["n_embd"] == best["params"]["n_head"] * best["params"]["head_size"]
+    assert best["val_loss"] == min(t.value for t in study.trials if t.value is not None)
+    again = run_study(tune_config(tmp_path, dataset_dir, trials=2), TINY_SPACE)
+    assert len(again.trials) == 8  # re-running continues the same study
+    summary = list_studies(config.storage)[0]
+    assert summary.name == "t" and summary.complete + summary.pruned == 8
+
+
+def test_stop_event_ends_the_study_and_keeps_finished_trials(tmp_path, dataset_dir):
+    stop = threading.Event()
+    finished = []
+
+    def on_event(event):
+        if event.state != "RUNNING":
+            finished.append(event)
+            stop.set()
+
+    study = run_study(tune_config(tmp_path, dataset_dir, trials=20), TINY_SPACE, stop=stop, on_event=on_event)
+    assert len(study.trials) == 1 and len(finished) == 1
+
+
+def test_search_space_json_round_trip_and_fixed_values(tmp_path):
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps({"lr": [1e-4, 1e-3], "n_layer": [2, 3], "n_head": {"choices": [2, 4]}, "dropout": 0.1}))
+    space = SearchSpace.load(path)
+    assert space.lr == FloatRange(1e-4, 1e-3, log=True)
+    assert space.n_layer == IntRange(2, 3) and space.n_head == Choice((2, 4)) and space.dropout == 0.1
+    assert SearchSpace.from_json(space.to_json()) == space
+    trial = optuna.create_study().ask()
+    params = space.suggest(trial)
+    assert params["dropout"] == 0.1 and "dropout" not in trial.params
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"lr": [1e-2, 1e-4]}, "greater than high"),
+        ({"n_head": {"choices": []}}, "empty"),
+        ({"batch_size": [0, 4]}, "must be > 0"),
+        ({"dropout": [0.0, 1.5]}, "must be < 1"),
+        ({"width": [1, 2]}, "unknown search space field"),
+        ({"lr": "fast"}, "cannot read"),
+    ],
+)
+def test_bad_search_spaces_are_rejected(data, message):
+    with pytest.raises(TuningError, match=message):
+        SearchSpace.from_json(data)
+
+
+def test_bad_tuning_inputs(tmp_path, dataset_dir):
+    with pytest.raises(TuningError, match="trials must be > 0"):
+        tune_config(tmp_path, dataset_dir, trials=0).validate()
+    with pytest.raises(TuningError, match="unknown storage"):
+        make_storage("redis-ish://nowhere")
+    with pytest.raises(TuningError, match="cannot open storage|cannot create study"):
+        run_study(tune_config(tmp_path, dataset_dir, storage="postgresql://u:secret@127.0.0.1:1/db"), TINY_SPACE)
+    with pytest.raises(TuningError, match="unknown pruner"):
+        tune_config(tmp_path, dataset_dir, pruner="sometimes").validate()
+    with pytest.raises(TuningError, match="no study named 'nope'"):
+        open_study("nope", f"sqlite:///{tmp_path}/studies.db")
+
+
+def test_params_become_configs_for_the_final_budget():
+    params = {"lr": 2e-3, "n_head": 4, "n_embd": 64, "warmup_fraction": 0.1, "min_lr_ratio": 0.1, "batch_size": 8}
+    model, train = apply_params(params, ModelConfig(), TrainConfig(max_iters=1000), keep={"batch_size"})
+    assert model.n_embd == 64 and model.n_head == 4
+    assert train.warmup_iters == 100 and train.min_lr == pytest.approx(2e-4) and train.batch_size == 12
+
+
+def run_app(*args, cwd, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        **kwargs,
+    )
+
+
+TINY_TUNE = ["--trial-iters", "20", "--eval-interval", "10", "--eval-iters", "2", "--device", "cpu", "--heartbeat", "1"]
+
+
+@pytest.fixture
+def space_file(tmp_path):
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(TINY_SPACE.to_json()))
+    return path
+
+
+def test_tune_then_train_from_the_study(tmp_path, dataset_dir, space_file):
+    data = ["--data-dir", str(dataset_dir)]
+    result = run_app(
+        "tune", "--study", "s1", "--trials", "3", "--space", str(space_file), *TINY_TUNE, *data, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    best = json.loads((tmp_path / "studies" / "s1.best.json").read_text())
+    listing = run_app("studies", cwd=tmp_path)
+    assert "s1" in listing.stdout and "complete" in listing.stdout
+    trained = run_app(
+        "train",
+        "--from-study",
+        "s1",
+        "--name",
+        "final",
+        "--max-iters",
+        "15",
+        "--eval-interval",
+        "5",
+        *data,
+        cwd=tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr
+    folder = tmp_path / "models" / "final"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["source"] == {"study": "s1", "trial": best["trial"], "val_loss": best["val_loss"]}
+    assert config["model"]["n_embd"] == best["params"]["n_embd"]
+    assert config["train"]["max_iters"] == 15  # the final budget, not the trials'
+    assert json.loads((folder / "best_params.json").read_text())["params"] == best["params"]
+
+
+def test_two_workers_share_one_study(tmp_path, dataset_dir, space_file):
+    result = run_app(
+        "tune",
+        "--study",
+        "w",
+        "--trials",
+        "4",
+        "--workers",
+        "2",
+        "--space",
+        str(space_file),
+        "--data-dir",
+        str(dataset_dir),
+        *TINY_TUNE,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    study = open_study("w", "sqlite:///studies/gpt_tuning.db".replace("studies/", f"{tmp_path}/studies/"))
+    assert len(study.trials) == 4
+    assert all(t.state != optuna.trial.TrialState.FAIL for t in study.trials)
+    assert len({t.number for t in study.trials}) == 4
+
+
+def test_killed_worker_trial_is_failed_and_retried(tmp_path, dataset_dir, space_file):
+    storage = f"sqlite:///{tmp_path}/kill.db"
+    slow = [
+        "--trial-iters",
+        "100000",
+        "--eval-interval",
+        "50",
+        "--eval-iters",
+        "1",
+        "--device",
+        "cpu",
+        "--heartbeat",
+        "1",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "app.py"),
+            "tune",
+            "--study",
+            "k",
+            "--storage",
+            storage,
+            "--trials",
+            "1",
+            "--space",
+            str(space_file),
+            "--data-dir",
+            str(dataset_dir),
+            *slow,
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            trials = open_study("k", storage).trials
+        except TuningError:
+            continue
+        if trials and trials[0].state == optuna.trial.TrialState.RUNNING:
+            break
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    time.sleep(4)  # > grace period (3 heartbeats of 1 s)
+    result = run_app(
+        "tune",
+        "--study",
+        "k",
+        "--storage",
+        storage,
+        "--trials",
+        "1",
+        "--space",
+        str(space_file),
+        "--data-dir",
+        str(dataset_dir),
+        *TINY_TUNE,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    trials = open_study("k", storage).trials
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    retried = [t for t in trials[1:] if t.system_attrs.get("failed_trial") == 0 or t.params == trials[0].params]
+    assert retried and retried[0].state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
