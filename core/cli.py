@@ -46,8 +46,25 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str, 
         if f.type in (bool, "bool"):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
-            kind = {"int": int, "float": float, "str": str}.get(str(f.type), type(default))
+            kind = (
+                _friendly(f.metadata["type"]) if "type" in f.metadata else _PLAIN_TYPES.get(str(f.type), type(default))
+            )
             group.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper())
+
+
+_PLAIN_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _friendly(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Let argparse show the parser's own error message instead of 'invalid value'."""
+
+    def wrapped(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return wrapped
 
 
 def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:

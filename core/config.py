@@ -106,6 +106,21 @@ class TrainConfig:
         return self
 
 
+def parse_duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `20m`, `1.5h`; a clear error otherwise."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = str(text).strip().lower()
+    scale = units.get(text[-1:])
+    number = text[:-1] if scale else text
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        raise ConfigError(f"cannot read duration {text!r}; use e.g. 90, 90s, 20m or 1.5h") from None
+    if seconds < 0:
+        raise ConfigError(f"duration must be >= 0, got {text!r}")
+    return seconds
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 

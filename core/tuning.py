@@ -28,7 +28,7 @@ from typing import Any
 import optuna
 import torch
 
-from core.config import ConfigError, ModelConfig, TrainConfig, replace_known
+from core.config import ConfigError, ModelConfig, TrainConfig, parse_duration, replace_known
 from core.data import Dataset
 from core.fileio import atomic_write_text
 from core.trainer import EvalEvent, LossDiverged, TrainHooks, train
@@ -321,9 +321,14 @@ class TuneConfig:
     study: str = field(default="default", metadata={"help": "study name"})
     storage: str = field(default=DEFAULT_STORAGE, metadata={"help": "Optuna storage URL"})
     trials: int = field(default=20, metadata={"help": "trials to run in this call"})
-    timeout: float = field(default=0.0, metadata={"help": "stop starting trials after this many seconds (0 = none)"})
+    timeout: float = field(
+        default=0.0,
+        metadata={"help": "stop starting trials after this long: 1200, 20m, 1h (0 = none)", "type": parse_duration},
+    )
     trial_iters: int = field(default=300, metadata={"help": "training steps per trial"})
-    trial_seconds: float = field(default=0.0, metadata={"help": "time budget per trial in seconds (0 = none)"})
+    trial_seconds: float = field(
+        default=0.0, metadata={"help": "time budget per trial: 60, 90s, 2m (0 = none)", "type": parse_duration}
+    )
     eval_interval: int = field(default=50, metadata={"help": "steps between evaluations (pruning points)"})
     eval_iters: int = field(default=20, metadata={"help": "batches per evaluation"})
     pruner: str = field(default="median", metadata={"help": "median, hyperband or none"})

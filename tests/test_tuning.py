@@ -283,3 +283,11 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path, dataset_dir, space_
     retried = [t for t in trials[1:] if t.system_attrs.get("failed_trial") == 0 or t.params == trials[0].params]
     assert retried and retried[0].state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_durations_read_like_a_person_writes_them():
+    from core.config import ConfigError, parse_duration
+
+    assert parse_duration("20m") == 1200 and parse_duration("90") == 90 and parse_duration("1.5h") == 5400
+    with pytest.raises(ConfigError, match="20x"):
+        parse_duration("20x")
