@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from core import checkpoint as ckpt
 from core.config import ConfigError, ModelConfig, TrainConfig, replace_known, to_dict
 from core.data import DataError, prepare
@@ -461,6 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except LossDiverged as err:
         print(f"error: {err}", file=sys.stderr)
+        return 3
+    except (MemoryError, torch.OutOfMemoryError):
+        print("error: out of memory; lower --batch-size, --block-size or the model size", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

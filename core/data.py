@@ -373,7 +373,7 @@ class Dataset:
             encode_text_files(self.data_dir, self.vocab)
         self.tokens = {split: _memmap(self.data_dir / _bin_name(split), self.vocab.dtype) for split in SPLITS}
         for split, tokens in self.tokens.items():
-            if len(tokens) < 2:
+            if len(tokens) == 0:
                 raise DataError(f"{self.data_dir / SPLITS[split]} is empty; run `python app.py prepare` again")
 
     def check_block_size(self, block_size: int) -> None:

@@ -215,7 +215,14 @@ def train(
             "model_config": to_dict(model_config),
             "train_config": to_dict(train_config),
         }
-        ckpt.save_checkpoint(out, step, weights, best_weights or weights, optimizer.state_dict(), rng, state)
+        try:
+            ckpt.save_checkpoint(out, step, weights, best_weights or weights, optimizer.state_dict(), rng, state)
+        except OSError as err:
+            previous = ckpt.latest_checkpoint(out)
+            kept = f"the checkpoint of step {previous.step} is intact" if previous else "no earlier checkpoint exists"
+            raise ckpt.ModelError(
+                f"cannot write a checkpoint in {out} ({err.strerror or err}); {kept}. Free disk space, then --resume."
+            ) from err
         record = {
             **summary,
             "summary": {
