@@ -1,0 +1,1 @@
+"""The Gradio workbench over core/ (see DESIGN.md, "Workbench")."""
