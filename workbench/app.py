@@ -1,0 +1,211 @@
+"""The Gradio workbench: four tabs over core/, background jobs, and optuna-dashboard beside it.
+
+python app.py                      # http://127.0.0.1:7860
+python app.py --share --auth me:secret
+python app.py serve --host 0.0.0.0 --port 8000 --auth-file users.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socketserver
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+from workbench.jobs import JobManager  # noqa: E402
+from workbench.project import UPLOAD_LIMIT_MB, Project  # noqa: E402
+from workbench.tabs.chat import build_chat  # noqa: E402
+from workbench.tabs.dataset import build_dataset  # noqa: E402
+from workbench.tabs.train import build_train  # noqa: E402
+from workbench.tabs.tune import StudyReader, build_tune  # noqa: E402
+from workbench.ui import CSS  # noqa: E402
+
+log = logging.getLogger("workbench")
+THEME = gr.themes.Soft()
+
+
+def build_app(
+    project: Project, jobs: JobManager | None = None, dashboard_url: str | None = None
+) -> tuple[gr.Blocks, JobManager]:
+    """The workbench page. Jobs live in `jobs` (one manager per server), not in the page."""
+    jobs = jobs or JobManager()
+    reader = StudyReader(project.storage)
+    with gr.Blocks(title="chargpt workbench") as demo:
+        gr.Markdown(
+            "# chargpt workbench\nTrain a character-level GPT on your own text, tune it with Optuna, chat with it. "
+            "Jobs keep running on the server when you close or reload this page."
+        )
+        with gr.Tabs():
+            with gr.Tab("Dataset", id="dataset"):
+                build_dataset(project, jobs)
+            with gr.Tab("Tune", id="tune"):
+                build_tune(project, jobs, reader, dashboard_url)
+            with gr.Tab("Train", id="train") as train_tab:
+                train = build_train(project, jobs, reader)
+            with gr.Tab("Chat", id="chat") as chat_tab:
+                chat = build_chat(project)
+        refresh_models, model = chat["refresh"]
+        chat_tab.select(refresh_models, model, model, api_visibility="private")
+        refresh_lists, current, lists = train["refresh"]
+        train_tab.select(refresh_lists, current, lists, api_visibility="private")
+    demo.queue(default_concurrency_limit=4)
+    return demo, jobs
+
+
+# --- optuna-dashboard ------------------------------------------------------------------------------
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it so
+        log.debug("dashboard: " + format, *args)
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class Dashboard:
+    """optuna-dashboard on 127.0.0.1 in a thread; `close()` stops it (run_server cannot be stopped)."""
+
+    def __init__(self, storage_url: str, host: str = "127.0.0.1", port: int = 0):
+        from optuna_dashboard import wsgi
+
+        from core.tuning import make_storage
+
+        app = wsgi(make_storage(storage_url, heartbeat=0))
+        self.server = make_server(host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+        self.url = f"http://{host}:{self.server.server_port}/dashboard/"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="optuna-dashboard", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# --- launch ----------------------------------------------------------------------------------------
+
+
+def read_auth(auth: str | None, auth_file: str | None) -> list[tuple[str, str]]:
+    """user:password pairs from --auth and --auth-file (one pair a line; blank lines and # comments skipped)."""
+    pairs = []
+    lines = [auth] if auth else []
+    if auth_file:
+        try:
+            lines += Path(auth_file).read_text(encoding="utf-8").splitlines()
+        except OSError as err:
+            raise SystemExit(f"error: cannot read --auth-file {auth_file}: {err.strerror}") from None
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep or not user or not password:
+            raise SystemExit("error: credentials must look like user:password")
+        pairs.append((user, password))
+    return pairs
+
+
+def launch(
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    *,
+    share: bool = False,
+    auth: list[tuple[str, str]] | None = None,
+    root: str | Path = ".",
+    storage: str = "",
+    dashboard: bool = True,
+    block: bool = True,
+) -> tuple[gr.Blocks, JobManager, Dashboard | None]:
+    """Serve the workbench; with `block=False` return at once (tests)."""
+    project = Project(Path(root), storage=storage)
+    if not project.has_dataset():
+        from core.cli import ensure_dataset
+        from core.data import prepare
+
+        if project.root == Path.cwd().resolve():
+            ensure_dataset("dataset")
+        else:
+            print(prepare(None, project.data_dir).summary(), file=sys.stderr)
+    board = None
+    if dashboard:
+        try:
+            board = Dashboard(project.storage)
+        except Exception as err:  # the workbench works without it
+            print(f"optuna-dashboard could not start: {err}", file=sys.stderr)
+    if (share or host not in ("127.0.0.1", "localhost", "::1")) and not auth:
+        where = "a public share link" if share else f"--host {host}"
+        print(
+            f"WARNING: {where} without --auth lets anyone who can reach it use this workbench "
+            "(train, upload, read its models). Add --auth user:password.",
+            file=sys.stderr,
+        )
+    demo, jobs = build_app(project, dashboard_url=board.url if board else None)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        auth=auth or None,
+        max_file_size=f"{UPLOAD_LIMIT_MB}mb",
+        prevent_thread_lock=True,
+        quiet=not block,
+        theme=THEME,
+        css=CSS,
+        footer_links=["api", "gradio"],
+    )
+    if share and not getattr(demo, "share_url", None):
+        print(
+            f"No public share link could be created (no internet access?). The workbench is still served "
+            f"at http://{host}:{port}",
+            file=sys.stderr,
+        )
+    if board:
+        print(f"optuna-dashboard: {board.url} (this machine only: it has no login)", file=sys.stderr)
+    if block:
+        try:
+            demo.block_thread()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            print("stopping: running jobs save and end…", file=sys.stderr)
+            jobs.shutdown()
+            demo.close()
+            if board:
+                board.close()
+    return demo, jobs, board
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python app.py [serve]", description="Open the chargpt workbench.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument("--share", action="store_true", help="ask Gradio for a temporary public link")
+    parser.add_argument("--auth", metavar="USER:PASS", help="require this login")
+    parser.add_argument("--auth-file", metavar="FILE", help="logins, one user:password a line")
+    parser.add_argument("--storage", default="", help="Optuna storage URL (default: sqlite:///studies/gpt_tuning.db)")
+    parser.add_argument("--no-dashboard", action="store_true", help="do not start optuna-dashboard")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    launch(
+        args.host,
+        args.port,
+        share=args.share,
+        auth=read_auth(args.auth, args.auth_file),
+        storage=args.storage,
+        dashboard=not args.no_dashboard,
+    )
+    return 0

@@ -1,0 +1,309 @@
+"""Train tab: parameters from a study's best trial or by hand, a background training run, saved models."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+import gradio as gr
+
+from core import checkpoint as ckpt
+from core.config import ConfigError, ModelConfig, TrainConfig, replace_known
+from core.data import DataError
+from core.trainer import TrainHooks, train
+from core.tuning import TuningError, apply_params, best_params, open_study
+from workbench.jobs import JobBusy, JobManager
+from workbench.project import Project
+from workbench.tabs.tune import StudyReader
+from workbench.ui import error_html, fmt_seconds, job_status_html, loss_figure, ok_html, progress_html, read_metrics
+
+MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
+TRAIN_FIELDS = ("batch_size", "lr", "weight_decay", "warmup_iters")
+BUDGET_FIELDS = ("max_iters", "max_minutes", "eval_interval", "eval_iters", "sample_chars")
+INT_FIELDS = {"n_layer", "n_head", "n_embd", "block_size", "batch_size", "warmup_iters", "max_iters"} | {
+    "eval_interval",
+    "eval_iters",
+    "sample_chars",
+}
+LABELS = {
+    "n_layer": "Layers",
+    "n_head": "Heads",
+    "n_embd": "Width (n_embd)",
+    "block_size": "Context (chars)",
+    "dropout": "Dropout",
+    "batch_size": "Batch size",
+    "lr": "Learning rate",
+    "weight_decay": "Weight decay",
+    "warmup_iters": "Warmup steps",
+    "max_iters": "Max steps",
+    "max_minutes": "Max minutes (0 = no limit)",
+    "eval_interval": "Steps between evals",
+    "eval_iters": "Batches per eval",
+    "sample_chars": "Sample length (chars)",
+}
+FIELDS = MODEL_FIELDS + TRAIN_FIELDS + BUDGET_FIELDS
+
+
+def model_names(project: Project) -> list[str]:
+    return [p.name for p in ckpt.list_models(project.models_dir)]
+
+
+def model_details(project: Project, name: str | None) -> tuple[str, Any]:
+    """Markdown describing a saved model, and its loss curves from metrics.jsonl."""
+    if not name:
+        return "No model chosen.", None
+    try:
+        folder = ckpt.model_dir(name, project.models_dir)
+        info = ckpt.read_config(folder)
+    except ckpt.ModelError as err:
+        return f"**{err}**", None
+    model, summary, source = info.get("model", {}), info.get("summary", {}), info.get("source")
+    shape = ", ".join(f"{k}={model.get(k)}" for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"))
+    lines = [f"**{name}** — {shape}"]
+    if summary:
+        best = summary.get("best_val_loss")
+        best_text = f"{best:.4f}" if isinstance(best, (int, float)) else "-"
+        lines.append(
+            f"best val loss {best_text} at step {summary.get('best_step')} of {summary.get('iters')}; "
+            f"{summary.get('tokens_seen', 0):,} characters seen"
+        )
+    if source:
+        lines.append(f"parameters from study {source.get('study')}, trial {source.get('trial')}")
+    resumable = (folder / ckpt.CHECKPOINT_DIR).is_dir() and any((folder / ckpt.CHECKPOINT_DIR).glob("step-*"))
+    lines.append("resumable: yes (Resume continues it)" if resumable else "resumable: no checkpoint")
+    return "  \n".join(lines), loss_figure(read_metrics(folder), title=f"{name}: loss per evaluation")
+
+
+def progress_text(snap: dict[str, Any]) -> tuple[float, str]:
+    steps = [e for e in snap["events"] if e.get("kind") == "step"]
+    if not steps:
+        return snap["progress"], f"{snap['title']}: {snap['message']}"
+    last, first = steps[-1], steps[0]
+    done = last["step"] - first["step"] + 1
+    rate = done / max(last["elapsed_s"], 1e-9)
+    eta = (last["max_iters"] - last["step"]) / max(rate, 1e-9)
+    limit = snap["info"].get("max_minutes") or 0
+    if limit:
+        eta = min(eta, max(0.0, limit * 60 - last["elapsed_s"]))
+    text = (
+        f"step {last['step']:,}/{last['max_iters']:,} · loss {last['loss']:.3f} · "
+        f"{last['tokens_per_s']:,.0f} tokens/s · elapsed {fmt_seconds(last['elapsed_s'])} · ETA {fmt_seconds(eta)}"
+    )
+    if snap["status"] == "stopping":
+        text += " · stopping…"
+    return snap["progress"], text
+
+
+def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict[str, Any]:
+    defaults = {**vars(ModelConfig()), **vars(TrainConfig())}
+    gr.Markdown(
+        "Train a model and save it under `models/NAME`. Fill the parameters by hand or take the best trial of a "
+        "study (you can still edit them). **Stop** saves a checkpoint; **Resume** continues it from there."
+    )
+    with gr.Row():
+        study = gr.Dropdown(choices=reader.names(), value=None, label="Study", allow_custom_value=True, scale=3)
+        use_best = gr.Button("Use its best parameters", scale=1)
+        refresh_studies = gr.Button("Refresh", size="sm", scale=0, min_width=80)
+    best_note = gr.Markdown()
+    tuned = gr.State(None)
+    inputs: dict[str, gr.Number] = {}
+    with gr.Row():
+        for group_name, names in (("Model", MODEL_FIELDS), ("Optimiser", TRAIN_FIELDS), ("Budget", BUDGET_FIELDS)):
+            with gr.Column(min_width=220), gr.Group():
+                gr.Markdown(f"**{group_name}**", padding=True)
+                for name in names:
+                    inputs[name] = gr.Number(
+                        value=defaults[name],
+                        label=LABELS[name],
+                        precision=0 if name in INT_FIELDS else None,
+                        minimum=0,
+                    )
+    with gr.Row(equal_height=True):
+        name_box = gr.Textbox(value="default", label="Model name", max_lines=1, scale=2)
+        overwrite = gr.Checkbox(value=False, label="Overwrite a model of that name", scale=1)
+        start_btn = gr.Button("Start training", variant="primary", scale=1)
+        resume_btn = gr.Button("Resume", scale=1)
+        stop_btn = gr.Button("Stop", variant="stop", scale=1)
+    message = gr.HTML()
+    progress = gr.HTML(progress_html(0, "no training running"))
+    with gr.Row():
+        live_plot = gr.Plot(label="Loss (live)", scale=3)
+        sample = gr.Textbox(label="Latest sample (at the last eval)", lines=14, max_lines=14, scale=2)
+    gr.Markdown("### Saved models")
+    with gr.Row():
+        saved = gr.Dropdown(choices=model_names(project), value=None, label="Model", allow_custom_value=True, scale=3)
+        refresh_models = gr.Button("Refresh", size="sm", scale=0, min_width=80)
+    saved_info = gr.Markdown()
+    saved_plot = gr.Plot(label="Loss per evaluation (metrics.jsonl)")
+
+    refresh_studies.click(lambda: gr.update(choices=reader.names()), None, study, api_visibility="private")
+    refresh_models.click(lambda: gr.update(choices=model_names(project)), None, saved, api_visibility="private")
+    saved.change(lambda n: model_details(project, n), saved, [saved_info, saved_plot], api_name="model_details")
+
+    field_inputs = [inputs[name] for name in FIELDS]
+
+    def load_best(study_name: str | None, max_iters: float):
+        if not study_name:
+            return (gr.skip(),) * len(FIELDS) + (error_html("Choose a study first."), None)
+        try:
+            record = best_params(open_study(study_name, project.storage))
+        except TuningError as err:
+            return (gr.skip(),) * len(FIELDS) + (error_html(str(err)), None)
+        model_config, train_config = apply_params(
+            record["params"], ModelConfig(), TrainConfig(max_iters=int(max_iters or defaults["max_iters"]))
+        )
+        values = {**vars(model_config), **vars(train_config)}
+        updates = tuple(
+            gr.update(value=values[name]) if name in MODEL_FIELDS + TRAIN_FIELDS else gr.skip() for name in FIELDS
+        )
+        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in record["params"].items())
+        note = ok_html(
+            f"Best of study {record['study']}: trial {record['trial']}, val loss {record['val_loss']:.4f}. "
+            f"Filled in: {shown}"
+        )
+        return (*updates, note, record)
+
+    use_best.click(
+        load_best, [study, inputs["max_iters"]], [*field_inputs, best_note, tuned], api_name="train_use_best"
+    )
+
+    def configs(values: dict[str, Any], record: dict | None) -> tuple[ModelConfig, TrainConfig]:
+        clean = {k: (int(v) if k in INT_FIELDS else float(v)) for k, v in values.items() if v is not None}
+        missing = [LABELS[k] for k in FIELDS if values.get(k) is None]
+        if missing:
+            raise ConfigError(f"fill in {', '.join(missing)}")
+        model_config = replace_known(ModelConfig(), clean)
+        train_config = replace_known(TrainConfig(data_dir=str(project.data_dir)), clean)
+        if record and "min_lr_ratio" in record["params"]:
+            train_config = replace_known(train_config, {"min_lr": record["params"]["min_lr_ratio"] * train_config.lr})
+        return model_config.validate(), train_config.validate()
+
+    def launch(job_title: str, out_dir, model_config, train_config, resume: bool, info: dict | None) -> None:
+        def run(job):
+            def on_step(event) -> None:
+                job.add_event({"kind": "step", **vars(event)})
+                fraction = event.step / event.max_iters
+                if train_config.max_minutes:
+                    fraction = max(fraction, event.elapsed_s / (train_config.max_minutes * 60))
+                job.update(progress=fraction, message=f"step {event.step}")
+
+            def on_eval(event) -> None:
+                job.add_event({"kind": "eval", **event.as_record()})
+                job.update(sample=event.sample or None)
+
+            result = train(
+                model_config,
+                train_config,
+                out_dir=out_dir,
+                resume=resume,
+                hooks=TrainHooks(on_step=on_step, on_eval=on_eval, should_stop=job.stop.is_set),
+                info=info,
+            )
+            reason = result.stop_reason.replace("_", " ")
+            job.update(message=f"{reason} at step {result.iters}; best val loss {result.val_loss:.4f}")
+            return result
+
+        jobs.start("train", job_title, run, model=out_dir.name, max_minutes=train_config.max_minutes, resume=resume)
+
+    def guard() -> None:
+        if not project.has_dataset():
+            raise DataError("there is no dataset yet; prepare one in the Dataset tab first")
+        if jobs.active("prepare"):
+            raise DataError("a dataset is being prepared; start training when it is done")
+
+    def start(name: str, replace: bool, record: dict | None, *values):
+        try:
+            guard()
+            out_dir = ckpt.model_dir((name or "").strip(), project.models_dir)
+            model_config, train_config = configs(dict(zip(FIELDS, values)), record)
+            running = jobs.active("train")
+            if running is not None:
+                raise JobBusy(f"A train job is already running ({running.title}); stop it first or wait for it.")
+            if out_dir.exists() and any(out_dir.iterdir()):
+                if not replace:
+                    raise ckpt.ModelError(
+                        f"models/{out_dir.name} already holds a model; press Resume to continue it, tick "
+                        "'Overwrite' to replace it, or choose another name"
+                    )
+                shutil.rmtree(out_dir)
+            info = None
+            if record:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                ckpt.write_best_params(out_dir, record)
+                info = {"source": {k: v for k, v in record.items() if k != "params"}}
+            launch(f"training {out_dir.name}", out_dir, model_config, train_config, False, info)
+        except (ConfigError, DataError, ckpt.ModelError, JobBusy, OSError) as err:
+            return error_html(str(err))
+        return ok_html(f"Started training {out_dir.name} for {train_config.max_iters:,} steps.")
+
+    start_btn.click(start, [name_box, overwrite, tuned, *field_inputs], message, api_name="train_start")
+
+    def resume(name: str, max_iters: float, max_minutes: float):
+        try:
+            guard()
+            out_dir = ckpt.model_dir((name or "").strip(), project.models_dir)
+            checkpoint = ckpt.latest_checkpoint(out_dir) if out_dir.is_dir() else None
+            if checkpoint is None:
+                raise ckpt.ModelError(f"models/{out_dir.name} has no checkpoint to resume; press Start instead")
+            model_config = replace_known(ModelConfig(), checkpoint.state["model_config"]).validate()
+            budget = {"max_iters": int(max_iters or 0), "max_minutes": float(max_minutes or 0)}
+            train_config = replace_known(TrainConfig(), checkpoint.state["train_config"])
+            train_config = replace_known(train_config, {**budget, "data_dir": str(project.data_dir)}).validate()
+            if train_config.max_iters <= checkpoint.step:
+                raise ConfigError(
+                    f"{out_dir.name} is already at step {checkpoint.step}; raise Max steps above it to continue"
+                )
+            launch(f"training {out_dir.name} (resumed)", out_dir, model_config, train_config, True, None)
+        except (ConfigError, DataError, ckpt.ModelError, JobBusy, OSError) as err:
+            return error_html(str(err))
+        return ok_html(
+            f"Resuming {out_dir.name} from step {checkpoint.step} to {train_config.max_iters:,} with its saved "
+            "configuration (only the budget comes from the form)."
+        )
+
+    resume_btn.click(resume, [name_box, inputs["max_iters"], inputs["max_minutes"]], message, api_name="train_resume")
+    stop_btn.click(lambda: ok_html(jobs.stop("train")), None, message, api_name="train_stop")
+
+    seen = gr.State(-1)
+
+    def tick(last: int):
+        job = jobs.get("train")
+        snap = job.snapshot() if job else None
+        version = snap["version"] if snap else 0
+        if version == last:
+            return (gr.skip(),) * 5 + (last,)
+        if snap is None:
+            return progress_html(0, "no training running"), gr.skip(), gr.skip(), gr.skip(), gr.skip(), version
+        fraction, text = progress_text(snap)
+        if not snap["active"]:
+            text = f"{snap['title']}: {snap['status']} — {snap['message']}"
+        evals = [e for e in snap["events"] if e.get("kind") == "eval"]
+        steps = [e for e in snap["events"] if e.get("kind") == "step"]
+        figure = loss_figure(evals, steps, title=snap["title"])
+        models = gr.update(choices=model_names(project)) if not snap["active"] else gr.skip()
+        return (
+            progress_html(fraction, text),
+            job_status_html(snap, "") if not snap["active"] else gr.skip(),
+            figure,
+            snap["sample"] or gr.skip(),
+            models,
+            version,
+        )
+
+    timer = gr.Timer(1.0)
+    timer.tick(
+        tick,
+        seen,
+        [progress, message, live_plot, sample, saved, seen],
+        api_name="train_refresh",
+        show_progress="hidden",
+    )
+
+    def refresh_lists(current_study: str | None, current_model: str | None):
+        studies, models = reader.names(), model_names(project)
+        return (
+            gr.update(choices=studies, value=current_study if current_study in studies else None),
+            gr.update(choices=models, value=current_model if current_model in models else None),
+        )
+
+    return {"refresh": (refresh_lists, [study, saved], [study, saved])}

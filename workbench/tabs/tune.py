@@ -1,0 +1,348 @@
+"""Tune tab: a search space, a study run in the background, its live trial table and plots."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import gradio as gr
+import optuna
+
+from core.tuning import PRUNERS, SearchSpace, TuneConfig, TuningError, make_storage, run_study
+from workbench.jobs import JobBusy, JobManager
+from workbench.project import Project
+from workbench.ui import error_html, fmt_seconds, job_status_html, ok_html, progress_html
+
+log = logging.getLogger(__name__)
+TABLE_HEADERS = ["Trial", "State", "Val loss", "Step", "Duration", "Params", "Note"]
+MIN_TRIALS_FOR_IMPORTANCE = 3
+SPACE_HELP = (
+    '`[low, high]` is a range (whole numbers if both are), `{"low": .., "high": .., "log": true}` a log '
+    'range, `{"choices": [..]}` a list, and a plain number a fixed value. Width is `n_head × head_size`, so '
+    "every sampled model is valid."
+)
+
+
+def space_json(space: SearchSpace) -> str:
+    """One field a line, so the whole space fits the editor."""
+    fields = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in space.to_json().items()]
+    return "{\n" + ",\n".join(fields) + "\n}"
+
+
+def default_space_json() -> str:
+    return space_json(SearchSpace.for_device())
+
+
+def parse_space(text: str) -> SearchSpace:
+    try:
+        data = json.loads(text or "{}")
+    except ValueError as err:
+        raise TuningError(f"the search space is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise TuningError('the search space must be a JSON object such as {"n_layer": [2, 4]}')
+    return SearchSpace.from_json(data, base=SearchSpace.for_device())
+
+
+class StudyReader:
+    """Reads studies for the page through one cached storage, and caches plots by the trials' state."""
+
+    def __init__(self, storage_url: str):
+        self.url = storage_url
+        self._storage: optuna.storages.BaseStorage | None = None
+        self._lock = threading.Lock()
+        self._plots: dict[tuple, Any] = {}
+
+    @property
+    def storage(self) -> optuna.storages.BaseStorage:
+        with self._lock:
+            if self._storage is None:
+                self._storage = make_storage(self.url, heartbeat=0)
+            return self._storage
+
+    def names(self) -> list[str]:
+        try:
+            return [s.study_name for s in optuna.get_all_study_summaries(self.storage)]
+        except Exception as err:  # a storage that cannot be read shows as no studies
+            log.warning("cannot list studies in %s: %s", self.url, err)
+            return []
+
+    def load(self, name: str) -> optuna.Study | None:
+        try:
+            return optuna.load_study(study_name=name, storage=self.storage)
+        except Exception:  # no such study, or a storage that cannot be read: nothing to show
+            return None
+
+    def plots(self, study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> tuple[Any, Any, Any]:
+        """Optimization history, intermediate values, parameter importance (None where not yet meaningful)."""
+        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        key_all = (study.study_name, tuple((t.number, t.state, len(t.intermediate_values)) for t in trials))
+        key_done = (study.study_name, tuple(t.number for t in complete))
+        history = self._cached(("history", key_done), lambda: _history(study, complete))
+        curves = self._cached(("curves", key_all), lambda: _intermediate(study, trials))
+        importance = self._cached(("importance", key_done), lambda: _importance(study, complete))
+        return history, curves, importance
+
+    def _cached(self, key: tuple, make) -> Any:
+        if key not in self._plots:
+            if len(self._plots) > 60:
+                self._plots.clear()
+            try:
+                self._plots[key] = make()
+            except Exception as err:  # a plot that cannot be drawn yet is left empty
+                log.info("plot %s not drawn: %s", key[0], err)
+                self._plots[key] = None
+        return self._plots[key]
+
+
+def _layout(fig, title: str):
+    fig.update_layout(title=title, height=360, margin={"l": 50, "r": 20, "t": 50, "b": 40})
+    return fig
+
+
+def _history(study: optuna.Study, complete: list) -> Any:
+    if not complete:
+        return None
+    return _layout(optuna.visualization.plot_optimization_history(study), "Optimization history (val loss)")
+
+
+def _intermediate(study: optuna.Study, trials: list) -> Any:
+    if not any(t.intermediate_values for t in trials):
+        return None
+    fig = optuna.visualization.plot_intermediate_values(study)
+    fig.update_layout(showlegend=len(trials) <= 20)
+    return _layout(fig, "Val loss at each evaluation, per trial")
+
+
+def _importance(study: optuna.Study, complete: list) -> Any:
+    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
+        return None
+    return _layout(optuna.visualization.plot_param_importances(study), "Parameter importance")
+
+
+def _fmt_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def trial_rows(trials: list[optuna.trial.FrozenTrial]) -> list[list[Any]]:
+    rows = []
+    now = time.time()
+    for t in sorted(trials, key=lambda t: t.number, reverse=True):
+        steps = t.intermediate_values
+        value = t.value if t.value is not None else (steps[max(steps)] if steps else None)
+        if t.duration is not None:
+            seconds = t.duration.total_seconds()
+        elif t.datetime_start is not None:
+            seconds = now - t.datetime_start.timestamp()
+        else:
+            seconds = 0.0
+        params = " ".join(f"{k}={_fmt_value(v)}" for k, v in sorted(t.params.items()))
+        rows.append(
+            [
+                t.number,
+                t.state.name,
+                round(value, 4) if value is not None else None,
+                max(steps) if steps else 0,
+                fmt_seconds(seconds),
+                params,
+                str(t.user_attrs.get("reason", ""))[:120],
+            ]
+        )
+    return rows
+
+
+def summary_line(trials: list[optuna.trial.FrozenTrial]) -> str:
+    states = [t.state.name for t in trials]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+    parts = [f"{states.count(s)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "RUNNING", "FAIL") if states.count(s)]
+    text = f"{len(trials)} trial(s): " + ", ".join(parts) if trials else "no trials yet"
+    if complete:
+        best = min(complete, key=lambda t: t.value)
+        text += f" · best val loss {best.value:.4f} (trial {best.number})"
+    return text
+
+
+def build_tune(
+    project: Project, jobs: JobManager, reader: StudyReader, dashboard_url: str | None = None
+) -> dict[str, Any]:
+    gr.Markdown(
+        "Each trial trains a small model for a short budget and reports its validation loss; weak trials are "
+        "pruned early. Studies are saved in "
+        f"`{html.escape(project.storage.split('///')[-1].removeprefix(str(project.root) + '/'))}` and can be "
+        "continued later by starting the same study name again."
+    )
+    with gr.Row():
+        with gr.Column(scale=2, min_width=320):
+            study_name = gr.Textbox(value="default", label="Study name", max_lines=1)
+            with gr.Row():
+                trials = gr.Number(value=20, precision=0, minimum=1, label="Trials", min_width=90)
+                trial_iters = gr.Number(value=300, precision=0, minimum=1, label="Steps per trial", min_width=90)
+            with gr.Row():
+                timeout_min = gr.Number(value=0, minimum=0, label="Time budget (min, 0 = none)", min_width=90)
+                pruner = gr.Dropdown(list(PRUNERS), value="median", label="Pruner", min_width=90)
+            with gr.Accordion("More settings", open=False):
+                with gr.Row():
+                    eval_interval = gr.Number(
+                        value=50, precision=0, minimum=1, label="Steps between evals", min_width=90
+                    )
+                    eval_iters = gr.Number(value=20, precision=0, minimum=1, label="Batches per eval", min_width=90)
+                with gr.Row():
+                    trial_seconds = gr.Number(value=0, minimum=0, label="Seconds per trial (0 = none)", min_width=90)
+                    seed = gr.Number(value=0, precision=0, label="Seed", min_width=90)
+            with gr.Row():
+                start_btn = gr.Button("Start study", variant="primary")
+                stop_btn = gr.Button("Stop", variant="stop")
+        with gr.Column(scale=3, min_width=360):
+            space = gr.Code(value=default_space_json(), language="json", label="Search space (JSON)", lines=14)
+            gr.Markdown(SPACE_HELP)
+            reset_space = gr.Button("Reset search space to the defaults", size="sm")
+    message = gr.HTML()
+    progress = gr.HTML(progress_html(0, "no study running"))
+    with gr.Row():
+        view = gr.Dropdown(
+            choices=reader.names(), value=None, label="Study shown below", allow_custom_value=True, scale=3
+        )
+        refresh_btn = gr.Button("Refresh list", size="sm", scale=1)
+        if dashboard_url:
+            gr.HTML(
+                f'<a href="{html.escape(dashboard_url)}" target="_blank" rel="noopener">Open optuna-dashboard ↗</a>'
+                "<br><small>(served on 127.0.0.1: open it from this machine)</small>"
+            )
+    summary = gr.Markdown("Choose a study, or start one.")
+    table = gr.Dataframe(
+        headers=TABLE_HEADERS,
+        value=[],
+        label="Trials (newest first)",
+        interactive=False,
+        wrap=True,
+        max_height=320,
+        column_widths=["7%", "11%", "10%", "7%", "9%", "40%", "16%"],
+    )
+    with gr.Row():
+        history_plot = gr.Plot(label="Optimization history")
+        curves_plot = gr.Plot(label="Intermediate values")
+    importance_plot = gr.Plot(label=f"Parameter importance (from {MIN_TRIALS_FOR_IMPORTANCE} complete trials)")
+
+    reset_space.click(default_space_json, None, space, api_visibility="private")
+
+    def start(name, n_trials, iters, timeout, pruner_name, interval, batches, seconds, seed_value, space_text):
+        try:
+            config = TuneConfig(
+                study=(name or "").strip(),
+                storage=project.storage,
+                trials=int(n_trials or 0),
+                timeout=float(timeout or 0) * 60,
+                trial_iters=int(iters or 0),
+                trial_seconds=float(seconds or 0),
+                eval_interval=int(interval or 0),
+                eval_iters=int(batches or 0),
+                pruner=pruner_name,
+                seed=int(seed_value or 0),
+                data_dir=str(project.data_dir),
+            ).validate()
+            search = parse_space(space_text).validate()
+            if not project.has_dataset():
+                raise TuningError("there is no dataset yet; prepare one in the Dataset tab first")
+            if jobs.active("prepare"):
+                raise TuningError("a dataset is being prepared; start the study when it is done")
+        except (TuningError, ValueError, TypeError) as err:
+            return error_html(str(err)), gr.skip()
+
+        def run(job):
+            finished: set[int] = set()
+
+            def on_event(event) -> None:
+                record = dataclasses.asdict(event)
+                job.add_event(record)
+                if event.state != "RUNNING":
+                    finished.add(event.trial)
+                value = f"{event.val_loss:.4f}" if event.val_loss is not None else "-"
+                fraction = len(finished) / config.trials
+                if config.timeout:
+                    fraction = max(fraction, job.elapsed / config.timeout)
+                job.update(
+                    progress=fraction,
+                    message=f"{len(finished)}/{config.trials} trials done · trial {event.trial} "
+                    f"{event.state.lower()} at step {event.step}, val {value}",
+                )
+
+            study = run_study(config, search, stop=job.stop, on_event=on_event)
+            done = [t for t in study.get_trials(deepcopy=False) if t.value is not None]
+            if done:
+                best = min(done, key=lambda t: t.value)
+                job.update(message=f"best val loss {best.value:.4f} (trial {best.number})")
+            return config.study
+
+        try:
+            jobs.start("tune", f"study {config.study}", run, study=config.study)
+        except JobBusy as err:
+            return error_html(str(err)), gr.skip()
+        names = reader.names()
+        if config.study not in names:
+            names.append(config.study)
+        return ok_html(f"Started study {config.study}: {config.trials} trial(s)."), gr.update(
+            choices=names, value=config.study
+        )
+
+    start_btn.click(
+        start,
+        [study_name, trials, trial_iters, timeout_min, pruner, eval_interval, eval_iters, trial_seconds, seed, space],
+        [message, view],
+        api_name="tune_start",
+    )
+    stop_btn.click(lambda: ok_html(jobs.stop("tune")), None, message, api_name="tune_stop")
+    refresh_btn.click(lambda: gr.update(choices=reader.names()), None, view, api_visibility="private")
+
+    seen = gr.State(None)
+
+    def tick(name: str | None, last: Any):
+        job = jobs.get("tune")
+        snap = job.snapshot() if job else None
+        attach = not name and snap is not None
+        if attach:
+            name = snap["info"].get("study")
+        study = reader.load(name) if name else None
+        trials_now = study.get_trials(deepcopy=False) if study is not None else []
+        fingerprint = (
+            name,
+            snap["version"] if snap else None,
+            tuple((t.number, t.state.name, len(t.intermediate_values)) for t in trials_now),
+        )
+        if fingerprint == last:
+            return (gr.skip(),) * 8 + (last,)
+        if snap and snap["active"]:
+            bar = progress_html(snap["progress"], f"{snap['title']}: {snap['message']}")
+            status = job_status_html(snap, "")
+        elif snap:
+            bar = progress_html(snap["progress"], f"{snap['title']}: {snap['status']}")
+            status = job_status_html(snap, "")
+        else:
+            bar, status = progress_html(0, "no study running"), gr.skip()
+        if study is None:
+            text = f"No study named {name!r} yet." if name else "Choose a study, or start one."
+            return bar, status, text, [], None, None, None, gr.skip(), fingerprint
+        history, curves, importance = reader.plots(study, trials_now)
+        view_update = gr.update(choices=reader.names(), value=name) if attach else gr.skip()
+        return (
+            bar,
+            status,
+            f"**{name}** — {summary_line(trials_now)}",
+            trial_rows(trials_now),
+            history,
+            curves,
+            importance,
+            view_update,
+            fingerprint,
+        )
+
+    outputs = [progress, message, summary, table, history_plot, curves_plot, importance_plot, view, seen]
+    timer = gr.Timer(1.5)
+    timer.tick(tick, [view, seen], outputs, api_name="tune_refresh", show_progress="hidden")
+    view.change(tick, [view, gr.State(None)], outputs, api_visibility="private", show_progress="hidden")
+    return {"start": start_btn, "stop": stop_btn, "table": table, "view": view, "space": space}

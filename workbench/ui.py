@@ -1,0 +1,111 @@
+"""Small pieces the tabs share: a progress bar, job status text, loss curves."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+
+from workbench.jobs import DONE, FAILED, RUNNING, STOPPED, STOPPING
+
+CSS = """
+.wb-bar { background: var(--block-background-fill); border: 1px solid var(--border-color-primary);
+  border-radius: 6px; height: 22px; position: relative; overflow: hidden; }
+.wb-bar > div { height: 100%; background: var(--color-accent); opacity: .75; transition: width .4s; }
+.wb-bar > span { position: absolute; inset: 0; display: flex; align-items: center; padding-left: 8px;
+  font-size: 13px; color: var(--body-text-color); }
+.wb-status { font-size: 14px; margin: 4px 0; }
+.wb-error { color: #b91c1c; white-space: pre-wrap; }
+.wb-ok { color: #15803d; }
+"""
+
+STATUS_LABEL = {
+    RUNNING: "running",
+    STOPPING: "stopping",
+    DONE: "finished",
+    STOPPED: "stopped",
+    FAILED: "failed",
+}
+
+
+def fmt_seconds(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def progress_html(fraction: float, text: str) -> str:
+    width = f"{100 * min(1.0, max(0.0, fraction)):.1f}%"
+    return f'<div class="wb-bar"><div style="width:{width}"></div><span>{html.escape(text)}</span></div>'
+
+
+def job_status_html(snap: dict[str, Any] | None, idle: str) -> str:
+    """One line on the state of a job: running/finished/stopped, or its error in red."""
+    if snap is None:
+        return f'<div class="wb-status">{html.escape(idle)}</div>'
+    label = STATUS_LABEL.get(snap["status"], snap["status"])
+    head = f"<b>{html.escape(snap['title'])}</b>: {label} after {fmt_seconds(snap['elapsed'])}"
+    if snap["status"] == FAILED:
+        return f'<div class="wb-status wb-error">{head}<br>{html.escape(snap["error"])}</div>'
+    css = "wb-status wb-ok" if snap["status"] == DONE else "wb-status"
+    message = f" — {html.escape(snap['message'])}" if snap["message"] and not snap["active"] else ""
+    return f'<div class="{css}">{head}{message}</div>'
+
+
+def error_html(text: str) -> str:
+    return f'<div class="wb-status wb-error">{html.escape(text)}</div>'
+
+
+def ok_html(text: str) -> str:
+    return f'<div class="wb-status wb-ok">{html.escape(text)}</div>'
+
+
+def read_metrics(folder: Path) -> list[dict[str, Any]]:
+    """The evaluations a model folder's metrics.jsonl records (a torn last line is skipped)."""
+    path = folder / "metrics.jsonl"
+    records = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def loss_figure(evals: list[dict[str, Any]], steps: list[dict[str, Any]] | None = None, title: str = "") -> go.Figure:
+    """Train/val loss at each evaluation, plus the per-step training loss when given."""
+    fig = go.Figure()
+    if steps:
+        stride = max(1, len(steps) // 600)
+        thin = steps[::stride]
+        fig.add_scatter(
+            x=[s["step"] for s in thin],
+            y=[s["loss"] for s in thin],
+            mode="lines",
+            name="step loss",
+            line={"width": 1, "color": "rgba(120,120,120,0.45)"},
+        )
+    if evals:
+        fig.add_scatter(
+            x=[e["step"] for e in evals], y=[e["train_loss"] for e in evals], mode="lines+markers", name="train"
+        )
+        fig.add_scatter(
+            x=[e["step"] for e in evals], y=[e["val_loss"] for e in evals], mode="lines+markers", name="val"
+        )
+    fig.update_layout(
+        title=title or None,
+        xaxis_title="step",
+        yaxis_title="loss (nats/char)",
+        height=340,
+        margin={"l": 50, "r": 20, "t": 40 if title else 20, "b": 40},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"},
+    )
+    return fig
