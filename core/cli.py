@@ -21,6 +21,7 @@ import torch
 from core import checkpoint as ckpt
 from core.config import ConfigError, ModelConfig, TrainConfig, replace_known, to_dict
 from core.data import DataError, prepare
+from core.distributed import DistContext, init_from_env, shutdown
 from core.sampling import SamplingConfig
 from core.trainer import LossDiverged, TrainHooks, train
 
@@ -157,7 +158,18 @@ def training_configs(
 
 
 def run_training(args: argparse.Namespace, tuned: dict[str, Any] | None = None) -> int:
-    """Train `args.name`; `tuned` is a study's best-params record (see core.tuning.best_params)."""
+    """Train `args.name`; `tuned` is a study's best-params record (see core.tuning.best_params).
+
+    Under torchrun every rank runs this; rank 0 alone prepares folders, prints and writes.
+    """
+    dist = init_from_env()
+    try:
+        return _run_training(args, tuned, dist)
+    finally:
+        shutdown(dist)
+
+
+def _run_training(args: argparse.Namespace, tuned: dict[str, Any] | None, dist: DistContext) -> int:
     from tqdm import tqdm
 
     out_dir = ckpt.model_dir(args.name, args.models_dir)
@@ -166,18 +178,27 @@ def run_training(args: argparse.Namespace, tuned: dict[str, Any] | None = None) 
             f"{out_dir} already holds a model; add --resume to continue it, --overwrite to replace it, "
             "or choose another --name"
         )
-    if args.overwrite and not args.resume and out_dir.exists():
-        import shutil
-
-        shutil.rmtree(out_dir)
     model_config, train_config = training_configs(args, out_dir, tuned["params"] if tuned else None)
-    ensure_dataset(train_config.data_dir)
-    info = None
-    if tuned:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.write_best_params(out_dir, tuned)
-        info = {"source": {k: v for k, v in tuned.items() if k != "params"}}
-    bar = tqdm(total=train_config.max_iters, desc=args.name, unit="it", dynamic_ncols=True, file=sys.stderr)
+    if dist.is_main:
+        if args.overwrite and not args.resume and out_dir.exists():
+            import shutil
+
+            shutil.rmtree(out_dir)
+        ensure_dataset(train_config.data_dir)
+        if tuned:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.write_best_params(out_dir, tuned)
+    dist.barrier()
+    info = {"source": {k: v for k, v in tuned.items() if k != "params"}} if tuned else None
+    bar = tqdm(
+        total=train_config.max_iters,
+        desc=args.name,
+        unit="it",
+        dynamic_ncols=True,
+        file=sys.stderr,
+        mininterval=0.5,
+        disable=not dist.is_main,
+    )
 
     def on_step(event) -> None:
         if bar.n == 0 and event.step > 1:
@@ -188,6 +209,8 @@ def run_training(args: argparse.Namespace, tuned: dict[str, Any] | None = None) 
         )
 
     def on_eval(event) -> None:
+        if not dist.is_main:
+            return
         mark = " *" if event.improved else ""
         bar.write(f"step {event.step}: train {event.train_loss:.4f}, val {event.val_loss:.4f}{mark}")
         if event.sample:
@@ -202,9 +225,12 @@ def run_training(args: argparse.Namespace, tuned: dict[str, Any] | None = None) 
                 resume=args.resume,
                 hooks=TrainHooks(on_step=on_step, on_eval=on_eval, should_stop=stop),
                 info=info,
+                dist=dist,
             )
         finally:
             bar.close()
+    if not dist.is_main:
+        return 0
     if result.stop_reason != "max_iters":
         print(f"stopped: {result.stop_reason.replace('_', ' ')} at step {result.iters}", file=sys.stderr)
     print(f"saved {out_dir} (best val {result.val_loss:.4f} at step {result.best_step})", file=sys.stderr)
@@ -305,6 +331,19 @@ def cmd_studies(args: argparse.Namespace) -> int:
         print(f"no studies in {args.storage}")
     for summary in studies:
         print(summary.line())
+    return 0
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    from optuna.storages import run_grpc_proxy_server
+
+    from core.tuning import make_storage
+
+    storage = make_storage(args.storage, heartbeat=args.heartbeat)
+    print(
+        f"Optuna gRPC proxy for {args.storage} on {args.host}:{args.port}; workers use --storage grpc://HOST:{args.port}"
+    )
+    run_grpc_proxy_server(storage, host=args.host, port=args.port)
     return 0
 
 
@@ -417,6 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("studies", help="list the studies of a storage")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
     p.set_defaults(func=cmd_studies)
+
+    p = sub.add_parser("proxy", help="serve a storage to many workers through Optuna's gRPC proxy")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="the storage behind the proxy")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for other machines)")
+    p.add_argument("--port", type=int, default=13000)
+    p.add_argument("--heartbeat", type=int, default=10, help="seconds between trial heartbeats")
+    p.set_defaults(func=cmd_proxy)
 
     p = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage (127.0.0.1)")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL")

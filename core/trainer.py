@@ -9,6 +9,7 @@ With `out_dir=None` nothing is written (tuning trials).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -25,6 +26,7 @@ from core import checkpoint as ckpt
 from core.config import ModelConfig, TrainConfig, to_dict
 from core.data import BatchSampler, DataError, Dataset
 from core.device import autocast, autocast_dtype, configure, pick_device, seed_everything
+from core.distributed import SINGLE, DistContext
 from core.fileio import append_line, atomic_write_text
 from core.model import GPT
 from core.sampling import SamplingConfig, complete
@@ -129,12 +131,19 @@ def train(
     hooks: TrainHooks | None = None,
     info: dict[str, Any] | None = None,
     dataset: Dataset | None = None,
+    dist: DistContext = SINGLE,
 ) -> TrainResult:
-    """Train a model; with `out_dir`, checkpoint and save it there (see core.checkpoint for the layout)."""
+    """Train a model; with `out_dir`, checkpoint and save it there (see core.checkpoint for the layout).
+
+    Under torchrun (`dist.enabled`) every rank trains on its own random windows, gradients are averaged,
+    and only rank 0 writes checkpoints, metrics and the model; the global batch is
+    batch_size x grad_accum x world_size.
+    """
     hooks = hooks or TrainHooks()
     train_config.validate()
     out = Path(out_dir) if out_dir is not None else None
-    device = pick_device(train_config.device)
+    writes = out is not None and dist.is_main
+    device = pick_device(dist.device(train_config.device))
     configure(device)
     amp_dtype = autocast_dtype(device, train_config.dtype)
     dataset = dataset or Dataset(train_config.data_dir)
@@ -147,7 +156,7 @@ def train(
         train_config.lr, train_config.weight_decay, (train_config.beta1, train_config.beta2), device
     )
     sampler = BatchSampler(
-        dataset.tokens["train"], model_config.block_size, train_config.batch_size, train_config.seed, device
+        dataset.tokens["train"], model_config.block_size, train_config.batch_size, train_config.seed + dist.rank, device
     )
     step, best_val, best_train, best_step, evals_without_gain = 0, math.inf, math.inf, 0, 0
     best_weights: dict[str, torch.Tensor] | None = None
@@ -168,20 +177,33 @@ def train(
         torch.set_rng_state(checkpoint.rng["torch"])
         if device.type == "cuda" and "cuda" in checkpoint.rng:
             torch.cuda.set_rng_state(checkpoint.rng["cuda"], device)
-        sampler.set_state(checkpoint.state["sampler"])
         step = checkpoint.step
+        if checkpoint.state.get("world_size", 1) == dist.world_size == 1:
+            sampler.set_state(checkpoint.state["sampler"])  # bit-exact resume
+        else:  # another process count: fresh, distinct windows per rank
+            sampler = BatchSampler(
+                dataset.tokens["train"],
+                model_config.block_size,
+                train_config.batch_size,
+                train_config.seed * 1_000_003 + step * 1009 + dist.rank,
+                device,
+            )
         best_val, best_train = checkpoint.state["best_val"], checkpoint.state["best_train"]
         best_step, evals_without_gain = checkpoint.state["best_step"], checkpoint.state["evals_without_gain"]
         best_weights = checkpoint.best_weights
         history = [h for h in checkpoint.state.get("history", []) if h["step"] <= step]
         log.info("resumed from %s at step %d", checkpoint.path, step)
-    if out is not None:
+    if writes:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / ckpt.METRICS, "".join(json.dumps(h) + "\n" for h in history))
 
     runner = torch.compile(model) if train_config.compile else model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        runner = DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None)
     model.train()
-    tokens_per_step = train_config.batch_size * train_config.grad_accum * model_config.block_size
+    tokens_per_step = train_config.batch_size * train_config.grad_accum * model_config.block_size * dist.world_size
     started = time.perf_counter()
     train_seconds, steps_this_run = 0.0, 0
     budget_s = train_config.max_minutes * 60
@@ -198,7 +220,7 @@ def train(
         return fraction
 
     def save_all() -> None:
-        if out is None:
+        if not writes:
             return
         weights = ckpt.weights_for_saving(model)
         rng = {"torch": torch.get_rng_state()}
@@ -211,6 +233,7 @@ def train(
             "best_step": best_step,
             "evals_without_gain": evals_without_gain,
             "history": history,
+            "world_size": dist.world_size,
             "vocab": dataset.vocab.chars,
             "model_config": to_dict(model_config),
             "train_config": to_dict(train_config),
@@ -247,7 +270,7 @@ def train(
         else:
             evals_without_gain += 1
         sample = ""
-        if train_config.sample_chars:
+        if train_config.sample_chars and dist.is_main:
             settings = SamplingConfig(temperature=0.8, max_new_tokens=train_config.sample_chars, seed=step)
             sample = complete(model, dataset.vocab, "\n", settings)
         event = EvalEvent(
@@ -262,32 +285,37 @@ def train(
             sample=sample,
         )
         history.append(event.as_record())
-        if out is not None:
+        if writes:
             append_line(out / ckpt.METRICS, json.dumps(event.as_record()))
         if hooks.on_eval:
             hooks.on_eval(event)
 
     last_eval_step = step if history and history[-1]["step"] == step else -1
     while step < train_config.max_iters:
-        if hooks.should_stop and hooks.should_stop():
-            stop_reason = "stopped"
-            break
-        if budget_s and time.perf_counter() - started >= budget_s:
-            stop_reason = "time_budget"
+        stop_asked, over_budget = dist.any(
+            bool(hooks.should_stop and hooks.should_stop()),
+            bool(budget_s and time.perf_counter() - started >= budget_s),
+        )
+        if stop_asked or over_budget:
+            stop_reason = "stopped" if stop_asked else "time_budget"
             break
         step_started = time.perf_counter()
         lr = lr_at(progress(), step, train_config)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = 0.0
-        for _ in range(train_config.grad_accum):
+        for micro in range(train_config.grad_accum):
             x, y = sampler.next_batch()
-            with autocast(device, amp_dtype):
-                _, loss = runner(x, y)
-            (loss / train_config.grad_accum).backward()
+            last = micro == train_config.grad_accum - 1
+            sync = runner.no_sync() if dist.enabled and not last else contextlib.nullcontext()
+            with sync:
+                with autocast(device, amp_dtype):
+                    _, loss = runner(x, y)
+                (loss / train_config.grad_accum).backward()
             loss_sum += loss.item()
         loss_value = loss_sum / train_config.grad_accum
-        if not math.isfinite(loss_value):
+        (diverged,) = dist.any(not math.isfinite(loss_value))
+        if diverged:
             raise LossDiverged(
                 f"training loss became {loss_value} at step {step + 1} (lr={lr:.2e}); the last good "
                 "checkpoint is kept. Lower --lr or raise --warmup-iters, then --resume or start again."
@@ -314,6 +342,8 @@ def train(
 
     if last_eval_step != step:
         evaluate()
+    if dist.enabled:
+        summary["distributed"] = {"world_size": dist.world_size, "ranks_agree": dist.same_everywhere(model)}
     save_all()
     return TrainResult(
         val_loss=best_val,

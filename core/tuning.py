@@ -20,6 +20,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ from core.fileio import atomic_write_text
 from core.trainer import EvalEvent, LossDiverged, TrainHooks, train
 
 log = logging.getLogger(__name__)
+# Heartbeats, the retry callback and the gRPC proxy are marked experimental in Optuna 5; they are used on purpose.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 STUDIES_DIR = Path("studies")
 DEFAULT_STORAGE = f"sqlite:///{STUDIES_DIR}/gpt_tuning.db"
