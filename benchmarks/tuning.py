@@ -33,7 +33,9 @@ from core.tuning import SearchSpace, TuneConfig, apply_params, best_params, run_
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def study_run(data_dir: Path, storage: str, name: str, pruner: str, trials: int, trial_iters: int, timeout: float = 0) -> dict:
+def study_run(
+    data_dir: Path, storage: str, name: str, pruner: str, trials: int, trial_iters: int, timeout: float = 0
+) -> dict:
     config = TuneConfig(
         study=name,
         storage=storage,
@@ -63,8 +65,16 @@ def study_run(data_dir: Path, storage: str, name: str, pruner: str, trials: int,
 
 
 def final_training(data_dir: Path, params: dict | None, minutes: float) -> float:
-    model_config, train_config = ModelConfig(), TrainConfig(
-        data_dir=str(data_dir), max_iters=1_000_000, max_minutes=minutes, eval_interval=250, eval_iters=50, sample_chars=0
+    model_config, train_config = (
+        ModelConfig(),
+        TrainConfig(
+            data_dir=str(data_dir),
+            max_iters=1_000_000,
+            max_minutes=minutes,
+            eval_interval=250,
+            eval_iters=50,
+            sample_chars=0,
+        ),
     )
     if params:
         model_config, train_config = apply_params(params, model_config, train_config)
@@ -100,7 +110,9 @@ def main() -> None:
             tuned = study_run(data_dir, storage, "budget", "median", 10_000, trial_iters, timeout=tune_minutes * 60)
             tuned_loss = final_training(data_dir, tuned["best"]["params"], final_minutes)
             default_loss = final_training(data_dir, None, final_minutes)
-            print(f"\nTuning ({tune_minutes:g} min of tuning, {tuned['trials']} trials; {final_minutes:g} min final training)")
+            print(
+                f"\nTuning ({tune_minutes:g} min of tuning, {tuned['trials']} trials; {final_minutes:g} min final training)"
+            )
             print(f"default config val loss: {default_loss:.4f}")
             print(f"tuned config val loss:   {tuned_loss:.4f}  params {json.dumps(tuned['best']['params'])}")
             result["tuning"] = {

@@ -48,7 +48,10 @@ class ChatSession:
         self.transcript += known.rstrip("\n") + "\n"
         context = self.transcript[-self.loaded.model.config.block_size :]
         parts = []
-        for piece in stream(self.loaded.model, self.loaded.vocab, context, self.settings, stop=(REPLY_END,)):
+        pieces = stream(
+            self.loaded.model, self.loaded.vocab, context, self.settings, stop=(REPLY_END,), skip_leading="\n"
+        )
+        for piece in pieces:
             parts.append(piece)
             yield piece
         self.transcript += "".join(parts) + REPLY_END

@@ -118,18 +118,26 @@ def stream(
     config: SamplingConfig,
     stop: tuple[str, ...] = (),
     *,
+    skip_leading: str = "",
     use_cache: bool = True,
 ) -> Iterator[str]:
     """Yield generated text piece by piece; stops before any of the `stop` strings.
 
     Text that might be the start of a stop string is held back until it is known not to be one.
-    Characters of `prompt` that are not in the vocabulary are dropped (see `Vocab.filter_known`).
+    Characters in `skip_leading` are dropped until the first other one, so a reply that starts with
+    blank lines is not mistaken for one that ended. Characters of `prompt` that are not in the
+    vocabulary are dropped (see `Vocab.filter_known`).
     """
     known, _ = vocab.filter_known(prompt)
     stop = tuple(s for s in stop if s)
     held = ""
+    started = not skip_leading
     for token in generate_ids(model, vocab.encode(known), config, use_cache=use_cache):
-        held += vocab.chars[token]
+        char = vocab.chars[token]
+        if not started and char in skip_leading:
+            continue
+        started = True
+        held += char
         found = [held.index(s) for s in stop if s in held]
         if found:
             if min(found):

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,56 +12,18 @@ import optuna
 import pytest
 
 from core.tuning import open_study
+from tests import postgres_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.postgres
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def postgres_url():
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not bins:
+    if not postgres_cluster.available():
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does)")
-    bindir = Path(bins[-1]).parent
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    workdir = Path(tempfile.mkdtemp(prefix="chargpt-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(workdir, "postgres")
-    data, port = workdir / "data", _free_port()
-    subprocess.run(
-        [*as_postgres, bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust"], check=True, capture_output=True
-    )
-    subprocess.run(
-        [
-            *as_postgres,
-            bindir / "pg_ctl",
-            "-D",
-            data,
-            "-w",
-            "-l",
-            workdir / "log",
-            "-o",
-            f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        subprocess.run(
-            [*as_postgres, bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna"],
-            check=True,
-        )
-        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
-    finally:
-        subprocess.run([*as_postgres, bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with postgres_cluster.cluster() as url:
+        yield url
 
 
 def test_two_workers_on_a_postgresql_study(tmp_path, dataset_dir, postgres_url):

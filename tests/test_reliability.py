@@ -28,10 +28,37 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_kill_9_at_random_moments_then_resume_finishes(tmp_path, dataset_dir):
     """Checkpoint every step, so kills often land mid-write; every resume must start from a whole checkpoint."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    base = [sys.executable, str(ROOT / "app.py"), "train", "--name", "k", "--data-dir", str(dataset_dir),
-            "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
-            "--max-iters", "400", "--eval-interval", "50", "--eval-iters", "1", "--sample-chars", "0",
-            "--checkpoint-interval", "1", "--device", "cpu"]
+    base = [
+        sys.executable,
+        str(ROOT / "app.py"),
+        "train",
+        "--name",
+        "k",
+        "--data-dir",
+        str(dataset_dir),
+        "--n-layer",
+        "1",
+        "--n-head",
+        "2",
+        "--n-embd",
+        "16",
+        "--block-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--max-iters",
+        "400",
+        "--eval-interval",
+        "50",
+        "--eval-iters",
+        "1",
+        "--sample-chars",
+        "0",
+        "--checkpoint-interval",
+        "1",
+        "--device",
+        "cpu",
+    ]
     rng = random.Random(0)
     folder = tmp_path / "models" / "k"
     for attempt in range(4):
@@ -52,7 +79,9 @@ def test_kill_9_at_random_moments_then_resume_finishes(tmp_path, dataset_dir):
     ckpt.load_model(folder)  # the saved model is whole
 
 
-def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_model_config, tiny_train_config, monkeypatch):
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(
+    tmp_path, tiny_model_config, tiny_train_config, monkeypatch
+):
     config = dataclasses.replace(tiny_train_config, checkpoint_interval=10, max_iters=30)
     real_save = ckpt.save_file
     calls = {"n": 0}
@@ -103,7 +132,9 @@ def test_one_huge_line_and_mixed_line_endings(tmp_path):
     assert stats.lines == 3 and "\r" not in Vocab.load(tmp_path / "ds" / "vocab.txt").chars
 
 
-text_strategy = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r"), min_size=2, max_size=300)
+text_strategy = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r"), min_size=2, max_size=300
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

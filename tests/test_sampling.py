@@ -83,3 +83,13 @@ def test_unknown_prompt_characters_are_dropped(model_and_vocab):
     model, vocab = model_and_vocab
     text = "".join(stream(model, vocab, "aXYZ\x00b", SamplingConfig(max_new_tokens=5, seed=0)))
     assert len(text) == 5
+
+
+def test_skip_leading_drops_only_the_first_run_of_those_characters(model_and_vocab):
+    model, vocab = model_and_vocab
+    settings = SamplingConfig(temperature=1.5, max_new_tokens=200, seed=3)
+    full = "".join(stream(model, vocab, "a", settings))
+    lead = next(c for c in full)  # whatever the model starts with, skipping it must not stop the reply
+    skipped = "".join(stream(model, vocab, "a", settings, skip_leading=lead))
+    assert not skipped.startswith(lead)
+    assert full.lstrip(lead).startswith(skipped) and len(skipped) <= len(full.lstrip(lead))

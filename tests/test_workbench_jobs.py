@@ -8,7 +8,7 @@ import time
 import pytest
 
 from core.data import DataError
-from workbench.jobs import DONE, FAILED, STOPPED, JobBusy, JobManager
+from workbench.jobs import DONE, FAILED, INTERRUPTED, STOPPED, JobBusy, JobManager
 
 
 def wait_until(predicate, timeout: float = 10.0) -> None:
@@ -74,4 +74,38 @@ def test_shutdown_stops_running_jobs():
     jobs = JobManager()
     job = jobs.start("tune", "forever", lambda job: job.stop.wait(30))
     jobs.shutdown(timeout=5)
-    assert job.status == STOPPED and job.finished is not None
+    assert job.status == INTERRUPTED and job.finished is not None  # the next server offers to resume it
+
+
+def test_a_job_running_when_the_server_died_comes_back_interrupted(tmp_path):
+    journal = tmp_path / ".workbench" / "jobs.json"
+    first_server = JobManager(journal)
+    running = first_server.start("train", "training tiny", lambda job: job.stop.wait(30), model="tiny", max_iters=80)
+    finished = first_server.start("prepare", "preparing", lambda job: None)
+    wait_until(lambda: not finished.active)
+
+    # the first server is killed here (its thread never ends cleanly); the next one reads the journal
+    second_server = JobManager(journal)
+    job = second_server.get("train")
+    assert job.status == INTERRUPTED and not job.active
+    assert job.title == "training tiny" and job.info == {"model": "tiny", "max_iters": 80}
+    assert second_server.get("prepare") is None  # it ended before the crash
+    resumed = second_server.start("train", "training tiny (resumed)", lambda job: None)
+    wait_until(lambda: not resumed.active)
+    assert JobManager(journal).get("train") is None  # a job that ended is no longer recorded
+    running.stop.set()
+
+
+def test_a_clean_shutdown_leaves_its_jobs_resumable(tmp_path):
+    journal = tmp_path / "jobs.json"
+    jobs = JobManager(journal)
+    job = jobs.start("tune", "study s", lambda job: job.stop.wait(30), study="s")
+    jobs.shutdown(timeout=5)
+    assert job.status == INTERRUPTED
+    assert JobManager(journal).get("tune").info == {"study": "s"}
+
+
+def test_an_unreadable_journal_is_ignored(tmp_path):
+    journal = tmp_path / "jobs.json"
+    journal.write_text("{torn")
+    assert JobManager(journal).get("train") is None

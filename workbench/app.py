@@ -38,7 +38,7 @@ def build_app(
     project: Project, jobs: JobManager | None = None, dashboard_url: str | None = None
 ) -> tuple[gr.Blocks, JobManager]:
     """The workbench page. Jobs live in `jobs` (one manager per server), not in the page."""
-    jobs = jobs or JobManager()
+    jobs = jobs or JobManager(journal=project.root / ".workbench" / "jobs.json")
     reader = StudyReader(project.storage)
     with gr.Blocks(title="chargpt workbench") as demo:
         gr.Markdown(

@@ -8,21 +8,30 @@
 One job of each kind ("prepare", "tune", "train") runs at a time. The page polls `get(kind)` with a
 `gr.Timer`, so reloading or closing it changes nothing on the server. An exception in a job becomes its
 `error` text; it never reaches the server.
+
+With a `journal` file, the manager records the jobs that are running; a job still recorded when the next
+server starts (the last one was killed, lost power, or shut down mid-job) comes back as INTERRUPTED with
+its `info`, so the page can offer to resume it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from core.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 KINDS = ("prepare", "tune", "train")
 RUNNING, STOPPING, DONE, STOPPED, FAILED = "running", "stopping", "done", "stopped", "failed"
+INTERRUPTED = "interrupted"  # recorded as running by a server that is gone
 MAX_EVENTS = 20_000
 
 
@@ -96,9 +105,52 @@ class Job:
 class JobManager:
     """Owns the job threads; at most one active job per kind."""
 
-    def __init__(self) -> None:
+    def __init__(self, journal: Path | None = None) -> None:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self._journal = Path(journal) if journal else None
+        self._closing = False
+        for kind, record in self._read_journal().items():
+            self._jobs[kind] = Job(
+                kind=kind,
+                title=record.get("title", kind),
+                info=record.get("info", {}),
+                status=INTERRUPTED,
+                message="the server stopped while it ran",
+                started=record.get("started", time.time()),
+                finished=record.get("started", time.time()),
+            )
+
+    def _read_journal(self) -> dict[str, dict[str, Any]]:
+        if self._journal is None:
+            return {}
+        try:
+            records = json.loads(self._journal.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # none yet, or unreadable: nothing to bring back
+            return {}
+        return (
+            {k: v for k, v in records.items() if k in KINDS and isinstance(v, dict)}
+            if isinstance(records, dict)
+            else {}
+        )
+
+    def _write_journal(self, ending: dict[str, str] | None = None) -> None:
+        """Record the running and interrupted jobs (called with self._lock held).
+
+        `ending` maps the kind of a job that is finishing to the status it is about to get.
+        """
+        if self._journal is None:
+            return
+        ending = ending or {}
+        records = {
+            job.kind: {"title": job.title, "info": job.info, "started": job.started}
+            for job in self._jobs.values()
+            if ending.get(job.kind, job.status) in (RUNNING, STOPPING, INTERRUPTED)
+        }
+        try:
+            atomic_write_text(self._journal, json.dumps(records, default=str))
+        except OSError as err:  # the job itself matters more than its record
+            log.warning("cannot write the job journal %s: %s", self._journal, err)
 
     def get(self, kind: str) -> Job | None:
         return self._jobs.get(kind)
@@ -121,28 +173,34 @@ class JobManager:
             job = Job(kind=kind, title=title, info=info)
             job.thread = threading.Thread(target=self._run, args=(job, fn), name=f"workbench-{kind}", daemon=True)
             self._jobs[kind] = job
+            self._write_journal()
             job.thread.start()
         log.info("started %s job: %s", kind, title)
         return job
 
     def _run(self, job: Job, fn: Callable[[Job], Any]) -> None:
+        error, result = None, None
         try:
             result = fn(job)
         except BaseException as err:  # noqa: BLE001 - a job must never take the server down
             log.exception("%s job failed: %s", job.kind, job.title)
-            with job.lock:
-                job.error = error_text(err)
-                job.status = FAILED
-                job.message = "failed"
+            error = err
+        if error is not None:
+            status, message = FAILED, "failed"
+        elif self._closing and job.stop.is_set():  # ended by the server going down: resumable
+            status, message = INTERRUPTED, "the server stopped while it ran"
         else:
-            with job.lock:
-                job.result = result
-                job.status = STOPPED if job.stop.is_set() else DONE
-                job.progress = 1.0 if job.status == DONE else job.progress
-        finally:
-            with job.lock:
-                job.finished = time.time()
-                job.version += 1
+            status, message = (STOPPED if job.stop.is_set() else DONE), job.message
+        with self._lock:  # the journal first: whoever sees the job end also sees its record gone
+            self._write_journal(ending={job.kind: status})
+        with job.lock:  # status last: code that polls `active` without the lock sees a finished job whole
+            job.result, job.message, job.finished = result, message, time.time()
+            if error is not None:
+                job.error = error_text(error)
+            if status == DONE:
+                job.progress = 1.0
+            job.status = status
+            job.version += 1
 
     def stop(self, kind: str) -> str:
         """Ask the running job of `kind` to stop cleanly; returns a message for the page."""
@@ -159,6 +217,7 @@ class JobManager:
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop every job and wait for them (used when the server exits)."""
+        self._closing = True
         jobs = [job for job in self._jobs.values() if job.active]
         for job in jobs:
             job.stop.set()

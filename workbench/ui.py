@@ -9,7 +9,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from workbench.jobs import DONE, FAILED, RUNNING, STOPPED, STOPPING
+from workbench.jobs import DONE, FAILED, INTERRUPTED, RUNNING, STOPPED, STOPPING
 
 CSS = """
 .wb-bar { background: var(--block-background-fill); border: 1px solid var(--border-color-primary);
@@ -28,6 +28,7 @@ STATUS_LABEL = {
     DONE: "finished",
     STOPPED: "stopped",
     FAILED: "failed",
+    INTERRUPTED: "interrupted",
 }
 
 
@@ -48,6 +49,11 @@ def job_status_html(snap: dict[str, Any] | None, idle: str) -> str:
     if snap is None:
         return f'<div class="wb-status">{html.escape(idle)}</div>'
     label = STATUS_LABEL.get(snap["status"], snap["status"])
+    if snap["status"] == INTERRUPTED:
+        return (
+            f'<div class="wb-status wb-error"><b>{html.escape(snap["title"])}</b>: interrupted — the server '
+            "stopped while it ran. Press <b>Resume</b> to continue it from where it was saved.</div>"
+        )
     head = f"<b>{html.escape(snap['title'])}</b>: {label} after {fmt_seconds(snap['elapsed'])}"
     if snap["status"] == FAILED:
         return f'<div class="wb-status wb-error">{head}<br>{html.escape(snap["error"])}</div>'

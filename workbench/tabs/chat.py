@@ -94,7 +94,7 @@ def build_chat(project: Project) -> dict[str, Any]:
                 )
                 send = gr.Button("Send", variant="primary", scale=1, min_width=70)
                 stop = gr.Button("Stop", variant="stop", scale=1, min_width=70)
-                clear = gr.Button("Clear", scale=1, min_width=70)
+                clear = gr.Button("Clear", scale=1, min_width=70, elem_id="chat-clear")
             notice = gr.HTML(label="Notice")
         with gr.Column(scale=1, min_width=240):
             gr.Markdown("**Sampling**")

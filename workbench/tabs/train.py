@@ -12,7 +12,7 @@ from core.config import ConfigError, ModelConfig, TrainConfig, replace_known
 from core.data import DataError
 from core.trainer import TrainHooks, train
 from core.tuning import TuningError, apply_params, best_params, open_study
-from workbench.jobs import JobBusy, JobManager
+from workbench.jobs import INTERRUPTED, JobBusy, JobManager
 from workbench.project import Project
 from workbench.tabs.tune import StudyReader
 from workbench.ui import error_html, fmt_seconds, job_status_html, loss_figure, ok_html, progress_html, read_metrics
@@ -203,7 +203,15 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
             job.update(message=f"{reason} at step {result.iters}; best val loss {result.val_loss:.4f}")
             return result
 
-        jobs.start("train", job_title, run, model=out_dir.name, max_minutes=train_config.max_minutes, resume=resume)
+        jobs.start(
+            "train",
+            job_title,
+            run,
+            model=out_dir.name,
+            max_iters=train_config.max_iters,
+            max_minutes=train_config.max_minutes,
+            resume=resume,
+        )
 
     def guard() -> None:
         if not project.has_dataset():
@@ -271,9 +279,22 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
         snap = job.snapshot() if job else None
         version = snap["version"] if snap else 0
         if version == last:
-            return (gr.skip(),) * 5 + (last,)
+            return (gr.skip(),) * 7 + (last,)
         if snap is None:
-            return progress_html(0, "no training running"), gr.skip(), gr.skip(), gr.skip(), gr.skip(), version
+            return (progress_html(0, "no training running"), *(gr.skip(),) * 6, version)
+        if snap["status"] == INTERRUPTED:  # from a server that stopped: offer Resume with its name and budget
+            model = snap["info"].get("model", "")
+            folder = project.models_dir / model
+            return (
+                progress_html(snap["progress"], f"{snap['title']}: interrupted"),
+                job_status_html(snap, ""),
+                loss_figure(read_metrics(folder), title=f"{model}: loss per evaluation") if model else gr.skip(),
+                gr.skip(),
+                gr.skip(),
+                model or gr.skip(),
+                snap["info"].get("max_iters") or gr.skip(),
+                version,
+            )
         fraction, text = progress_text(snap)
         if not snap["active"]:
             text = f"{snap['title']}: {snap['status']} — {snap['message']}"
@@ -287,6 +308,8 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
             figure,
             snap["sample"] or gr.skip(),
             models,
+            gr.skip(),
+            gr.skip(),
             version,
         )
 
@@ -294,7 +317,7 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
     timer.tick(
         tick,
         seen,
-        [progress, message, live_plot, sample, saved, seen],
+        [progress, message, live_plot, sample, saved, name_box, inputs["max_iters"], seen],
         api_name="train_refresh",
         show_progress="hidden",
     )

@@ -157,6 +157,13 @@ def trial_rows(trials: list[optuna.trial.FrozenTrial]) -> list[list[Any]]:
     return rows
 
 
+def finished_count(study: optuna.Study | None) -> int:
+    if study is None:
+        return 0
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=done))
+
+
 def summary_line(trials: list[optuna.trial.FrozenTrial]) -> str:
     states = [t.state.name for t in trials]
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
@@ -197,6 +204,7 @@ def build_tune(
                     seed = gr.Number(value=0, precision=0, label="Seed", min_width=90)
             with gr.Row():
                 start_btn = gr.Button("Start study", variant="primary")
+                resume_btn = gr.Button("Resume")
                 stop_btn = gr.Button("Stop", variant="stop")
         with gr.Column(scale=3, min_width=360):
             space = gr.Code(value=default_space_json(), language="json", label="Search space (JSON)", lines=14)
@@ -279,8 +287,10 @@ def build_tune(
                 job.update(message=f"best val loss {best.value:.4f} (trial {best.number})")
             return config.study
 
+        args = [config.study, n_trials, iters, timeout, pruner_name, interval, batches, seconds, seed_value, space_text]
+        target = finished_count(reader.load(config.study)) + config.trials
         try:
-            jobs.start("tune", f"study {config.study}", run, study=config.study)
+            jobs.start("tune", f"study {config.study}", run, study=config.study, args=args, target_trials=target)
         except JobBusy as err:
             return error_html(str(err)), gr.skip()
         names = reader.names()
@@ -296,6 +306,22 @@ def build_tune(
         [message, view],
         api_name="tune_start",
     )
+
+    def resume():
+        """Start the last study again with its settings, for the trials it had left."""
+        job = jobs.get("tune")
+        if job is None or not job.info.get("args"):
+            return error_html("There is no study to resume; press Start study (a known name continues it)."), gr.skip()
+        if job.active:
+            return error_html(f"{job.title} is still running."), gr.skip()
+        args = list(job.info["args"])
+        left = job.info["target_trials"] - finished_count(reader.load(job.info["study"]))
+        if left <= 0:
+            return ok_html(f"{job.title} already ran all its trials; press Start study to run more."), gr.skip()
+        args[1] = left
+        return start(*args)
+
+    resume_btn.click(resume, None, [message, view], api_name="tune_resume")
     stop_btn.click(lambda: ok_html(jobs.stop("tune")), None, message, api_name="tune_stop")
     refresh_btn.click(lambda: gr.update(choices=reader.names()), None, view, api_visibility="private")
 

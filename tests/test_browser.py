@@ -1,0 +1,201 @@
+"""The workbench in headless Chromium: every tab, a tiny study, a training run stopped early, a chat.
+
+Runs `python app.py serve` in a temp project (a subprocess, OMP_NUM_THREADS=1) and saves a screenshot of
+each tab under artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from core.data import prepare
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "artifacts" / "screenshots"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
+]
+TEXT = (
+    "To be, or not to be, that is the question:\n"
+    "Whether 'tis nobler in the mind to suffer\n"
+    "The slings and arrows of outrageous fortune,\n\n"
+) * 60
+TINY_SPACE = {
+    "lr": [1e-3, 1e-2],
+    "n_layer": 1,
+    "n_head": {"choices": [2]},
+    "head_size": {"choices": [8]},
+    "dropout": 0,
+    "batch_size": {"choices": [4, 8]},
+    "block_size": {"choices": [16]},
+    "weight_decay": 0,
+    "warmup_fraction": 0.05,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser-project")
+    (root / "verse.txt").write_text(TEXT, encoding="utf-8")
+    prepare([root / "verse.txt"], root / "dataset")
+    port = free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py"), "serve", "--port", str(port)],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError("the workbench did not start:\n" + (root / "server.log").read_text()) from None
+            time.sleep(0.3)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
+        )
+        page = browser.new_page(viewport={"width": 1366, "height": 900})
+        page.set_default_timeout(30_000)
+        page.goto(server)
+        page.get_by_role("tab", name="Dataset").wait_for()
+        yield page
+        browser.close()
+
+
+def shoot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def field(page, label: str):
+    """The input labelled `label` on the open tab (other tabs stay in the page, hidden, with the same labels)."""
+    return page.get_by_label(label, exact=True).filter(visible=True)
+
+
+def test_dataset_tab_shows_the_corpus(page):
+    open_tab(page, "Dataset")
+    page.get_by_text("Vocabulary:").wait_for()
+    page.get_by_text("Prepare dataset").wait_for()
+    shoot(page, "dataset")
+
+
+def test_tune_tab_runs_a_study_with_live_table_and_plots_and_stays_responsive(page):
+    open_tab(page, "Tune")
+    field(page, "Study name").fill("browser")
+    field(page, "Trials").fill("3")
+    field(page, "Steps per trial").fill("40")
+    page.get_by_text("More settings").click()
+    field(page, "Steps between evals").fill("10")
+    field(page, "Batches per eval").fill("2")
+    editor = page.locator(".cm-content").first
+    editor.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.insert_text(json.dumps(TINY_SPACE))
+    page.get_by_role("button", name="Start study").click()
+    page.get_by_text("Started study browser").wait_for()
+
+    # a click is answered quickly while trials train
+    open_tab(page, "Train")
+    started = time.monotonic()
+    page.get_by_role("button", name="Stop", exact=True).click()
+    page.get_by_text("No train job is running.").wait_for(timeout=10_000)
+    latency = time.monotonic() - started
+    open_tab(page, "Tune")
+
+    complete = page.get_by_role("gridcell", name="COMPLETE")
+    complete.first.wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()
+    page.get_by_text("finished after").wait_for()
+    page.get_by_text("3 trial(s): 3 complete").wait_for()
+    assert complete.count() == 3
+    assert latency < 2.0, f"the page took {latency:.2f}s to answer a click during a study"
+    shoot(page, "tune")
+
+
+def test_train_tab_trains_survives_a_reload_and_stops(page, server):
+    open_tab(page, "Train")
+    for label, value in {
+        "Layers": "1",
+        "Heads": "2",
+        "Width (n_embd)": "16",
+        "Context (chars)": "16",
+        "Batch size": "8",
+        "Warmup steps": "5",
+        "Max steps": "5000",
+        "Steps between evals": "25",
+        "Batches per eval": "4",
+        "Sample length (chars)": "60",
+    }.items():
+        field(page, label).fill(value)
+    field(page, "Model name").fill("browser-model")
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("Started training browser-model").wait_for()
+    page.get_by_text("tokens/s").wait_for()
+
+    page.reload()  # the job lives on the server: the page re-attaches
+    page.get_by_role("tab", name="Train").wait_for()
+    open_tab(page, "Train")
+    page.get_by_text("tokens/s").wait_for()
+    page.get_by_text("Latest sample").wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()
+    shoot(page, "train")
+    page.get_by_role("button", name="Stop", exact=True).click()
+    page.get_by_text("stopped after").wait_for()
+    field(page, "Model").wait_for()
+
+
+def test_chat_tab_streams_a_reply_and_clears(page):
+    open_tab(page, "Chat")
+    box = page.get_by_placeholder("Type a message and press Enter")
+    box.fill("To be, or not")
+    box.press("Enter")
+    page.get_by_test_id("user").get_by_text("To be, or not").wait_for()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=bot]')].some(b => b.innerText.trim().length > 5)"
+    )
+    shoot(page, "chat")
+    page.locator("#chat-clear").click()
+    page.get_by_test_id("user").wait_for(state="detached")

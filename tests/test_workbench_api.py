@@ -1,0 +1,220 @@
+"""The workbench over its HTTP API (gradio_client), launched in-process on a free port in a temp project."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from core.data import prepare  # noqa: E402
+
+TEXT = (
+    "To be, or not to be, that is the question:\n"
+    "Whether 'tis nobler in the mind to suffer\n"
+    "The slings and arrows of outrageous fortune,\n\n"
+) * 60
+TINY_SPACE = {
+    "lr": [1e-3, 1e-2],
+    "n_layer": 1,
+    "n_head": {"choices": [2]},
+    "head_size": {"choices": [8]},
+    "dropout": 0,
+    "batch_size": {"choices": [4, 8]},
+    "block_size": {"choices": [16]},
+    "weight_decay": 0,
+    "warmup_fraction": 0.05,
+}
+# name, overwrite, n_layer, n_head, n_embd, block_size, dropout, batch_size, lr, weight_decay, warmup_iters,
+# max_iters, max_minutes, eval_interval, eval_iters, sample_chars
+TINY_TRAIN = [1, 2, 16, 16, 0.0, 8, 3e-3, 0.0, 5, 60, 0, 20, 4, 40]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def is_update(value) -> bool:
+    """gr.skip() reaches the client as an update dict: nothing changed."""
+    return isinstance(value, dict) and value.get("__type__") == "update"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from workbench.app import launch
+
+    root = tmp_path_factory.mktemp("project")
+    (root / "texts").mkdir()
+    (root / "texts" / "verse.txt").write_text(TEXT, encoding="utf-8")
+    prepare([root / "texts" / "verse.txt"], root / "dataset")
+    previous = Path.cwd()
+    os.chdir(root)  # core.tuning writes studies/<name>.best.json relative to the working folder
+    port = free_port()
+    demo, jobs, board = launch("127.0.0.1", port, root=root, block=False)
+    try:
+        yield SimpleNamespace(
+            root=root, jobs=jobs, board=board, client=Client(f"http://127.0.0.1:{port}/", verbose=False)
+        )
+    finally:
+        jobs.shutdown()
+        demo.close()
+        if board:
+            board.close()
+        os.chdir(previous)
+
+
+def poll(client: Client, api_name: str, done, *args, timeout: float = 90.0):
+    """Call a refresh endpoint until `done(outputs)`; return the last outputs that were not all skipped."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        outputs = client.predict(*args, api_name=api_name)
+        if not all(is_update(v) for v in outputs):
+            last = outputs
+            if done(last):
+                return last
+        time.sleep(0.5)
+    raise AssertionError(f"{api_name} did not finish in {timeout}s; last outputs: {last}")
+
+
+def test_a_study_runs_trials_that_appear_and_finish_and_a_second_start_is_refused(app):
+    args = ["tiny", 3, 20, 0, "none", 10, 2, 0, 0, json.dumps(TINY_SPACE)]
+    message, view = app.client.predict(*args, api_name="/tune_start")
+    assert "Started study tiny" in message and view["value"] == "tiny"
+    message, _ = app.client.predict(*args, api_name="/tune_start")
+    assert "already running" in message and "study tiny" in message
+
+    outputs = poll(app.client, "/tune_refresh", lambda o: "finished" in str(o[1]), "tiny")
+    bar, status, summary, table, history, curves, importance, _ = outputs
+    assert "3 complete" in summary
+    rows = table["data"]
+    assert [row[0] for row in rows] == [2, 1, 0] and all(row[1] == "COMPLETE" for row in rows)
+    assert all(isinstance(row[2], float) for row in rows) and "lr=" in rows[0][5]
+    assert history["type"] == "plotly" and curves["type"] == "plotly" and importance["type"] == "plotly"
+    assert (app.root / "studies" / "tiny.best.json").is_file()
+    # the dashboard beside it reads the same storage
+    import urllib.request
+
+    with urllib.request.urlopen(app.board.url.replace("/dashboard/", "/api/studies"), timeout=10) as response:
+        assert "tiny" in response.read().decode()
+
+
+def test_bad_tuning_input_is_an_error_message(app):
+    args = ["bad", 3, 20, 0, "none", 10, 2, 0, 0]
+    message, _ = app.client.predict(*args, json.dumps({"n_layer": [4, 2]}), api_name="/tune_start")
+    assert "low (4) is greater than high (2)" in message
+    message, _ = app.client.predict(*args, "{not json", api_name="/tune_start")
+    assert "not valid JSON" in message
+    message, _ = app.client.predict("../x", *args[1:], "{}", api_name="/tune_start")
+    assert "invalid study name" in message
+
+
+def test_training_shows_growing_metrics_then_chat_streams_a_reply(app):
+    message = app.client.predict("tiny", False, *TINY_TRAIN, api_name="/train_start")
+    assert "Started training tiny" in message
+    refused = app.client.predict("other", False, *TINY_TRAIN, api_name="/train_start")
+    assert "already running" in refused
+
+    seen_steps = []
+
+    def finished(outputs) -> bool:
+        bar = outputs[0]
+        if "step " in bar and "/60" in bar:
+            seen_steps.append(int(bar.split("step ")[1].split("/")[0]))
+        return "finished" in str(outputs[1])
+
+    outputs = poll(app.client, "/train_refresh", finished)
+    assert "best val loss" in outputs[1]
+    assert outputs[2]["type"] == "plotly" and isinstance(outputs[3], str) and outputs[3]
+    metrics = (app.root / "models" / "tiny" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in metrics] == [20, 40, 60]
+    assert seen_steps == sorted(seen_steps)
+    info, figure = app.client.predict("tiny", api_name="/model_details")
+    assert "best val loss" in info and figure["type"] == "plotly"
+
+    again = app.client.predict("tiny", False, *TINY_TRAIN, api_name="/train_start")
+    assert "already holds a model" in again
+    bad = app.client.predict("wide", False, 1, 3, 16, *TINY_TRAIN[3:], api_name="/train_start")
+    assert "must be a multiple of n_head" in bad
+
+    job = app.client.submit("To be, or not", [], "tiny", 0.8, 0, 1.0, 1.0, 60, 1, api_name="/chat")
+    final = job.result(timeout=60)
+    texts = [o[0][-1]["content"][0]["text"] if o[0][-1]["content"] else "" for o in job.outputs()]
+    assert len(texts) >= 2 and texts[0] == ""  # the reply streams in: an empty message first, then text
+    assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:]))
+    history = final[0]
+    assert history[0]["role"] == "user" and history[-1]["role"] == "assistant"
+    assert history[-1]["content"][0]["text"]
+    with pytest.raises(AppError, match="no saved model named 'ghost'"):
+        app.client.predict("hi", [], "ghost", 0.8, 0, 1.0, 1.0, 20, 1, api_name="/chat")
+    with pytest.raises(AppError, match="invalid model name"):
+        app.client.predict("hi", [], "../../etc", 0.8, 0, 1.0, 1.0, 20, 1, api_name="/chat")
+
+
+def test_a_restarted_workbench_offers_to_resume_the_interrupted_training(app):
+    from workbench.app import launch
+
+    # what a server killed while training 'tiny' leaves behind (the training test saved it at step 60)
+    record = {"title": "training tiny", "info": {"model": "tiny", "max_iters": 80}, "started": time.time()}
+    (app.root / ".workbench").mkdir(exist_ok=True)
+    (app.root / ".workbench" / "jobs.json").write_text(json.dumps({"train": record}))
+    port = free_port()
+    demo, jobs, _ = launch("127.0.0.1", port, root=app.root, dashboard=False, block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        bar, status, _plot, _sample, _saved, name, max_iters = client.predict(api_name="/train_refresh")
+        assert "interrupted" in bar and "Resume" in status and name == "tiny" and max_iters == 80
+        message = client.predict(name, max_iters, 0, api_name="/train_resume")
+        assert "Resuming tiny from step 60 to 80" in message
+        poll(client, "/train_refresh", lambda o: "finished" in str(o[1]))
+        metrics = (app.root / "models" / "tiny" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["step"] for line in metrics] == [20, 40, 60, 80]
+        assert json.loads((app.root / ".workbench" / "jobs.json").read_text()) == {}
+    finally:
+        jobs.shutdown()
+        demo.close()
+
+
+def test_prepare_refuses_paths_outside_the_project_and_bad_uploads(app, tmp_path):
+    server = "Files or folders on the server"
+    for path in ("../../etc/passwd", "/etc/passwd", "dataset/output_train.txt"):
+        message = app.client.predict(server, None, path, 0.1, "strict", api_name="/prepare_start")
+        assert "wb-error" in message, path
+    (app.root / "texts" / "escape.txt").symlink_to("/etc/hostname")
+    message = app.client.predict(server, None, "texts", 0.1, "strict", api_name="/prepare_start")
+    assert "points outside the project folder" in message
+    (app.root / "texts" / "escape.txt").unlink()
+
+    message = app.client.predict("Upload text files", None, "", 0.1, "strict", api_name="/prepare_start")
+    assert "no file uploaded" in message
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    message = app.client.predict(
+        "Upload text files", [handle_file(str(empty))], "", 0.1, "strict", api_name="/prepare_start"
+    )
+    assert "is empty" in message
+
+    binary = tmp_path / "blob.txt"
+    binary.write_bytes(b"abc\x00\x01\x02" * 100)
+    message = app.client.predict(
+        "Upload text files", [handle_file(str(binary))], "", 0.1, "strict", api_name="/prepare_start"
+    )
+    assert "Started" in message
+    deadline = time.monotonic() + 30
+    while app.jobs.get("prepare").active and time.monotonic() < deadline:
+        time.sleep(0.1)
+    job = app.jobs.get("prepare")
+    assert job.status == "failed" and "looks binary" in job.error
+    stored = list((app.root / "uploads").iterdir())
+    assert stored and all(p.parent == app.root / "uploads" and "blob" in p.name for p in stored)
+    assert (app.root / "dataset" / "vocab.txt").is_file()  # the failed prepare left the dataset alone
