@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AuthenticationError  # noqa: E402
 
 import workbench.app as workbench_app  # noqa: E402
 from core.data import prepare  # noqa: E402
@@ -56,7 +57,7 @@ def test_a_wrong_password_is_refused_and_the_right_one_lets_in(project, monkeypa
     try:
         assert login(url, "ann", "wrong") >= 400
         assert login(url, "eve", "s3cret") >= 400
-        with pytest.raises(Exception):  # the API is closed without a login too
+        with pytest.raises(AuthenticationError):  # the API is closed without a login too
             Client(url, verbose=False)
         assert login(url, "ann", "s3cret") == 200
         assert Client(url, auth=("ann", "s3cret"), verbose=False).predict("", api_name="/model_details")
@@ -84,9 +85,7 @@ def test_an_upload_over_the_limit_is_refused_and_the_server_keeps_running(projec
     try:
         client = Client(url, verbose=False)
         with pytest.raises(Exception, match="(?i)size|large|limit"):
-            client.predict(
-                "Upload text files", [handle_file(str(big))], "", 0.1, "strict", api_name="/prepare_start"
-            )
+            client.predict("Upload text files", [handle_file(str(big))], "", 0.1, "strict", api_name="/prepare_start")
         assert not (project / "uploads").exists() or not any((project / "uploads").iterdir())
         info, _ = client.predict("", api_name="/model_details")
         assert info == "No model chosen."
