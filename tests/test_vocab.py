@@ -25,6 +25,15 @@ def test_encode_decode_round_trip():
     assert vocab.encode_array("hello").tolist() == vocab.encode("hello")
 
 
+@pytest.mark.parametrize("text", ["plain ascii\n", "café — naïve 😀\n", ""])
+def test_encode_array_matches_encode_for_ascii_and_wide_text(text):
+    vocab = Vocab(sorted(set("plain ascii\ncafé — naïve 😀")))
+    assert vocab.encode_array(text).tolist() == vocab.encode(text)
+    assert vocab.encode_array(text).dtype == vocab.dtype
+    with pytest.raises(VocabError, match="'z'"):
+        vocab.encode_array(text + "z")
+
+
 def test_unknown_characters_are_named():
     vocab = Vocab("abc")
     with pytest.raises(VocabError, match="'z'"):
