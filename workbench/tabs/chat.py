@@ -7,6 +7,7 @@ when its weights change. The conversation's running text lives in the browser se
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,8 @@ from workbench.project import Project
 from workbench.tabs.train import model_names
 
 CACHE_SIZE = 3
+UPDATE_EVERY_S = 0.05  # streamed replies reach the page at most 20 times a second
+CONCURRENT_CHATS = 32  # replies generated at once; more sessions wait in Gradio's queue
 
 
 class ModelCache:
@@ -50,6 +53,23 @@ class ModelCache:
             while len(self._models) > self.size:
                 self._models.popitem(last=False)
             return loaded
+
+
+_GENERATION_LOCK = threading.Lock()
+
+
+def _one_at_a_time(pieces: Iterator[str]) -> Iterator[str]:
+    """Take turns, character by character, with the other conversations.
+
+    Many threads running small forward passes at once oversubscribe the cores (each op is itself
+    multi-threaded) and fight over the GIL; one step at a time serves every session faster.
+    """
+    while True:
+        with _GENERATION_LOCK:
+            piece = next(pieces, None)
+        if piece is None:
+            return
+        yield piece
 
 
 def _text(content: Any) -> str:
@@ -141,18 +161,39 @@ def build_chat(project: Project) -> dict[str, Any]:
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         yield history, session.transcript, "", note
         reply = ""
-        for piece in session.reply(message):  # the session adds the message to its transcript first
+        last_sent = 0.0
+        for piece in _one_at_a_time(session.reply(message)):  # it adds the message to its transcript first
             reply += piece
-            history[-1] = {"role": "assistant", "content": reply}
-            yield history, session.transcript + reply + REPLY_END, gr.skip(), gr.skip()
+            now = time.monotonic()
+            if now - last_sent >= UPDATE_EVERY_S:  # each update resends the conversation: not one per character
+                last_sent = now
+                history[-1] = {"role": "assistant", "content": reply}
+                yield history, session.transcript + reply + REPLY_END, gr.skip(), gr.skip()
+        history[-1] = {"role": "assistant", "content": reply}
         if not reply:
             history[-1] = {"role": "assistant", "content": "(no reply: the model ended at once)"}
         yield history, session.transcript, gr.skip(), gr.skip()
 
     chat_inputs = [box, chatbot, transcript, model, temperature, top_k, top_p, penalty, max_tokens, seed]
     chat_outputs = [chatbot, transcript, box, notice]
-    submitted = box.submit(respond, chat_inputs, chat_outputs, api_name="chat", show_progress="hidden")
-    clicked = send.click(respond, chat_inputs, chat_outputs, api_visibility="private", show_progress="hidden")
+    submitted = box.submit(
+        respond,
+        chat_inputs,
+        chat_outputs,
+        api_name="chat",
+        show_progress="hidden",
+        concurrency_limit=CONCURRENT_CHATS,
+        concurrency_id="chat",
+    )
+    clicked = send.click(
+        respond,
+        chat_inputs,
+        chat_outputs,
+        api_visibility="private",
+        show_progress="hidden",
+        concurrency_limit=CONCURRENT_CHATS,
+        concurrency_id="chat",
+    )
     stop.click(None, None, None, cancels=[submitted, clicked])
     clear.click(lambda: ([], "", ""), None, [chatbot, transcript, notice], api_visibility="private")
     model.change(lambda: ([], "", ""), None, [chatbot, transcript, notice], api_visibility="private")
