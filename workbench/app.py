@@ -158,7 +158,7 @@ def launch(
         auth=auth or None,
         max_file_size=f"{UPLOAD_LIMIT_MB}mb",
         prevent_thread_lock=True,
-        quiet=not block,
+        quiet=True,  # Gradio's own hints name its Python API; ours below name this program's flags
         theme=THEME,
         css=CSS,
         footer_links=["api", "gradio"],
@@ -169,6 +169,13 @@ def launch(
             f"at http://{host}:{port}",
             file=sys.stderr,
         )
+    if block:
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        print(f"Workbench: http://{shown}:{demo.server_port}/  (Ctrl-C stops it)", file=sys.stderr)
+        if share and getattr(demo, "share_url", None):
+            print(f"Public link (about a week): {demo.share_url}", file=sys.stderr)
+        elif not share:
+            print("A temporary public link: python app.py --share --auth user:password", file=sys.stderr)
     if board:
         print(f"optuna-dashboard: {board.url} (this machine only: it has no login)", file=sys.stderr)
     if block:
@@ -200,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     launch(
         args.host,
         args.port,
