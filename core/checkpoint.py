@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from core.config import ConfigError, ModelConfig, from_dict
-from core.fileio import atomic_path, atomic_write_text, fsync_dir
+from core.fileio import atomic_path, atomic_write_text, fsync_dir, remove_stale_temps
 from core.model import GPT
 from core.vocab import Vocab, VocabError
 
@@ -44,6 +44,7 @@ CONFIG_JSON, WEIGHTS, VOCAB_TXT, METRICS, BEST_PARAMS = (
     "best_params.json",
 )
 CHECKPOINT_DIR = "checkpoint"
+_TMP_PREFIX = ".tmp-"  # a checkpoint folder being written; renamed to step-N when whole
 KEEP_CHECKPOINTS = 2
 TIED_KEY = "lm_head.weight"  # shares storage with wte.weight; saved once
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -280,7 +281,7 @@ def save_checkpoint(
     """Write checkpoint/step-N atomically (a temp folder renamed into place) and keep the newest two."""
     root = folder / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=root))
     try:
         opt_tensors, opt_layout = _optimizer_to_tensors(optimizer_state)
         files = {
@@ -319,6 +320,13 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Delete what writes cut short by a kill left behind: temp files, half-built checkpoint folders."""
+    remove_stale_temps(folder)
+    for tmp in (folder / CHECKPOINT_DIR).glob(f"{_TMP_PREFIX}*"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _checkpoint_dirs(folder: Path) -> list[Path]:

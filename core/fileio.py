@@ -22,12 +22,23 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+TEMP_GLOB = ".*.tmp"  # the temporary files atomic_path writes beside their target
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete the temp files a process killed mid-write left in `folder`; returns how many."""
+    stale = [path for path in Path(folder).glob(TEMP_GLOB) if path.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path to write to; on success it replaces `target` atomically."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)  # TEMP_GLOB
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -195,6 +195,7 @@ def train(
         log.info("resumed from %s at step %d", checkpoint.path, step)
     if writes:
         out.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_leftovers(out)
         atomic_write_text(out / ckpt.METRICS, "".join(json.dumps(h) + "\n" for h in history))
 
     runner = torch.compile(model) if train_config.compile else model

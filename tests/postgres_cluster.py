@@ -6,21 +6,16 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.helpers import free_port
+
 
 def available() -> bool:
     return bool(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -31,7 +26,7 @@ def cluster(database: str = "optuna") -> Iterator[str]:
     workdir = Path(tempfile.mkdtemp(prefix="chargpt-pg-"))
     if os.geteuid() == 0:
         shutil.chown(workdir, "postgres")
-    data, port = workdir / "data", _free_port()
+    data, port = workdir / "data", free_port()
     subprocess.run(
         [*as_postgres, bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust"], check=True, capture_output=True
     )

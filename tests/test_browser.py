@@ -7,10 +7,7 @@ each tab under artifacts/screenshots/.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -18,36 +15,14 @@ from pathlib import Path
 import pytest
 
 from core.data import prepare
+from tests.helpers import APP, APP_ENV, ROOT, TEXT, TINY_SPACE, free_port
 
 CHROMIUM = "/usr/bin/chromium"
-ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "artifacts" / "screenshots"
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
 ]
-TEXT = (
-    "To be, or not to be, that is the question:\n"
-    "Whether 'tis nobler in the mind to suffer\n"
-    "The slings and arrows of outrageous fortune,\n\n"
-) * 60
-TINY_SPACE = {
-    "lr": [1e-3, 1e-2],
-    "n_layer": 1,
-    "n_head": {"choices": [2]},
-    "head_size": {"choices": [8]},
-    "dropout": 0,
-    "batch_size": {"choices": [4, 8]},
-    "block_size": {"choices": [16]},
-    "weight_decay": 0,
-    "warmup_fraction": 0.05,
-}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +31,11 @@ def server(tmp_path_factory):
     (root / "verse.txt").write_text(TEXT, encoding="utf-8")
     prepare([root / "verse.txt"], root / "dataset")
     port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
     log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py"), "serve", "--port", str(port)],
+        [*APP, "serve", "--port", str(port)],
         cwd=root,
-        env=env,
+        env={**APP_ENV, "PYTHONUNBUFFERED": "1"},
         stdout=log,
         stderr=subprocess.STDOUT,
     )

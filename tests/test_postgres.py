@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import optuna
 import pytest
 
 from core.tuning import open_study
 from tests import postgres_cluster
+from tests.helpers import APP, APP_ENV
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.postgres
 
 
@@ -27,7 +24,6 @@ def postgres_url():
 
 
 def test_two_workers_on_a_postgresql_study(tmp_path, dataset_dir, postgres_url):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     common = [
         "--study",
         "pg",
@@ -44,11 +40,11 @@ def test_two_workers_on_a_postgresql_study(tmp_path, dataset_dir, postgres_url):
         "--data-dir",
         str(dataset_dir),
     ]
-    app = [sys.executable, str(ROOT / "app.py"), "tune"]
-    subprocess.run([*app, *common, "--create-only"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    app = [*APP, "tune"]
+    subprocess.run([*app, *common, "--create-only"], cwd=tmp_path, env=APP_ENV, check=True, capture_output=True)
     started = time.time()
     workers = [
-        subprocess.Popen([*app, *common, "--trials", "3"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen([*app, *common, "--trials", "3"], cwd=tmp_path, env=APP_ENV, stderr=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
     errors = [w.communicate(timeout=300)[1] for w in workers]

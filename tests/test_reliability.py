@@ -9,9 +9,7 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,16 +19,13 @@ from core import checkpoint as ckpt
 from core.data import Dataset, prepare
 from core.trainer import train
 from core.vocab import Vocab
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import APP, APP_ENV, ROOT
 
 
 def test_kill_9_at_random_moments_then_resume_finishes(tmp_path, dataset_dir):
     """Checkpoint every step, so kills often land mid-write; every resume must start from a whole checkpoint."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     base = [
-        sys.executable,
-        str(ROOT / "app.py"),
+        *APP,
         "train",
         "--name",
         "k",
@@ -63,7 +58,9 @@ def test_kill_9_at_random_moments_then_resume_finishes(tmp_path, dataset_dir):
     folder = tmp_path / "models" / "k"
     for attempt in range(4):
         command = base + (["--resume"] if attempt else [])
-        proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            command, cwd=tmp_path, env=APP_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.time() + 60
         while not ckpt._checkpoint_dirs(folder) and time.time() < deadline:
             time.sleep(0.05)
@@ -72,11 +69,18 @@ def test_kill_9_at_random_moments_then_resume_finishes(tmp_path, dataset_dir):
         proc.wait()
         state = ckpt.latest_checkpoint(folder)
         assert state is not None, "no valid checkpoint survived the kill"
-        assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp") and p.is_file() and p.parent == folder]
-    finished = subprocess.run(base + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        # files are written whole or not at all (a temp file may be left beside them, cleared on resume)
+        assert (folder / "vocab.txt").read_text(encoding="utf-8").endswith("\n")
+        metrics = (folder / "metrics.jsonl").read_text(encoding="utf-8")
+        assert metrics == "" or metrics.endswith("\n")
+    finished = subprocess.run(
+        base + ["--resume"], cwd=tmp_path, env=APP_ENV, capture_output=True, text=True, timeout=300
+    )
     assert finished.returncode == 0, finished.stderr
     assert re.search(r"iters=400 ", finished.stdout)
     ckpt.load_model(folder)  # the saved model is whole
+    leftovers = [p.name for p in folder.rglob(".*") if p.name.endswith(".tmp") or p.name.startswith(".tmp-")]
+    assert not leftovers, f"what killed writes left behind was not cleared on resume: {leftovers}"
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(

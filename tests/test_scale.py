@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import optuna
 import pytest
 
 from core.tuning import open_study
+from tests.helpers import APP, APP_ENV, ROOT, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-APP = [sys.executable, str(ROOT / "app.py")]
 TINY_MODEL = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--device", "cpu"]
 TINY_TUNE = ["--trial-iters", "20", "--eval-interval", "10", "--eval-iters", "2", "--device", "cpu", "--heartbeat", "1"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _finished(trials) -> bool:
@@ -54,7 +43,7 @@ def test_journal_storage_with_two_worker_processes(tmp_path, dataset_dir):
             *TINY_TUNE,
         ],
         cwd=tmp_path,
-        env=ENV,
+        env=APP_ENV,
         capture_output=True,
         text=True,
         timeout=300,
@@ -65,11 +54,11 @@ def test_journal_storage_with_two_worker_processes(tmp_path, dataset_dir):
 
 
 def test_grpc_proxy_in_front_of_sqlite_with_two_workers(tmp_path, dataset_dir):
-    port = _free_port()
+    port = free_port()
     proxy = subprocess.Popen(
         [*APP, "proxy", "--storage", f"sqlite:///{tmp_path}/behind.db", "--port", str(port)],
         cwd=tmp_path,
-        env=ENV,
+        env=APP_ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -83,9 +72,11 @@ def test_grpc_proxy_in_front_of_sqlite_with_two_workers(tmp_path, dataset_dir):
             time.sleep(0.3)
         storage = f"grpc://127.0.0.1:{port}"
         common = ["tune", "--study", "g", "--storage", storage, "--data-dir", str(dataset_dir), *TINY_TUNE]
-        subprocess.run([*APP, *common, "--create-only"], cwd=tmp_path, env=ENV, check=True, capture_output=True)
+        subprocess.run([*APP, *common, "--create-only"], cwd=tmp_path, env=APP_ENV, check=True, capture_output=True)
         workers = [
-            subprocess.Popen([*APP, *common, "--trials", "2"], cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                [*APP, *common, "--trials", "2"], cwd=tmp_path, env=APP_ENV, stderr=subprocess.PIPE, text=True
+            )
             for _ in range(2)
         ]
         errors = [w.communicate(timeout=300)[1] for w in workers]
@@ -138,7 +129,7 @@ def test_torchrun_two_processes_match_one_and_resume_in_one(tmp_path, dataset_di
             *common,
         ],
         cwd=tmp_path,
-        env=ENV,
+        env=APP_ENV,
         capture_output=True,
         text=True,
         timeout=300,
@@ -147,7 +138,7 @@ def test_torchrun_two_processes_match_one_and_resume_in_one(tmp_path, dataset_di
     single = subprocess.run(
         [*APP, "train", "--name", "one", "--batch-size", "8", *common],
         cwd=tmp_path,
-        env=ENV,
+        env=APP_ENV,
         capture_output=True,
         text=True,
         timeout=300,
@@ -162,7 +153,7 @@ def test_torchrun_two_processes_match_one_and_resume_in_one(tmp_path, dataset_di
     resumed = subprocess.run(
         [*APP, "train", "--name", "ddp", "--resume", "--max-iters", "80"],
         cwd=tmp_path,
-        env=ENV,
+        env=APP_ENV,
         capture_output=True,
         text=True,
         timeout=300,

@@ -15,7 +15,7 @@ from gradio_client.exceptions import AuthenticationError  # noqa: E402
 import workbench.app as workbench_app  # noqa: E402
 from core.data import prepare  # noqa: E402
 from tests.conftest import VERSE  # noqa: E402
-from tests.test_workbench_api import free_port  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 
 
 def test_logins_come_from_the_flag_and_the_file(tmp_path):

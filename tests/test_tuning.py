@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,8 +26,8 @@ from core.tuning import (
     open_study,
     run_study,
 )
+from tests.helpers import APP, APP_ENV, run_app
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_SPACE = SearchSpace(
     lr=FloatRange(1e-5, 1e-2, log=True),
     n_layer=IntRange(1, 2),
@@ -136,19 +135,6 @@ def test_params_become_configs_for_the_final_budget():
     assert train.warmup_iters == 100 and train.min_lr == pytest.approx(2e-4) and train.batch_size == 12
 
 
-def run_app(*args, cwd, **kwargs):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "app.py"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        **kwargs,
-    )
-
-
 TINY_TUNE = ["--trial-iters", "20", "--eval-interval", "10", "--eval-iters", "2", "--device", "cpu", "--heartbeat", "1"]
 
 
@@ -227,11 +213,9 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path, dataset_dir, space_
         "--heartbeat",
         "1",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     worker = subprocess.Popen(
         [
-            sys.executable,
-            str(ROOT / "app.py"),
+            *APP,
             "tune",
             "--study",
             "k",
@@ -246,7 +230,7 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path, dataset_dir, space_
             *slow,
         ],
         cwd=tmp_path,
-        env=env,
+        env=APP_ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

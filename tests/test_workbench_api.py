@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,32 +15,11 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from core.data import prepare  # noqa: E402
+from tests.helpers import TEXT, TINY_SPACE, free_port  # noqa: E402
 
-TEXT = (
-    "To be, or not to be, that is the question:\n"
-    "Whether 'tis nobler in the mind to suffer\n"
-    "The slings and arrows of outrageous fortune,\n\n"
-) * 60
-TINY_SPACE = {
-    "lr": [1e-3, 1e-2],
-    "n_layer": 1,
-    "n_head": {"choices": [2]},
-    "head_size": {"choices": [8]},
-    "dropout": 0,
-    "batch_size": {"choices": [4, 8]},
-    "block_size": {"choices": [16]},
-    "weight_decay": 0,
-    "warmup_fraction": 0.05,
-}
 # name, overwrite, n_layer, n_head, n_embd, block_size, dropout, batch_size, lr, weight_decay, warmup_iters,
 # max_iters, max_minutes, eval_interval, eval_iters, sample_chars
 TINY_TRAIN = [1, 2, 16, 16, 0.0, 8, 3e-3, 0.0, 5, 60, 0, 20, 4, 40]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def is_update(value) -> bool:
