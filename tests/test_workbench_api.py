@@ -196,3 +196,26 @@ def test_prepare_refuses_paths_outside_the_project_and_bad_uploads(app, tmp_path
     stored = list((app.root / "uploads").iterdir())
     assert stored and all(p.parent == app.root / "uploads" and "blob" in p.name for p in stored)
     assert (app.root / "dataset" / "vocab.txt").is_file()  # the failed prepare left the dataset alone
+
+
+def test_the_workbench_shows_trials_from_workers_on_another_storage(app, tmp_path):
+    import optuna
+
+    from workbench.app import launch
+
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    study = optuna.create_study(study_name="shared", storage=storage)  # as a worker elsewhere would
+    for value in (2.5, 2.1):
+        trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+        trial.report(value + 0.3, 10)
+        study.tell(trial, value)
+    port = free_port()
+    demo, jobs, _ = launch("127.0.0.1", port, root=app.root, storage=storage, dashboard=False, block=False)
+    try:
+        outputs = Client(f"http://127.0.0.1:{port}/", verbose=False).predict("shared", api_name="/tune_refresh")
+        summary, table = outputs[2], outputs[3]
+        assert "2 trial(s): 2 complete" in summary and "best val loss 2.1000 (trial 1)" in summary
+        assert [row[0] for row in table["data"]] == [1, 0]
+    finally:
+        jobs.shutdown()
+        demo.close()
