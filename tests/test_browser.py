@@ -1,6 +1,6 @@
 """The workbench in headless Chromium: every tab, a tiny study, a training run stopped early, a chat.
 
-Runs `python app.py serve` in a temp project (a subprocess, OMP_NUM_THREADS=1) and saves a screenshot of
+Runs `python app.py serve` in a temp project (a subprocess using all cores) and saves a screenshot of
 each tab under artifacts/screenshots/.
 """
 
@@ -35,7 +35,8 @@ def server(tmp_path_factory):
     proc = subprocess.Popen(
         [*APP, "serve", "--port", str(port)],
         cwd=root,
-        env={**APP_ENV, "PYTHONUNBUFFERED": "1"},
+        # all cores for its jobs, as a user's server has: the page must stay responsive all the same
+        env={k: v for k, v in APP_ENV.items() if k != "OMP_NUM_THREADS"} | {"PYTHONUNBUFFERED": "1"},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -68,7 +69,7 @@ def page(server):
             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
         )
         page = browser.new_page(viewport={"width": 1366, "height": 900})
-        page.set_default_timeout(30_000)
+        page.set_default_timeout(60_000)
         page.goto(server)
         page.get_by_role("tab", name="Dataset").wait_for()
         yield page
@@ -125,7 +126,8 @@ def test_tune_tab_runs_a_study_with_live_table_and_plots_and_stays_responsive(pa
     page.get_by_text("finished after").wait_for()
     page.get_by_text("3 trial(s): 3 complete").wait_for()
     assert complete.count() == 3
-    assert latency < 2.0, f"the page took {latency:.2f}s to answer a click during a study"
+    print(f"click answered in {latency:.2f}s while the study trained")
+    assert latency < 1.0, f"the page took {latency:.2f}s to answer a click during a study"
     shoot(page, "tune")
 
 
