@@ -73,7 +73,10 @@ class TrainConfig:
     sample_chars: int = _help("characters sampled at each eval (0 = none)", default=200)
     seed: int = _help("random seed for init, data order and sampling", default=1337)
     device: str = _help("auto, cpu, cuda or cuda:N", default="auto")
-    dtype: str = _help("auto, float32, bfloat16 or float16 (autocast precision)", default="auto")
+    dtype: str = _help(
+        "autocast precision: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), float32, bfloat16 or float16",
+        default="auto",
+    )
     compile: bool = _help("torch.compile the model", default=False)
 
     @property

@@ -143,11 +143,15 @@ class GPT(nn.Module):
         return logits, loss
 
     def optimizer(self, lr: float, weight_decay: float, betas: tuple[float, float], device: torch.device):
-        """AdamW with weight decay on matrices only (not biases, LayerNorm or nothing 1-D)."""
+        """AdamW with weight decay on matrices only (not biases, LayerNorm or nothing 1-D).
+
+        Fused on CUDA and on CPU: on 2 CPU cores the fused step took 0.7 ms against 2.7 ms for `foreach`
+        (4x128 model) and 4 ms against 33 ms (6x384), see benchmarks/train_speed.py.
+        """
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        fused = device.type == "cuda"
+        fused = device.type in ("cuda", "cpu")
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None, foreach=None if fused else True)

@@ -1,0 +1,186 @@
+"""Data pipeline speed: `prepare` throughput and peak memory on a large corpus, and batch sampling cost.
+
+1. A corpus of random words (a small vocabulary with a few non-ASCII words, lines of 5-15 words) is written
+   in chunks to a temp folder, then prepared in a subprocess, both through the library call
+   (`core.data.prepare`) and through the CLI (`python app.py prepare FILE --data-dir DIR`). The peak RSS of
+   the subprocess comes from `os.wait4` (its own ru_maxrss); MB/s is input MB over prepare's own time, and
+   over the whole command (interpreter start and imports included). Targets: peak RSS < 300 MB, >= 50 MB/s.
+2. Batch sampling: `BatchSampler.next_batch()` on the prepared default corpus, as a share of one training
+   step (forward, backward, clip, AdamW) of the small config (4x128, context 64, batch 12). Target: < 2%.
+
+    python benchmarks/data_speed.py            # 500 MB corpus, 3 prepare runs of each kind
+    python benchmarks/data_speed.py --quick    # 100 MB corpus, 1 run of each kind
+
+Prints a table and writes benchmarks/results/data_speed.json. Temp files are removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import ROOT, CpuSnapshot, print_table, timed_repeats, wait_for_quiet, write_results
+from train_speed import CONFIGS, measure_steps
+
+from core.data import BatchSampler, Dataset, prepare
+
+MAX_FOREIGN = 0.05
+LIBRARY_CALL = (
+    "import json, sys; from core.data import prepare; "
+    "s = prepare([sys.argv[1]], sys.argv[2]); print(json.dumps({'seconds': s.seconds, 'chars': s.chars}))"
+)
+
+
+def write_corpus(path: Path, size_bytes: int, seed: int = 0, chunk_bytes: int = 8 << 20) -> int:
+    """Random words from a 2,000-word vocabulary (2% of them non-ASCII), written in chunks; returns bytes."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    words = ["".join(rng.choice(letters, size=rng.integers(1, 10))) for _ in range(1960)]
+    words += [w + s for w in ("caf", "na", "r", "fianc", "d") for s in ("é", "ï", "ü", "—", "ß", "ç", "ø", "å")]
+    vocab = np.array(words, dtype=object)
+    written = 0
+    with open(path, "w", encoding="utf-8", newline="") as out:
+        while written < size_bytes:
+            n_words = chunk_bytes // 6
+            picked = vocab[rng.integers(0, len(vocab), size=n_words)]
+            line_ends = np.cumsum(rng.integers(5, 16, size=n_words // 5 + 1))
+            separators = np.full(n_words, " ", dtype=object)
+            separators[line_ends[line_ends < n_words]] = "\n"
+            text = "".join(np.char.add(picked.astype(str), separators.astype(str)).tolist())
+            data = text.encode("utf-8")[: size_bytes - written]
+            out.write(data.decode("utf-8", errors="ignore"))
+            written += len(data)
+    return path.stat().st_size
+
+
+def run_measured(args: list[str]) -> dict:
+    """Like run_child, but reaps with os.wait4 to read this child's own peak RSS, and checks the machine."""
+    wait_for_quiet()
+    before = CpuSnapshot.take()
+    children_before = _children_cpu()
+    started = time.perf_counter()
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.stdout.read(), proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {stderr[-2000:]}")
+    after = CpuSnapshot.take()
+    child_cpu = _children_cpu() - children_before
+    foreign = max(0.0, (after.busy_s - before.busy_s) - (after.own_s - before.own_s) - child_cpu) / wall
+    info = {}
+    for line in stdout.splitlines()[::-1]:
+        if line.startswith("{"):
+            info = json.loads(line)
+            break
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "foreign_cores": foreign, **info}
+
+
+def _children_cpu() -> float:
+    times = os.times()
+    return times.children_user + times.children_system
+
+
+def bench_prepare(size_mb: int, repeats: int) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="chargpt-data-speed-") as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        started = time.perf_counter()
+        size = write_corpus(corpus, size_mb * 1_000_000)
+        print(f"wrote a {size / 1e6:.0f} MB corpus in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+        commands = {
+            "library: core.data.prepare": [sys.executable, "-c", LIBRARY_CALL, str(corpus), f"{tmp}/lib"],
+            "cli: app.py prepare": [sys.executable, "app.py", "prepare", str(corpus), "--data-dir", f"{tmp}/cli"],
+        }
+        for name, args in commands.items():
+            runs = []
+            for _ in range(repeats * 3):
+                run = run_measured(args)
+                if run["foreign_cores"] <= MAX_FOREIGN or len(runs) + 1 >= repeats * 3:
+                    runs.append(run)
+                if len(runs) >= repeats:
+                    break
+            wall = statistics.median(r["wall_s"] for r in runs)
+            row = {
+                "path": name,
+                "input_mb": size / 1e6,
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+                "command_s": wall,
+                "mb_per_s_command": size / 1e6 / wall,
+                "runs": len(runs),
+            }
+            if "seconds" in runs[0]:
+                seconds = statistics.median(r["seconds"] for r in runs)
+                row["prepare_s"] = seconds
+                row["mb_per_s"] = size / 1e6 / seconds
+            else:  # the CLI prints a summary line with the MB/s
+                row["mb_per_s"] = row["mb_per_s_command"]
+            rows.append(row)
+    return rows
+
+
+def bench_batches(repeats: int) -> dict:
+    if not (ROOT / "dataset" / "vocab.txt").exists():
+        prepare(None, ROOT / "dataset")
+    dataset = Dataset(ROOT / "dataset")
+    sampler = BatchSampler(dataset.tokens["train"], 64, 12, 0, torch.device("cpu"))
+    n_batches = 2000
+    batch = timed_repeats(lambda: [sampler.next_batch() for _ in range(n_batches)], repeats)
+    batch_s = batch["median_s"] / n_batches
+
+    config, batch_size = CONFIGS["small"]
+    steps = measure_steps(config, batch_size, "auto", warmup=10, per_window=25, windows=repeats)
+    step_s = steps["step_s"]
+    return {
+        "config": "4x128, ctx 64, batch 12",
+        "batch_us": batch_s * 1e6,
+        "step_ms": step_s * 1e3,
+        "batch_pct_of_step": 100 * batch_s / step_s,
+        "dropped_noisy": batch["dropped_noisy"] + steps["dropped_noisy"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="100 MB corpus, one run of each kind")
+    parser.add_argument("--size-mb", type=int, default=0, help="corpus size in MB (default 500, quick 100)")
+    args = parser.parse_args()
+    size_mb = args.size_mb or (100 if args.quick else 500)
+    repeats = 1 if args.quick else 3
+
+    prepare_rows = bench_prepare(size_mb, repeats)
+    for row in prepare_rows:
+        row["rss_ok"] = row["peak_rss_mb"] < 300
+        row["speed_ok"] = row["mb_per_s"] >= 50
+    print("\nprepare (targets: peak RSS < 300 MB, >= 50 MB/s)")
+    print_table(
+        prepare_rows,
+        ["path", "input_mb", "peak_rss_mb", "prepare_s", "mb_per_s", "command_s", "mb_per_s_command", "runs"],
+    )
+    batches = bench_batches(5 if not args.quick else 3)
+    batches["ok"] = batches["batch_pct_of_step"] < 2
+    print("\nbatch sampling (target: < 2% of a training step)")
+    print_table([batches], ["config", "batch_us", "step_ms", "batch_pct_of_step", "ok"])
+    write_results(
+        "data_speed",
+        {
+            "targets": {"peak_rss_mb": 300, "mb_per_s": 50, "batch_pct_of_step": 2},
+            "quick": args.quick,
+            "prepare": prepare_rows,
+            "batches": batches,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

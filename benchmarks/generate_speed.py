@@ -1,0 +1,116 @@
+"""Generation speed with and without the KV cache, and time to first token.
+
+A 6-layer, 6-head, 384-wide GPT with a context of 256 (random weights: speed does not depend on them)
+generates 500 new tokens through `core.sampling.generate_ids` (the path the chat CLI, the Chat tab and
+training samples use: temperature 0.8, repetition window, sampling on the CPU) after a 64-character
+prompt, with the cache (`use_cache=True`) and without it (each token re-reads the whole context).
+Time to first token is the time until `generate_ids` yields its first id, for prompts of 1, 64 and 256
+characters (256 fills the context: the whole prefill). Targets: cache >= 10x faster, first token < 100 ms.
+
+    python benchmarks/generate_speed.py            # 500 new tokens, 3 repeats
+    python benchmarks/generate_speed.py --quick    # 100 new tokens, 1 repeat
+
+Prints a table and writes benchmarks/results/generate_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from common import print_table, timed_repeats, wait_for_quiet, write_results
+
+from core.config import ModelConfig
+from core.model import GPT
+from core.sampling import SamplingConfig, generate_ids
+
+VOCAB = 80  # the default corpus has 80 characters
+CONFIG = ModelConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=VOCAB)
+
+
+def generate(model: GPT, prompt: list[int], new_tokens: int, use_cache: bool, temperature: float = 0.8) -> list[int]:
+    settings = SamplingConfig(temperature=temperature, max_new_tokens=new_tokens, seed=0)
+    return list(generate_ids(model, prompt, settings, use_cache=use_cache))
+
+
+def first_token_s(model: GPT, prompt: list[int], use_cache: bool, repeats: int) -> float:
+    settings = SamplingConfig(temperature=0.8, max_new_tokens=1, seed=0)
+    times = []
+    for _ in range(repeats):
+        wait_for_quiet(30)
+        started = time.perf_counter()
+        next(generate_ids(model, prompt, settings, use_cache=use_cache))
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="100 new tokens, one repeat")
+    args = parser.parse_args()
+    new_tokens = 100 if args.quick else 500
+    repeats = 1 if args.quick else 3
+
+    torch.manual_seed(0)
+    model = GPT(CONFIG).eval()
+    prompt = torch.randint(0, VOCAB, (256,), generator=torch.Generator().manual_seed(1)).tolist()
+    generate(model, prompt[:64], 20, True)  # warm up both paths
+    generate(model, prompt[:64], 5, False)
+
+    rows = []
+    for use_cache in (True, False):
+        timing = timed_repeats(lambda c=use_cache: generate(model, prompt[:64], new_tokens, c), repeats)
+        ttft = {n: first_token_s(model, prompt[:n], use_cache, 5) for n in (1, 64, 256)}
+        rows.append(
+            {
+                "kv_cache": use_cache,
+                "new_tokens": new_tokens,
+                "seconds": timing["median_s"],
+                "tokens_per_s": new_tokens / timing["median_s"],
+                "ttft_ms_prompt_1": ttft[1] * 1e3,
+                "ttft_ms_prompt_64": ttft[64] * 1e3,
+                "ttft_ms_prompt_256": ttft[256] * 1e3,
+                "dropped_noisy": timing["dropped_noisy"],
+            }
+        )
+    cached, uncached = rows
+    speedup = cached["tokens_per_s"] / uncached["tokens_per_s"]
+    greedy_same = generate(model, prompt[:64], 100, True, 0.0) == generate(model, prompt[:64], 100, False, 0.0)
+    worst_ttft = max(cached[k] for k in cached if k.startswith("ttft"))
+
+    print(f"\ngeneration, {CONFIG.n_layer} layers x {CONFIG.n_embd} wide, context {CONFIG.block_size}")
+    print_table(
+        rows,
+        [
+            "kv_cache",
+            "new_tokens",
+            "seconds",
+            "tokens_per_s",
+            "ttft_ms_prompt_1",
+            "ttft_ms_prompt_64",
+            "ttft_ms_prompt_256",
+            "dropped_noisy",
+        ],
+    )
+    print(f"cache speedup {speedup:.1f}x (target >= 10); worst cached time to first token {worst_ttft:.1f} ms")
+    print(f"greedy output identical with and without the cache (100 tokens within the context): {greedy_same}")
+    write_results(
+        "generate_speed",
+        {
+            "quick": args.quick,
+            "model": CONFIG.__dict__,
+            "threads": torch.get_num_threads(),
+            "rows": rows,
+            "speedup": speedup,
+            "worst_ttft_ms": worst_ttft,
+            "greedy_same_with_and_without_cache": greedy_same,
+            "targets": {"speedup": 10, "ttft_ms": 100},
+            "ok": speedup >= 10 and worst_ttft < 100,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
