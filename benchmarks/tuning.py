@@ -97,6 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-tuning-pays", action="store_true")
+    parser.add_argument("--pruners", nargs="+", default=["median"], help="pruners to compare with none")
     args = parser.parse_args()
     trials, trial_iters = (8, 150) if args.quick else (20, 300)
     tune_minutes, final_minutes = (3.0, 1.5) if args.quick else (15.0, 5.0)
@@ -105,23 +106,26 @@ def main() -> None:
         data_dir = Path(tmp) / "dataset"
         prepare(None, data_dir)
         storage = f"sqlite:///{tmp}/bench.db"
-        rows = [study_run(data_dir, storage, f"p-{p}", p, trials, trial_iters) for p in ("none", "median")]
-        unpruned, pruned = rows
-        saving = 1 - pruned["seconds"] / unpruned["seconds"]
-        work_saving = 1 - pruned["tokens_trained"] / unpruned["tokens_trained"]
+        rows = [study_run(data_dir, storage, f"p-{p}", p, trials, trial_iters) for p in ("none", *args.pruners)]
+        unpruned = rows[0]
         print(f"\nPruning ({trials} trials x {trial_iters} steps, same seeds)")
-        print(f"{'pruner':<8} {'seconds':>8} {'tokens':>12} {'pruned':>7} {'best val':>9}")
+        print(f"{'pruner':<10} {'seconds':>8} {'tokens':>12} {'pruned':>7} {'best val':>9}")
         for row in rows:
             print(
-                f"{row['pruner']:<8} {row['seconds']:>8.1f} {row['tokens_trained']:>12,} {row['pruned']:>7} "
+                f"{row['pruner']:<10} {row['seconds']:>8.1f} {row['tokens_trained']:>12,} {row['pruned']:>7} "
                 f"{row['best_val_loss']:>9.4f}"
             )
-        gap = pruned["best_val_loss"] - unpruned["best_val_loss"]
-        print(
-            f"time saved by pruning: {saving:.0%} (target >= 40%; training work saved {work_saving:.0%}), "
-            f"best val difference {gap:+.4f} (target <= 0.02)"
-        )
-        result = {"pruning": {"rows": rows, "time_saved": saving, "work_saved": work_saving, "best_val_gap": gap}}
+        comparisons = {}
+        for pruned in rows[1:]:
+            saving = 1 - pruned["seconds"] / unpruned["seconds"]
+            work_saving = 1 - pruned["tokens_trained"] / unpruned["tokens_trained"]
+            gap = pruned["best_val_loss"] - unpruned["best_val_loss"]
+            print(
+                f"{pruned['pruner']}: time saved {saving:.0%} (target >= 40%; training work saved {work_saving:.0%}), "
+                f"best val difference {gap:+.4f} (target <= 0.02)"
+            )
+            comparisons[pruned["pruner"]] = {"time_saved": saving, "work_saved": work_saving, "best_val_gap": gap}
+        result = {"pruning": {"rows": rows, "comparisons": comparisons}}
 
         if not args.skip_tuning_pays:
             tuned = study_run(data_dir, storage, "budget", "median", 10_000, trial_iters, timeout=tune_minutes * 60)
@@ -141,7 +145,7 @@ def main() -> None:
                 "params": tuned["best"]["params"],
             }
 
-    out = ROOT / "benchmarks" / "results" / "tuning.json"
+    out = ROOT / "benchmarks" / "results" / ("tuning_pruning.json" if args.skip_tuning_pays else "tuning.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"\nwrote {out}")
