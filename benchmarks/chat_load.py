@@ -121,7 +121,7 @@ def main() -> None:
     rows = []
     with throwaway_project() as root:
         train_small_model(root, MODEL)
-        with running_workbench(root) as server:
+        with running_workbench(root, dashboard=False) as server:
             load(server.url, 1, 1, 10)  # warm-up: loads the model into the server's cache
             for n in args.sessions:
                 rows.append({"training": "no", **load(server.url, n, rounds, max_new)})

@@ -1,11 +1,17 @@
-"""What many tests share: running app.py as a user would, a free port, a tiny corpus and search space."""
+"""What tests (and the workbench benchmarks) share: running app.py as a user would, a workbench server, a free
+port, a tiny corpus and search space."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,3 +50,51 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    dashboard_url: str | None
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server process, from /proc (Linux)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+@contextlib.contextmanager
+def running_workbench(root: Path, dashboard: bool = True, timeout_s: float = 90) -> Iterator[Server]:
+    """`python app.py serve` in `root` on a free port, on all cores as a user's server runs; stopped on exit."""
+    port = free_port()
+    log_path = root / "server.log"
+    args = [*APP, "serve", "--port", str(port), *([] if dashboard else ["--no-dashboard"])]
+    env = {k: v for k, v in APP_ENV.items() if k != "OMP_NUM_THREADS"} | {"PYTHONUNBUFFERED": "1"}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(args, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("the workbench did not start:\n" + log_path.read_text()) from None
+            time.sleep(0.3)
+    board = None
+    for line in log_path.read_text().splitlines():
+        if line.startswith("optuna-dashboard: "):
+            board = line.split()[1]
+    try:
+        yield Server(url, process, board)
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -7,15 +7,13 @@ each tab under artifacts/screenshots/.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from core.data import prepare
-from tests.helpers import APP, APP_ENV, ROOT, TEXT, TINY_SPACE, free_port
+from tests.helpers import ROOT, TEXT, TINY_SPACE, running_workbench
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "artifacts" / "screenshots"
@@ -30,34 +28,8 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser-project")
     (root / "verse.txt").write_text(TEXT, encoding="utf-8")
     prepare([root / "verse.txt"], root / "dataset")
-    port = free_port()
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [*APP, "serve", "--port", str(port)],
-        cwd=root,
-        # all cores for its jobs, as a user's server has: the page must stay responsive all the same
-        env={k: v for k, v in APP_ENV.items() if k != "OMP_NUM_THREADS"} | {"PYTHONUNBUFFERED": "1"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError("the workbench did not start:\n" + (root / "server.log").read_text()) from None
-            time.sleep(0.3)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with running_workbench(root) as server:  # all cores for its jobs: the page must stay responsive all the same
+        yield server.url
 
 
 @pytest.fixture(scope="module")
