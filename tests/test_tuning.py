@@ -241,7 +241,10 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path, dataset_dir, space_
             trials = open_study("k", storage).trials
         except TuningError:
             continue
-        if trials and trials[0].state == optuna.trial.TrialState.RUNNING:
+        # mid-trial: its parameters drawn and its heartbeat thread beating (a worker killed in the instant
+        # between creating a trial and its first heartbeat leaves nothing to tell a dead trial from a live one)
+        if trials and trials[0].state == optuna.trial.TrialState.RUNNING and trials[0].params:
+            time.sleep(1.5)
             break
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
