@@ -19,6 +19,8 @@ APP = [sys.executable, str(ROOT / "app.py")]
 # One thread a process: tests start several processes on two cores, and OpenMP threads that lose their core
 # to another process slow down many times over.
 APP_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False"}
+# The smallest model worth training in a test: one layer, two heads, 16 wide, a context of 16.
+TINY_MODEL_FLAGS = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4"]
 
 # A short verse corpus and a search space of tiny models, for tests that drive the workbench.
 TEXT = (

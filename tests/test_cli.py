@@ -6,19 +6,10 @@ import re
 
 import pytest
 
-from tests.helpers import run_app
+from tests.helpers import TINY_MODEL_FLAGS, run_app
 
 TINY = [
-    "--n-layer",
-    "1",
-    "--n-head",
-    "2",
-    "--n-embd",
-    "16",
-    "--block-size",
-    "16",
-    "--batch-size",
-    "4",
+    *TINY_MODEL_FLAGS,
     "--eval-interval",
     "10",
     "--eval-iters",

@@ -14,6 +14,7 @@ from core.model import GPT
 from core.sampling import SamplingConfig
 from core.trainer import train
 from core.tuning import run_study
+from tests.helpers import TINY_MODEL_FLAGS
 from tests.test_tuning import TINY_SPACE, tune_config
 
 
@@ -53,9 +54,8 @@ def test_out_of_memory_in_cli_training_is_a_clear_error_and_the_checkpoint_stays
     tmp_path, dataset_dir, monkeypatch, capsys
 ):
     models = tmp_path / "models"
-    flags = ["--data-dir", str(dataset_dir), "--models-dir", str(models), "--n-layer", "1", "--n-head", "2"]
-    flags += ["--n-embd", "16", "--block-size", "16", "--batch-size", "4", "--eval-interval", "10"]
-    flags += ["--eval-iters", "2", "--device", "cpu"]
+    flags = ["--data-dir", str(dataset_dir), "--models-dir", str(models), *TINY_MODEL_FLAGS]
+    flags += ["--eval-interval", "10", "--eval-iters", "2", "--device", "cpu"]
     assert main(["train", "--name", "m", "--max-iters", "20", *flags]) == 0
     saved = ckpt.latest_checkpoint(models / "m")
     assert saved is not None and saved.step == 20

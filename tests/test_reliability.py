@@ -19,7 +19,7 @@ from core import checkpoint as ckpt
 from core.data import Dataset, prepare
 from core.trainer import train
 from core.vocab import Vocab
-from tests.helpers import APP, APP_ENV, ROOT
+from tests.helpers import APP, APP_ENV, ROOT, TINY_MODEL_FLAGS
 
 
 def test_kill_9_at_random_moments_then_resume_finishes(tmp_path, dataset_dir):
@@ -31,16 +31,7 @@ def test_kill_9_at_random_moments_then_resume_finishes(tmp_path, dataset_dir):
         "k",
         "--data-dir",
         str(dataset_dir),
-        "--n-layer",
-        "1",
-        "--n-head",
-        "2",
-        "--n-embd",
-        "16",
-        "--block-size",
-        "16",
-        "--batch-size",
-        "4",
+        *TINY_MODEL_FLAGS,
         "--max-iters",
         "400",
         "--eval-interval",

@@ -213,22 +213,10 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path, dataset_dir, space_
         "--heartbeat",
         "1",
     ]
+    one_trial = ["tune", "--study", "k", "--storage", storage, "--trials", "1", "--space", str(space_file)]
+    one_trial += ["--data-dir", str(dataset_dir)]
     worker = subprocess.Popen(
-        [
-            *APP,
-            "tune",
-            "--study",
-            "k",
-            "--storage",
-            storage,
-            "--trials",
-            "1",
-            "--space",
-            str(space_file),
-            "--data-dir",
-            str(dataset_dir),
-            *slow,
-        ],
+        [*APP, *one_trial, *slow],
         cwd=tmp_path,
         env=APP_ENV,
         stdout=subprocess.DEVNULL,
@@ -249,21 +237,7 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path, dataset_dir, space_
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
     time.sleep(4)  # > grace period (3 heartbeats of 1 s)
-    result = run_app(
-        "tune",
-        "--study",
-        "k",
-        "--storage",
-        storage,
-        "--trials",
-        "1",
-        "--space",
-        str(space_file),
-        "--data-dir",
-        str(dataset_dir),
-        *TINY_TUNE,
-        cwd=tmp_path,
-    )
+    result = run_app(*one_trial, *TINY_TUNE, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     trials = open_study("k", storage).trials
     assert trials[0].state == optuna.trial.TrialState.FAIL
