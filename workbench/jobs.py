@@ -128,11 +128,9 @@ class JobManager:
             records = json.loads(self._journal.read_text(encoding="utf-8"))
         except (OSError, ValueError):  # none yet, or unreadable: nothing to bring back
             return {}
-        return (
-            {k: v for k, v in records.items() if k in KINDS and isinstance(v, dict)}
-            if isinstance(records, dict)
-            else {}
-        )
+        if not isinstance(records, dict):
+            return {}
+        return {kind: record for kind, record in records.items() if kind in KINDS and isinstance(record, dict)}
 
     def _write_journal(self, ending: dict[str, str] | None = None) -> None:
         """Record the running and interrupted jobs (called with self._lock held).

@@ -176,25 +176,16 @@ def build_chat(project: Project) -> dict[str, Any]:
 
     chat_inputs = [box, chatbot, transcript, model, temperature, top_k, top_p, penalty, max_tokens, seed]
     chat_outputs = [chatbot, transcript, box, notice]
-    submitted = box.submit(
+    replying = gr.on(
+        [box.submit, send.click],
         respond,
         chat_inputs,
         chat_outputs,
         api_name="chat",
         show_progress="hidden",
         concurrency_limit=CONCURRENT_CHATS,
-        concurrency_id="chat",
     )
-    clicked = send.click(
-        respond,
-        chat_inputs,
-        chat_outputs,
-        api_visibility="private",
-        show_progress="hidden",
-        concurrency_limit=CONCURRENT_CHATS,
-        concurrency_id="chat",
-    )
-    stop.click(None, None, None, cancels=[submitted, clicked])
+    stop.click(None, None, None, cancels=[replying])
     clear.click(lambda: ([], "", ""), None, [chatbot, transcript, notice], api_visibility="private")
     model.change(lambda: ([], "", ""), None, [chatbot, transcript, notice], api_visibility="private")
 
