@@ -1,14 +1,18 @@
 """Does tuning pay, and does pruning pay? Measured on the default corpus.
 
-1. Pruning: the same number of trials, same seeds, with the median pruner and without; wall time and best
+1. Pruning: the same number of trials, same seeds, with the default pruner and without; wall time and best
    val loss of each. Target: >= 40% less time for a best val loss within 0.02.
 2. Tuning: a fixed CPU budget of tuning plus final training, against the untuned default config trained for
    the same final budget. Target: the tuned model's val loss is lower.
 
     python benchmarks/tuning.py            # 20 trials x 300 steps; 15 min tuning + 5 min final training
     python benchmarks/tuning.py --quick    # a few minutes in all
+    python benchmarks/tuning.py --skip-tuning-pays --seed 1 --pruners percentile median asha   # pruning only
 
-Prints a table and writes benchmarks/results/tuning.json.
+Each study's trials (parameters, val loss at each evaluation, seconds) are kept in the JSON, so pruners can
+also be compared offline on the curves of the study without a pruner.
+
+Prints a table and writes benchmarks/results/tuning.json (tuning_pruning_seed<N>.json for pruning only).
 """
 
 from __future__ import annotations
@@ -34,7 +38,14 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def study_run(
-    data_dir: Path, storage: str, name: str, pruner: str, trials: int, trial_iters: int, timeout: float = 0
+    data_dir: Path,
+    storage: str,
+    name: str,
+    pruner: str,
+    trials: int,
+    trial_iters: int,
+    timeout: float = 0,
+    seed: int = 0,
 ) -> dict:
     config = TuneConfig(
         study=name,
@@ -45,7 +56,7 @@ def study_run(
         eval_interval=max(1, trial_iters // 6),
         eval_iters=20,
         pruner=pruner,
-        seed=0,
+        seed=seed,
         data_dir=str(data_dir),
         device="cpu",
         heartbeat=0,
@@ -62,6 +73,17 @@ def study_run(
         "pruned": states.count("PRUNED"),
         "best_val_loss": round(study.best_value, 4),
         "best": best_params(study),
+        "trial_curves": [
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "seconds": t.user_attrs.get("seconds"),
+                "tokens": tokens_trained(t, trial_iters),
+                "val_by_step": t.intermediate_values,
+                "params": t.params,
+            }
+            for t in study.trials
+        ],
     }
 
 
@@ -97,7 +119,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-tuning-pays", action="store_true")
-    parser.add_argument("--pruners", nargs="+", default=["median"], help="pruners to compare with none")
+    parser.add_argument("--pruners", nargs="+", default=[TuneConfig.pruner], help="pruners to compare with none")
+    parser.add_argument("--seed", type=int, default=0, help="study seed, the same for every pruner")
+    parser.add_argument("--only-unpruned", action="store_true", help="run only the study without a pruner")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the study without a pruner")
     args = parser.parse_args()
     trials, trial_iters = (8, 150) if args.quick else (20, 300)
     tune_minutes, final_minutes = (3.0, 1.5) if args.quick else (15.0, 5.0)
@@ -106,9 +131,9 @@ def main() -> None:
         data_dir = Path(tmp) / "dataset"
         prepare(None, data_dir)
         storage = f"sqlite:///{tmp}/bench.db"
-        rows = [study_run(data_dir, storage, f"p-{p}", p, trials, trial_iters) for p in ("none", *args.pruners)]
-        unpruned = rows[0]
-        print(f"\nPruning ({trials} trials x {trial_iters} steps, same seeds)")
+        pruners = ([] if args.no_baseline else ["none"]) + ([] if args.only_unpruned else args.pruners)
+        rows = [study_run(data_dir, storage, f"p-{p}", p, trials, trial_iters, seed=args.seed) for p in pruners]
+        print(f"\nPruning ({trials} trials x {trial_iters} steps, study seed {args.seed} for each)")
         print(f"{'pruner':<10} {'seconds':>8} {'tokens':>12} {'pruned':>7} {'best val':>9}")
         for row in rows:
             print(
@@ -116,7 +141,8 @@ def main() -> None:
                 f"{row['best_val_loss']:>9.4f}"
             )
         comparisons = {}
-        for pruned in rows[1:]:
+        unpruned = rows[0]
+        for pruned in rows[1:] if unpruned["pruner"] == "none" else []:
             saving = 1 - pruned["seconds"] / unpruned["seconds"]
             work_saving = 1 - pruned["tokens_trained"] / unpruned["tokens_trained"]
             gap = pruned["best_val_loss"] - unpruned["best_val_loss"]
@@ -125,10 +151,12 @@ def main() -> None:
                 f"best val difference {gap:+.4f} (target <= 0.02)"
             )
             comparisons[pruned["pruner"]] = {"time_saved": saving, "work_saved": work_saving, "best_val_gap": gap}
-        result = {"pruning": {"rows": rows, "comparisons": comparisons}}
+        result = {"pruning": {"seed": args.seed, "rows": rows, "comparisons": comparisons}}
 
         if not args.skip_tuning_pays:
-            tuned = study_run(data_dir, storage, "budget", "median", 10_000, trial_iters, timeout=tune_minutes * 60)
+            tuned = study_run(
+                data_dir, storage, "budget", TuneConfig.pruner, 10_000, trial_iters, timeout=tune_minutes * 60
+            )
             tuned_loss = final_training(data_dir, tuned["best"]["params"], final_minutes)
             default_loss = final_training(data_dir, None, final_minutes)
             print(
@@ -145,7 +173,8 @@ def main() -> None:
                 "params": tuned["best"]["params"],
             }
 
-    out = ROOT / "benchmarks" / "results" / ("tuning_pruning.json" if args.skip_tuning_pays else "tuning.json")
+    name = f"tuning_pruning_seed{args.seed}.json" if args.skip_tuning_pays else "tuning.json"
+    out = ROOT / "benchmarks" / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"\nwrote {out}")

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -212,7 +213,8 @@ def _run_training(args: argparse.Namespace, tuned: dict[str, Any] | None, dist: 
         if not dist.is_main:
             return
         mark = " *" if event.improved else ""
-        bar.write(f"step {event.step}: train {event.train_loss:.4f}, val {event.val_loss:.4f}{mark}")
+        train_part = f"train {event.train_loss:.4f}, " if math.isfinite(event.train_loss) else ""
+        bar.write(f"step {event.step}: {train_part}val {event.val_loss:.4f}{mark}")
         if event.sample:
             bar.write("  | " + event.sample.replace("\n", "\n  | "))
 

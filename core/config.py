@@ -68,6 +68,7 @@ class TrainConfig:
     grad_clip: float = _help("clip gradient norm to this value (0 = off)", default=1.0)
     eval_interval: int = _help("evaluate train/val loss every N steps", default=250)
     eval_iters: int = _help("batches averaged per evaluation", default=50)
+    eval_train: bool = _help("evaluate the train split too, not only val (tuning trials skip it)", default=True)
     checkpoint_interval: int = _help("write a resumable checkpoint every N steps (0 = at evals)", default=0)
     patience: int = _help("stop after N evals without val improvement (0 = never)", default=0)
     sample_chars: int = _help("characters sampled at each eval (0 = none)", default=200)

@@ -105,11 +105,16 @@ def lr_at(progress: float, step: int, config: TrainConfig) -> float:
 def estimate_loss(
     model: torch.nn.Module, dataset: Dataset, config: ModelConfig, train_config: TrainConfig, device, amp_dtype
 ) -> dict[str, float]:
-    """Mean loss over `eval_iters` batches of each split; the same batches at every eval (fixed seed)."""
+    """Mean loss over `eval_iters` batches of each split; the same batches at every eval (fixed seed).
+
+    Without `train_config.eval_train` the train split is skipped and reported as NaN.
+    """
     was_training = model.training
     model.eval()
-    losses = {}
+    losses = {"train": math.nan}
     for split, tokens in dataset.tokens.items():
+        if split == "train" and not train_config.eval_train:
+            continue
         sampler = BatchSampler(tokens, config.block_size, train_config.batch_size, train_config.seed + 1, device)
         total = torch.zeros((), device=device)
         for _ in range(train_config.eval_iters):
@@ -262,12 +267,13 @@ def train(
     def evaluate() -> None:
         nonlocal best_val, best_train, best_step, best_weights, evals_without_gain
         losses = estimate_loss(model, dataset, model_config, train_config, device, amp_dtype)
-        if not all(math.isfinite(v) for v in losses.values()):
+        if not all(math.isfinite(v) for split, v in losses.items() if split == "val" or train_config.eval_train):
             raise LossDiverged(f"evaluation loss is not finite at step {step}: {losses}")
         improved = losses["val"] < best_val
         if improved:
             best_val, best_train, best_step, evals_without_gain = losses["val"], losses["train"], step, 0
-            best_weights = ckpt.weights_for_saving(model)
+            if writes:  # the kept weights are only ever saved
+                best_weights = ckpt.weights_for_saving(model)
         else:
             evals_without_gain += 1
         sample = ""

@@ -40,7 +40,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 STUDIES_DIR = Path("studies")
 DEFAULT_STORAGE = f"sqlite:///{STUDIES_DIR}/gpt_tuning.db"
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("percentile", "median", "asha", "hyperband", "none")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -296,8 +296,19 @@ def _first_line(err: Exception) -> str:
 
 
 def make_pruner(name: str, min_resource: int = 1, max_resource: int | str = "auto") -> optuna.pruners.BasePruner:
+    """Optuna's pruner `name`; no trial is pruned before `min_resource` steps (the first evaluation).
+
+    `percentile` (the default) stops a trial that is not in the best third of earlier trials at the same
+    step, once 3 trials have finished; measured in benchmarks/tuning.py it saves more time than `median`
+    for the same best value. `asha` (successive halving) saves the most but also prunes the second trial
+    if it trails the first, which once steered the sampler away from the best region.
+    """
+    if name == "percentile":
+        return optuna.pruners.PercentilePruner(100 / 3, n_startup_trials=3, n_warmup_steps=min_resource)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=min_resource)
+    if name == "asha":  # at steps r, 3r, 9r.. only the best third of the trials that got there go on
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=3)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=max_resource)
     if name == "none":
@@ -334,7 +345,7 @@ class TuneConfig:
     )
     eval_interval: int = field(default=50, metadata={"help": "steps between evaluations (pruning points)"})
     eval_iters: int = field(default=20, metadata={"help": "batches per evaluation"})
-    pruner: str = field(default="median", metadata={"help": "median, hyperband or none"})
+    pruner: str = field(default="percentile", metadata={"help": "percentile, median, asha, hyperband or none"})
     seed: int = field(default=0, metadata={"help": "study seed: sampler and per-trial seeds derive from it"})
     data_dir: str = field(default="dataset", metadata={"help": "prepared dataset folder"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
@@ -391,6 +402,7 @@ def trial_configs(params: dict[str, Any], config: TuneConfig, trial_number: int)
         eval_interval=config.eval_interval,
         eval_iters=config.eval_iters,
         sample_chars=0,
+        eval_train=False,  # pruning and the objective read only the val loss
         seed=config.seed * 100_003 + trial_number,
         device=config.device,
     )

@@ -27,6 +27,14 @@ def result_vocab_size(config: TrainConfig) -> int:
     return len(Dataset(config.data_dir).vocab)
 
 
+def test_val_only_evaluation_skips_the_train_split_and_changes_nothing_else(tiny_model_config, tiny_train_config):
+    both = train(tiny_model_config, tiny_train_config)
+    val_only = train(tiny_model_config, dataclasses.replace(tiny_train_config, eval_train=False))
+    assert [h["val_loss"] for h in val_only.history] == pytest.approx([h["val_loss"] for h in both.history])
+    assert all(math.isnan(h["train_loss"]) for h in val_only.history)
+    assert math.isfinite(both.train_loss) and math.isnan(val_only.train_loss)
+
+
 def test_lr_schedule_warms_up_then_decays_to_min():
     config = TrainConfig(lr=1.0, min_lr=0.1, warmup_iters=10, max_iters=100)
     lrs = [lr_at(step / 100, step, config) for step in range(101)]

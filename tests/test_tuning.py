@@ -74,6 +74,14 @@ def test_trials_complete_and_prune_and_the_study_resumes(tmp_path, dataset_dir):
     assert summary.name == "t" and summary.complete + summary.pruned == 8
 
 
+@pytest.mark.parametrize("pruner", ["median", "asha", "hyperband"])
+def test_every_pruner_prunes_a_study(tmp_path, dataset_dir, pruner):
+    study = run_study(tune_config(tmp_path, dataset_dir, trials=6, pruner=pruner), TINY_SPACE)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) >= 1
+    assert states.count(optuna.trial.TrialState.COMPLETE) >= 1
+
+
 def test_stop_event_ends_the_study_and_keeps_finished_trials(tmp_path, dataset_dir):
     stop = threading.Event()
     finished = []

@@ -192,7 +192,7 @@ def build_tune(
                 trial_iters = gr.Number(value=300, precision=0, minimum=1, label="Steps per trial", min_width=90)
             with gr.Row():
                 timeout_min = gr.Number(value=0, minimum=0, label="Time budget (min, 0 = none)", min_width=90)
-                pruner = gr.Dropdown(list(PRUNERS), value="median", label="Pruner", min_width=90)
+                pruner = gr.Dropdown(list(PRUNERS), value=TuneConfig.pruner, label="Pruner", min_width=90)
             with gr.Accordion("More settings", open=False):
                 with gr.Row():
                     eval_interval = gr.Number(
