@@ -9,6 +9,10 @@
    in float32 and bfloat16 autocast. MFU = model FLOPs per token (6 N + 12 n_layer T n_embd, as
    GPT.flops_per_token) x tokens/s / the matmul peak of the same dtype (fp32 peak for fp32, bf16 peak
    for bf16; `mfu_vs_fp32_peak` puts both on the fp32 scale). Target: fp32 MFU >= 0.55 for both configs.
+   The small config is also measured with `compile=True` (torch.compile; compiling happens in the untimed
+   warmup steps). On this 2-vCPU machine the eager small step swings between ~35 and ~46 ms from one
+   process to the next, while one thread (58 ms) and a large matmul stay steady, and OMP_PROC_BIND or
+   OMP_WAIT_POLICY do not change it; compiled (fewer, fused kernels) it stayed at 33-35 ms in 12 windows.
 3. Runs: the small config (lr 1e-3, dropout 0, default TrainConfig otherwise: evals every 250 steps over
    50 batches, 200-character samples, checkpoints) trained for 2000 iterations on the default corpus in
    float32, in bfloat16 and in float32 with another seed (the seed-to-seed noise the dtype difference is
@@ -42,6 +46,7 @@ from core.model import GPT
 from core.trainer import StepEvent, TrainHooks, train
 
 DATA_DIR = ROOT / "dataset"
+DTYPES = ("float32", "bfloat16")
 CONFIGS = {
     "small": (ModelConfig(n_layer=4, n_head=4, n_embd=128, block_size=64), 12),
     "384-wide": (ModelConfig(n_layer=6, n_head=6, n_embd=384, block_size=256), 64),
@@ -88,7 +93,14 @@ class StepTimer:
 
 
 def measure_steps(
-    model_config: ModelConfig, batch_size: int, dtype: str, *, warmup: int, per_window: int, windows: int
+    model_config: ModelConfig,
+    batch_size: int,
+    dtype: str,
+    *,
+    warmup: int,
+    per_window: int,
+    windows: int,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Median seconds per optimiser step of core.trainer.train (no evals, samples or writes in the window)."""
     timer = StepTimer(warmup, per_window, windows, max_windows=windows * 3)
@@ -102,6 +114,7 @@ def measure_steps(
         sample_chars=0,
         device="cpu",
         dtype=dtype,
+        compile=compile,
     )
     train(model_config, train_config, hooks=TrainHooks(on_step=timer, should_stop=timer.done))
     if not timer.kept:
@@ -122,13 +135,15 @@ def bench_speed(quick: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             if small
             else {"warmup": 2, "per_window": 1, "windows": 5 if not quick else 2}
         )
-        for dtype in ("float32", "bfloat16"):
-            result = measure_steps(config, batch, dtype, **plan)
+        variants = [(dtype, compiled) for compiled in ((False, True) if small else (False,)) for dtype in DTYPES]
+        for dtype, compiled in variants:
+            result = measure_steps(config, batch, dtype, compile=compiled, **plan)
             tokens_per_s = batch * config.block_size / result["step_s"]
             rows.append(
                 {
                     "config": name,
                     "dtype": dtype,
+                    "compiled": compiled,
                     "batch": batch,
                     "context": config.block_size,
                     "params": GPT(config).num_params(),
@@ -140,7 +155,7 @@ def bench_speed(quick: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                     "dropped_noisy": result["dropped_noisy"],
                 }
             )
-            print(f"{name} {dtype}: {tokens_per_s:,.0f} tokens/s", file=sys.stderr)
+            print(f"{name} {dtype} compiled={compiled}: {tokens_per_s:,.0f} tokens/s", file=sys.stderr)
     peaks_after = {dt: matmul_peak(dt) for dt in (torch.float32, torch.bfloat16)}
     peaks = {}
     for dt in (torch.float32, torch.bfloat16):
@@ -153,9 +168,10 @@ def bench_speed(quick: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     for row in rows:
         row["mfu"] = row["model_flops_per_s"] / peaks[row["dtype"]]["flops_per_s"]
         row["mfu_vs_fp32_peak"] = row["model_flops_per_s"] / peaks["float32"]["flops_per_s"]
-    for name in CONFIGS:
-        fp32, bf16 = (r for r in rows if r["config"] == name)
-        bf16["speedup_vs_fp32"] = bf16["tokens_per_s"] / fp32["tokens_per_s"]
+    for row in rows:
+        if row["dtype"] == "bfloat16":
+            fp32 = next(r for r in rows if r["config"] == row["config"] and r["compiled"] == row["compiled"])
+            row["speedup_vs_fp32"] = row["tokens_per_s"] / fp32["tokens_per_s"]
     return rows, peaks
 
 
@@ -223,6 +239,7 @@ def main() -> None:
             [
                 "config",
                 "dtype",
+                "compiled",
                 "step_ms",
                 "tokens_per_s",
                 "mfu",
