@@ -94,3 +94,15 @@ def test_damaged_checkpoint_is_skipped_for_the_previous_one(saved_model):
     assert ckpt.latest_checkpoint(saved_model / "tiny").step == 10
     (folders[0] / "state.json").unlink()
     assert ckpt.latest_checkpoint(saved_model / "tiny") is None
+
+
+def test_compiled_training_matches_eager_and_saves_plain_keys(tmp_path, tiny_model_config, tiny_train_config):
+    import dataclasses
+
+    config = dataclasses.replace(tiny_train_config, max_iters=10, eval_interval=10, dtype="float32")
+    eager = train(tiny_model_config, config)
+    compiled = train(tiny_model_config, dataclasses.replace(config, compile=True), out_dir=tmp_path / "c")
+    assert compiled.val_loss == pytest.approx(eager.val_loss, abs=1e-3)
+    weights = ckpt._load_tensors(tmp_path / "c" / ckpt.WEIGHTS)
+    assert weights and not any(k.startswith("_orig_mod.") for k in weights)
+    assert load_model(tmp_path / "c").model.config.n_layer == tiny_model_config.n_layer
