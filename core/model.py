@@ -26,6 +26,23 @@ class KVCache:
         return cls(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype))
 
 
+def project(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)`, faster for the single row of a CPU decoding step.
+
+    For one row, MKL's fp32 matrix-vector product runs on one thread (~11 GB/s of weights on this 2-core
+    machine). Split into a batch of row blocks, the same product runs on every thread (~40 GB/s), which
+    makes a 6x384 model's cached decoding step about 2x faster (benchmarks/generate_speed.py). The
+    column's strides (0, 1, in_features) matter: a contiguous column takes a path as slow as the GEMV.
+    """
+    parts = math.gcd(layer.out_features, torch.get_num_threads())
+    if x.device.type != "cpu" or x.numel() != x.shape[-1] or parts < 2 or torch.is_grad_enabled():
+        return layer(x)
+    blocks = layer.weight.view(parts, layer.out_features // parts, layer.in_features)
+    column = x.reshape(-1).as_strided((parts, layer.in_features, 1), (0, 1, layer.in_features))
+    y = torch.bmm(blocks, column).view(x.shape[:-1] + (layer.out_features,))
+    return y + layer.bias if layer.bias is not None else y
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -37,7 +54,7 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        q, k, v = project(self.qkv, x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         if cache is None:
             y = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
@@ -53,7 +70,7 @@ class CausalSelfAttention(nn.Module):
             else:  # prefill after `start` cached tokens: token i sees cached tokens and new tokens <= i
                 mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
                 y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
-        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)))
+        return self.resid_dropout(project(self.proj, y.transpose(1, 2).reshape(B, T, C)))
 
 
 class MLP(nn.Module):
@@ -64,7 +81,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        return self.dropout(project(self.proj, F.gelu(project(self.fc, x))))
 
 
 class Block(nn.Module):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from core.config import ConfigError, ModelConfig
-from core.model import GPT, KVCache
+from core.model import GPT, KVCache, project
 
 
 def make_model(**overrides) -> GPT:
@@ -40,6 +40,28 @@ def test_kv_cache_matches_full_forward():
     model(idx[:, :4], cache=cache2)
     chunk, _ = model(idx[:, 4:9], cache=cache2)  # a multi-token step after a cached prefix
     assert torch.allclose(chunk[:, -1], full[:, 8], atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_single_row_decoding_matches_full_forward(bias):
+    """One sequence, one token per step: the CPU path that splits each projection across threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        layer = torch.nn.Linear(32, 96, bias=bias)
+        row = torch.randn(1, 1, 32)
+        with torch.no_grad():
+            assert torch.allclose(project(layer, row), layer(row), atol=1e-6)
+        model = make_model(bias=bias)
+        idx = torch.randint(0, 11, (1, 16))
+        with torch.no_grad():
+            full, _ = model(idx)
+            cache = KVCache.empty(model.config, 1, torch.device("cpu"), torch.float32)
+            for t in range(16):
+                step, _ = model(idx[:, t : t + 1], cache=cache)
+                assert torch.allclose(step[:, -1], full[:, t], atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_context_overflow_is_an_error():
