@@ -107,11 +107,11 @@ def estimate_loss(
 ) -> dict[str, float]:
     """Mean loss over `eval_iters` batches of each split; the same batches at every eval (fixed seed).
 
-    Without `train_config.eval_train` the train split is skipped and reported as NaN.
+    Without `train_config.eval_train` the train split is skipped (and left out of the result).
     """
     was_training = model.training
     model.eval()
-    losses = {"train": math.nan}
+    losses = {}
     for split, tokens in dataset.tokens.items():
         if split == "train" and not train_config.eval_train:
             continue
@@ -267,8 +267,9 @@ def train(
     def evaluate() -> None:
         nonlocal best_val, best_train, best_step, best_weights, evals_without_gain
         losses = estimate_loss(model, dataset, model_config, train_config, device, amp_dtype)
-        if not all(math.isfinite(v) for split, v in losses.items() if split == "val" or train_config.eval_train):
+        if not all(math.isfinite(v) for v in losses.values()):
             raise LossDiverged(f"evaluation loss is not finite at step {step}: {losses}")
+        losses.setdefault("train", math.nan)
         improved = losses["val"] < best_val
         if improved:
             best_val, best_train, best_step, evals_without_gain = losses["val"], losses["train"], step, 0
