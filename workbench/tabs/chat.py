@@ -186,7 +186,8 @@ def build_chat(project: Project) -> dict[str, Any]:
         concurrency_limit=CONCURRENT_CHATS,
     )
     stop.click(None, None, None, cancels=[replying])
-    clear.click(lambda: ([], "", ""), None, [chatbot, transcript, notice], api_visibility="private")
+    # Clear also ends a reply still streaming, whose next update would bring the conversation back.
+    clear.click(lambda: ([], "", ""), None, [chatbot, transcript, notice], cancels=[replying], api_visibility="private")
     model.change(lambda: ([], "", ""), None, [chatbot, transcript, notice], api_visibility="private")
 
     def refresh_models(current: str | None):
