@@ -34,8 +34,10 @@ def project(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     makes a 6x384 model's cached decoding step about 2x faster (benchmarks/generate_speed.py). The
     column's strides (0, 1, in_features) matter: a contiguous column takes a path as slow as the GEMV.
     """
+    if x.numel() != x.shape[-1] or x.device.type != "cpu" or torch.is_grad_enabled():
+        return layer(x)  # training and batched forwards: the normal path, nothing computed for them
     parts = math.gcd(layer.out_features, torch.get_num_threads())
-    if x.device.type != "cpu" or x.numel() != x.shape[-1] or parts < 2 or torch.is_grad_enabled():
+    if parts < 2:
         return layer(x)
     blocks = layer.weight.view(parts, layer.out_features // parts, layer.in_features)
     column = x.reshape(-1).as_strided((parts, layer.in_features, 1), (0, 1, layer.in_features))
