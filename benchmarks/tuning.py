@@ -7,18 +7,19 @@
 
     python benchmarks/tuning.py            # 20 trials x 300 steps; 15 min tuning + 5 min final training
     python benchmarks/tuning.py --quick    # a few minutes in all
-    python benchmarks/tuning.py --skip-tuning-pays --seed 1 --pruners percentile median asha   # pruning only
+    python benchmarks/tuning.py --skip-tuning-pays --seeds 0 1 2 --pruners percentile asha   # pruning only
 
 Each study's trials (parameters, val loss at each evaluation, seconds) are kept in the JSON, so pruners can
 also be compared offline on the curves of the study without a pruner.
 
-Prints a table and writes benchmarks/results/tuning.json (tuning_pruning_seed<N>.json for pruning only).
+Prints a table and writes benchmarks/results/tuning.json (tuning_pruning_seeds<N_M..>.json for pruning only).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -115,12 +116,58 @@ def final_training(data_dir: Path, params: dict | None, minutes: float) -> float
     return train(model_config, train_config).val_loss
 
 
+def compare_pruners(data_dir: Path, storage: str, pruners: list[str], seed: int, trials: int, trial_iters: int) -> dict:
+    """One study per pruner on the same seed; each pruner's savings against the study without one."""
+    rows = [study_run(data_dir, storage, f"s{seed}-{p}", p, trials, trial_iters, seed=seed) for p in pruners]
+    print(f"\nPruning ({trials} trials x {trial_iters} steps, study seed {seed} for each)")
+    print(f"{'pruner':<10} {'seconds':>8} {'tokens':>12} {'pruned':>7} {'best val':>9}")
+    for row in rows:
+        print(
+            f"{row['pruner']:<10} {row['seconds']:>8.1f} {row['tokens_trained']:>12,} {row['pruned']:>7} "
+            f"{row['best_val_loss']:>9.4f}"
+        )
+    comparisons = {}
+    unpruned = rows[0]
+    for pruned in rows[1:] if unpruned["pruner"] == "none" else []:
+        comparisons[pruned["pruner"]] = {
+            "time_saved": 1 - pruned["seconds"] / unpruned["seconds"],
+            "work_saved": 1 - pruned["tokens_trained"] / unpruned["tokens_trained"],
+            "best_val_gap": pruned["best_val_loss"] - unpruned["best_val_loss"],
+        }
+    return {"seed": seed, "rows": rows, "comparisons": comparisons}
+
+
+def summarize_pruning(runs: list[dict]) -> dict:
+    """Per pruner: time saved and best-val gap on each seed, their median, and the worst gap."""
+    summary = {}
+    pruners = dict.fromkeys(p for run in runs for p in run["comparisons"])
+    print(f"\n{'pruner':<10} {'seed':>5} {'time saved':>11} {'work saved':>11} {'best val gap':>13}")
+    for pruner in pruners:
+        per_seed = [(run["seed"], run["comparisons"][pruner]) for run in runs if pruner in run["comparisons"]]
+        for seed, c in per_seed:
+            print(
+                f"{pruner:<10} {seed:>5} {c['time_saved']:>11.0%} {c['work_saved']:>11.0%} {c['best_val_gap']:>+13.4f}"
+            )
+        summary[pruner] = {
+            "seeds": [seed for seed, _ in per_seed],
+            "median_time_saved": statistics.median(c["time_saved"] for _, c in per_seed),
+            "median_work_saved": statistics.median(c["work_saved"] for _, c in per_seed),
+            "worst_best_val_gap": max(c["best_val_gap"] for _, c in per_seed),
+        }
+        s = summary[pruner]
+        print(
+            f"{pruner:<10} {'median':>5} {s['median_time_saved']:>11.0%} {s['median_work_saved']:>11.0%} "
+            f"{s['worst_best_val_gap']:>+13.4f} (worst)   target: time saved >= 40%, gap <= 0.02"
+        )
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-tuning-pays", action="store_true")
     parser.add_argument("--pruners", nargs="+", default=[TuneConfig.pruner], help="pruners to compare with none")
-    parser.add_argument("--seed", type=int, default=0, help="study seed, the same for every pruner")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="study seeds; each pruner runs on each")
     parser.add_argument("--only-unpruned", action="store_true", help="run only the study without a pruner")
     parser.add_argument("--no-baseline", action="store_true", help="skip the study without a pruner")
     args = parser.parse_args()
@@ -132,26 +179,8 @@ def main() -> None:
         prepare(None, data_dir)
         storage = f"sqlite:///{tmp}/bench.db"
         pruners = ([] if args.no_baseline else ["none"]) + ([] if args.only_unpruned else args.pruners)
-        rows = [study_run(data_dir, storage, f"p-{p}", p, trials, trial_iters, seed=args.seed) for p in pruners]
-        print(f"\nPruning ({trials} trials x {trial_iters} steps, study seed {args.seed} for each)")
-        print(f"{'pruner':<10} {'seconds':>8} {'tokens':>12} {'pruned':>7} {'best val':>9}")
-        for row in rows:
-            print(
-                f"{row['pruner']:<10} {row['seconds']:>8.1f} {row['tokens_trained']:>12,} {row['pruned']:>7} "
-                f"{row['best_val_loss']:>9.4f}"
-            )
-        comparisons = {}
-        unpruned = rows[0]
-        for pruned in rows[1:] if unpruned["pruner"] == "none" else []:
-            saving = 1 - pruned["seconds"] / unpruned["seconds"]
-            work_saving = 1 - pruned["tokens_trained"] / unpruned["tokens_trained"]
-            gap = pruned["best_val_loss"] - unpruned["best_val_loss"]
-            print(
-                f"{pruned['pruner']}: time saved {saving:.0%} (target >= 40%; training work saved {work_saving:.0%}), "
-                f"best val difference {gap:+.4f} (target <= 0.02)"
-            )
-            comparisons[pruned["pruner"]] = {"time_saved": saving, "work_saved": work_saving, "best_val_gap": gap}
-        result = {"pruning": {"seed": args.seed, "rows": rows, "comparisons": comparisons}}
+        runs = [compare_pruners(data_dir, storage, pruners, seed, trials, trial_iters) for seed in args.seeds]
+        result = {"pruning": {"runs": runs, "summary": summarize_pruning(runs)}}
 
         if not args.skip_tuning_pays:
             tuned = study_run(
@@ -173,7 +202,8 @@ def main() -> None:
                 "params": tuned["best"]["params"],
             }
 
-    name = f"tuning_pruning_seed{args.seed}.json" if args.skip_tuning_pays else "tuning.json"
+    seeds = "_".join(map(str, args.seeds))
+    name = f"tuning_pruning_seeds{seeds}.json" if args.skip_tuning_pays else "tuning.json"
     out = ROOT / "benchmarks" / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -23,11 +23,14 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
+from optuna.storages._rdb import models as rdb_models
+from optuna.storages._rdb.storage import _create_scoped_session
 
 from core.config import ConfigError, ModelConfig, TrainConfig, parse_duration, replace_known
 from core.data import Dataset
@@ -260,7 +263,7 @@ def make_storage(url: str = DEFAULT_STORAGE, *, heartbeat: int = 10) -> optuna.s
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
             )
         try:
-            return optuna.storages.RDBStorage(url, **kwargs)
+            return (HeartbeatRDBStorage if heartbeat else optuna.storages.RDBStorage)(url, **kwargs)
         except ImportError as err:
             raise TuningError(
                 f"the database driver for {url.split(':')[0]} is not installed ({err.name}); pip install it"
@@ -281,6 +284,31 @@ def make_storage(url: str = DEFAULT_STORAGE, *, heartbeat: int = 10) -> optuna.s
         f"unknown storage {url!r}; use sqlite:///PATH, postgresql://USER:PASS@HOST/DB, mysql+pymysql://..., "
         "journal:PATH or grpc://HOST:PORT"
     )
+
+
+class HeartbeatRDBStorage(optuna.storages.RDBStorage):
+    """RDBStorage that also fails a running trial whose worker died before the trial's first heartbeat.
+
+    Optuna judges only trials that have beaten once, so a worker killed between creating a trial (which
+    includes the sampler's work) and its heartbeat thread's first beat left that trial RUNNING for ever. A
+    live worker beats within a second of a trial's start; a trial with no beat `unbeaten_after` seconds
+    after it is dead. The start is stamped by the worker's clock and "now" by this one, hence the margin.
+    """
+
+    unbeaten_after = timedelta(minutes=5)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        too_old = datetime.now(UTC).replace(tzinfo=None) - self.unbeaten_after  # stored as naive UTC
+        with _create_scoped_session(self.scoped_session) as session:
+            unbeaten = (
+                session.query(rdb_models.TrialModel.trial_id)
+                .filter(rdb_models.TrialModel.study_id == study_id)
+                .filter(rdb_models.TrialModel.state == optuna.trial.TrialState.RUNNING)
+                .filter(rdb_models.TrialModel._datetime_start_utc < too_old)
+                .filter(~rdb_models.TrialModel.heartbeats.any())
+            )
+            return stale + [trial_id for (trial_id,) in unbeaten.all()]
 
 
 def _connect_timeout(url: str) -> dict[str, Any]:

@@ -237,8 +237,8 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path, dataset_dir, space_
             trials = open_study("k", storage).trials
         except TuningError:
             continue
-        # mid-trial: its parameters drawn and its heartbeat thread beating (a worker killed in the instant
-        # between creating a trial and its first heartbeat leaves nothing to tell a dead trial from a live one)
+        # mid-trial: its parameters drawn and its heartbeat thread beating (a trial killed before its first
+        # beat is failed only minutes later: the next test)
         if trials and trials[0].state == optuna.trial.TrialState.RUNNING and trials[0].params:
             time.sleep(1.5)
             break
@@ -252,6 +252,30 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path, dataset_dir, space_
     retried = [t for t in trials[1:] if t.system_attrs.get("failed_trial") == 0 or t.params == trials[0].params]
     assert retried and retried[0].state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_retried(tmp_path, monkeypatch):
+    from datetime import timedelta
+
+    from core.tuning import HeartbeatRDBStorage
+
+    storage = make_storage(f"sqlite:///{tmp_path}/unbeaten.db", heartbeat=1)
+    assert isinstance(storage, HeartbeatRDBStorage)
+    study = optuna.create_study(study_name="u", storage=storage)
+    dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # created; its worker never beat
+    live = study.ask()
+    storage.record_heartbeat(live._trial_id)
+
+    optuna.storages.fail_stale_trials(study)  # younger than the margin: could still be starting
+    assert study.trials[dead.number].state == optuna.trial.TrialState.RUNNING
+
+    monkeypatch.setattr(HeartbeatRDBStorage, "unbeaten_after", timedelta(0))
+    optuna.storages.fail_stale_trials(study)
+    trials = study.trials
+    assert trials[dead.number].state == optuna.trial.TrialState.FAIL
+    assert trials[live.number].state == optuna.trial.TrialState.RUNNING  # it beats: not judged by its start
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert retry and retry[0].state == optuna.trial.TrialState.WAITING and retry[0].params == dead.params
 
 
 def test_durations_read_like_a_person_writes_them():
