@@ -84,7 +84,7 @@ def keep_polling_dashboard(url: str | None, stop: threading.Event, counts: dict[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=200)
-    parser.add_argument("--trial-tokens", type=int, default=2000)
+    parser.add_argument("--trial-iters", type=int, default=20)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -100,10 +100,10 @@ def main() -> None:
             message, _ = client.predict(
                 "soak",
                 args.trials,
-                args.trial_tokens,
+                args.trial_iters,
                 0,
                 "median",
-                2,
+                10,
                 2,
                 0,
                 0,

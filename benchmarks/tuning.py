@@ -5,7 +5,7 @@
 2. Tuning: a fixed CPU budget of tuning plus final training, against the untuned default config trained for
    the same final budget. Target: the tuned model's val loss is lower.
 
-    python benchmarks/tuning.py            # 20 trials x 300,000 characters; 15 min tuning + 5 min final training
+    python benchmarks/tuning.py            # 20 trials x 300 steps; 15 min tuning + 5 min final training
     python benchmarks/tuning.py --quick    # a few minutes in all
     python benchmarks/tuning.py --skip-tuning-pays --seeds 0 1 2 --pruners percentile asha   # pruning only
 
@@ -44,7 +44,7 @@ def study_run(
     name: str,
     pruner: str,
     trials: int,
-    trial_tokens: int,
+    trial_iters: int,
     timeout: float = 0,
     seed: int = 0,
 ) -> dict:
@@ -53,8 +53,8 @@ def study_run(
         storage=storage,
         trials=trials,
         timeout=timeout,
-        trial_tokens=trial_tokens,
-        evals_per_trial=6,
+        trial_iters=trial_iters,
+        eval_interval=max(1, trial_iters // 6),
         eval_iters=20,
         pruner=pruner,
         seed=seed,
@@ -69,7 +69,7 @@ def study_run(
     return {
         "pruner": pruner,
         "seconds": round(seconds, 1),
-        "tokens_trained": sum(tokens_trained(t, trial_tokens) for t in study.trials),
+        "tokens_trained": sum(tokens_trained(t, trial_iters) for t in study.trials),
         "trials": len(states),
         "pruned": states.count("PRUNED"),
         "best_val_loss": round(study.best_value, 4),
@@ -79,7 +79,7 @@ def study_run(
                 "number": t.number,
                 "state": t.state.name,
                 "seconds": t.user_attrs.get("seconds"),
-                "tokens": tokens_trained(t, trial_tokens),
+                "tokens": tokens_trained(t, trial_iters),
                 "val_by_step": t.intermediate_values,
                 "params": t.params,
             }
@@ -88,10 +88,13 @@ def study_run(
     }
 
 
-def tokens_trained(trial: optuna.trial.FrozenTrial, trial_tokens: int) -> int:
-    """Characters a trial trained on (its last report for a pruned one). Unlike wall time, this does not
-    change when something else loads the machine; unlike time, it weighs a large model like a small one."""
-    return max(trial.intermediate_values, default=0) if trial.state.name == "PRUNED" else trial_tokens
+def tokens_trained(trial: optuna.trial.FrozenTrial, trial_iters: int) -> int:
+    """Characters a trial trained on: its last evaluated step times its batch of windows.
+
+    Unlike wall time, this does not change when something else loads the machine.
+    """
+    steps = max(trial.intermediate_values, default=0) if trial.state.name == "PRUNED" else trial_iters
+    return steps * trial.params.get("batch_size", 12) * trial.params.get("block_size", 64)
 
 
 def final_training(data_dir: Path, params: dict | None, minutes: float) -> float:
@@ -113,12 +116,10 @@ def final_training(data_dir: Path, params: dict | None, minutes: float) -> float
     return train(model_config, train_config).val_loss
 
 
-def compare_pruners(
-    data_dir: Path, storage: str, pruners: list[str], seed: int, trials: int, trial_tokens: int
-) -> dict:
+def compare_pruners(data_dir: Path, storage: str, pruners: list[str], seed: int, trials: int, trial_iters: int) -> dict:
     """One study per pruner on the same seed; each pruner's savings against the study without one."""
-    rows = [study_run(data_dir, storage, f"s{seed}-{p}", p, trials, trial_tokens, seed=seed) for p in pruners]
-    print(f"\nPruning ({trials} trials x {trial_tokens:,} characters, study seed {seed} for each)")
+    rows = [study_run(data_dir, storage, f"s{seed}-{p}", p, trials, trial_iters, seed=seed) for p in pruners]
+    print(f"\nPruning ({trials} trials x {trial_iters} steps, study seed {seed} for each)")
     print(f"{'pruner':<10} {'seconds':>8} {'tokens':>12} {'pruned':>7} {'best val':>9}")
     for row in rows:
         print(
@@ -170,7 +171,7 @@ def main() -> None:
     parser.add_argument("--only-unpruned", action="store_true", help="run only the study without a pruner")
     parser.add_argument("--no-baseline", action="store_true", help="skip the study without a pruner")
     args = parser.parse_args()
-    trials, trial_tokens = (8, 150_000) if args.quick else (20, TuneConfig.trial_tokens)
+    trials, trial_iters = (8, 150) if args.quick else (20, 300)
     tune_minutes, final_minutes = (3.0, 1.5) if args.quick else (15.0, 5.0)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,12 +179,12 @@ def main() -> None:
         prepare(None, data_dir)
         storage = f"sqlite:///{tmp}/bench.db"
         pruners = ([] if args.no_baseline else ["none"]) + ([] if args.only_unpruned else args.pruners)
-        runs = [compare_pruners(data_dir, storage, pruners, seed, trials, trial_tokens) for seed in args.seeds]
+        runs = [compare_pruners(data_dir, storage, pruners, seed, trials, trial_iters) for seed in args.seeds]
         result = {"pruning": {"runs": runs, "summary": summarize_pruning(runs)}}
 
         if not args.skip_tuning_pays:
             tuned = study_run(
-                data_dir, storage, "budget", TuneConfig.pruner, 10_000, trial_tokens, timeout=tune_minutes * 60
+                data_dir, storage, "budget", TuneConfig.pruner, 10_000, trial_iters, timeout=tune_minutes * 60
             )
             tuned_loss = final_training(data_dir, tuned["best"]["params"], final_minutes)
             default_loss = final_training(data_dir, None, final_minutes)

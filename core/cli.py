@@ -290,10 +290,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         def report(event) -> None:
             if event.state != "RUNNING":
                 value = f"{event.val_loss:.4f}" if event.val_loss is not None else "-"
-                print(
-                    f"trial {event.trial}: {event.state.lower()} after {event.tokens:,} chars, val {value}",
-                    file=sys.stderr,
-                )
+                print(f"trial {event.trial}: {event.state.lower()} at step {event.step}, val {value}", file=sys.stderr)
 
         with StopOnSignal() as stop:
             import threading

@@ -367,14 +367,11 @@ class TuneConfig:
         default=0.0,
         metadata={"help": "stop starting trials after this long: 1200, 20m, 1h (0 = none)", "type": parse_duration},
     )
-    trial_tokens: int = field(
-        default=300_000,
-        metadata={"help": "characters each trial trains on (steps x batch x block): trials compare at equal data"},
-    )
-    evals_per_trial: int = field(default=6, metadata={"help": "evaluations per trial, the pruning points"})
+    trial_iters: int = field(default=300, metadata={"help": "training steps per trial"})
     trial_seconds: float = field(
         default=0.0, metadata={"help": "time budget per trial: 60, 90s, 2m (0 = none)", "type": parse_duration}
     )
+    eval_interval: int = field(default=50, metadata={"help": "steps between evaluations (pruning points)"})
     eval_iters: int = field(default=20, metadata={"help": "batches per evaluation"})
     pruner: str = field(default="percentile", metadata={"help": "percentile, median, asha, hyperband or none"})
     seed: int = field(default=0, metadata={"help": "study seed: sampler and per-trial seeds derive from it"})
@@ -386,17 +383,12 @@ class TuneConfig:
         check_study_name(self.study)
         if self.trials <= 0:
             raise TuningError(f"trials must be > 0, got {self.trials}")
-        if self.trial_tokens <= 0 or self.evals_per_trial <= 0 or self.eval_iters <= 0:
-            raise TuningError("trial_tokens, evals_per_trial and eval_iters must be > 0")
+        if self.trial_iters <= 0 or self.eval_interval <= 0 or self.eval_iters <= 0:
+            raise TuningError("trial_iters, eval_interval and eval_iters must be > 0")
         if self.timeout < 0 or self.trial_seconds < 0:
             raise TuningError("timeout and trial_seconds must be >= 0")
         make_pruner(self.pruner)
         return self
-
-    @property
-    def eval_tokens(self) -> int:
-        """Characters between two evaluations; trials report their val loss at multiples of it."""
-        return max(1, self.trial_tokens // self.evals_per_trial)
 
 
 @dataclass
@@ -405,14 +397,14 @@ class TrialEvent:
 
     trial: int
     state: str  # RUNNING, COMPLETE, PRUNED, FAIL
-    tokens: int = 0  # characters trained at the last evaluation
+    step: int = 0
     val_loss: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
 
 
 def create_study(config: TuneConfig, worker: int = 0) -> optuna.Study:
     sampler = optuna.samplers.TPESampler(seed=config.seed + 1000 * worker, multivariate=True, group=True)
-    pruner = make_pruner(config.pruner, min_resource=config.eval_tokens, max_resource=config.trial_tokens)
+    pruner = make_pruner(config.pruner, min_resource=config.eval_interval, max_resource=config.trial_iters)
     try:
         return optuna.create_study(
             study_name=check_study_name(config.study),
@@ -431,20 +423,11 @@ def create_study(config: TuneConfig, worker: int = 0) -> optuna.Study:
 
 
 def trial_configs(params: dict[str, Any], config: TuneConfig, trial_number: int) -> tuple[ModelConfig, TrainConfig]:
-    """A trial's configs: `config.trial_tokens` characters whatever its batch and block size.
-
-    A budget in steps would favour the largest batches and contexts, which see more text per step: the
-    sampler drifted to the costliest trials, which also lead at every pruning point, so pruning saved little.
-    """
-    tokens_per_step = params.get("batch_size", TrainConfig.batch_size) * params.get(
-        "block_size", ModelConfig.block_size
-    )
-    eval_interval = max(1, round(config.eval_tokens / (tokens_per_step * TrainConfig.grad_accum)))
     base = TrainConfig(
         data_dir=config.data_dir,
-        max_iters=eval_interval * config.evals_per_trial,
+        max_iters=config.trial_iters,
         max_minutes=config.trial_seconds / 60,
-        eval_interval=eval_interval,
+        eval_interval=config.eval_interval,
         eval_iters=config.eval_iters,
         sample_chars=0,
         eval_train=False,  # pruning and the objective read only the val loss
@@ -473,13 +456,11 @@ def make_objective(
         trial.set_user_attr("params", params)
 
         def on_eval(event: EvalEvent) -> None:
-            # the k-th evaluation is reported at k x eval_tokens, so pruners compare trials at equal data
-            tokens = round(event.step / train_config.eval_interval) * config.eval_tokens
-            trial.report(event.val_loss, tokens)
+            trial.report(event.val_loss, event.step)
             if on_event:
-                on_event(TrialEvent(trial.number, "RUNNING", tokens, event.val_loss, params))
+                on_event(TrialEvent(trial.number, "RUNNING", event.step, event.val_loss, params))
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after {tokens:,} characters (val {event.val_loss:.4f})")
+                raise optuna.TrialPruned(f"pruned at step {event.step} (val {event.val_loss:.4f})")
 
         started = time.perf_counter()
         try:

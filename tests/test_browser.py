@@ -73,9 +73,9 @@ def test_tune_tab_runs_a_study_with_live_table_and_plots_and_stays_responsive(pa
     open_tab(page, "Tune")
     field(page, "Study name").fill("browser")
     field(page, "Trials").fill("3")
-    field(page, "Characters per trial").fill("4000")
+    field(page, "Steps per trial").fill("40")
     page.get_by_text("More settings").click()
-    field(page, "Evals per trial").fill("4")
+    field(page, "Steps between evals").fill("10")
     field(page, "Batches per eval").fill("2")
     editor = page.locator(".cm-content").first
     editor.click()

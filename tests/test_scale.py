@@ -16,18 +16,7 @@ from core.tuning import open_study
 from tests.helpers import APP, APP_ENV, ROOT, free_port
 
 TINY_MODEL = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--device", "cpu"]
-TINY_TUNE = [
-    "--trial-tokens",
-    "2000",
-    "--evals-per-trial",
-    "2",
-    "--eval-iters",
-    "2",
-    "--device",
-    "cpu",
-    "--heartbeat",
-    "1",
-]
+TINY_TUNE = ["--trial-iters", "20", "--eval-interval", "10", "--eval-iters", "2", "--device", "cpu", "--heartbeat", "1"]
 
 
 def _finished(trials) -> bool:

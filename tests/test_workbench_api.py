@@ -66,7 +66,7 @@ def poll(client: Client, api_name: str, done, *args, timeout: float = 90.0):
 
 
 def test_a_study_runs_trials_that_appear_and_finish_and_a_second_start_is_refused(app):
-    args = ["tiny", 3, 2000, 0, "none", 2, 2, 0, 0, json.dumps(TINY_SPACE)]
+    args = ["tiny", 3, 20, 0, "none", 10, 2, 0, 0, json.dumps(TINY_SPACE)]
     message, view = app.client.predict(*args, api_name="/tune_start")
     assert "Started study tiny" in message and view["value"] == "tiny"
     message, _ = app.client.predict(*args, api_name="/tune_start")
@@ -88,7 +88,7 @@ def test_a_study_runs_trials_that_appear_and_finish_and_a_second_start_is_refuse
 
 
 def test_bad_tuning_input_is_an_error_message(app):
-    args = ["bad", 3, 2000, 0, "none", 2, 2, 0, 0]
+    args = ["bad", 3, 20, 0, "none", 10, 2, 0, 0]
     message, _ = app.client.predict(*args, json.dumps({"n_layer": [4, 2]}), api_name="/tune_start")
     assert "low (4) is greater than high (2)" in message
     message, _ = app.client.predict(*args, "{not json", api_name="/tune_start")

@@ -189,20 +189,16 @@ def build_tune(
             study_name = gr.Textbox(value="default", label="Study name", max_lines=1)
             with gr.Row():
                 trials = gr.Number(value=20, precision=0, minimum=1, label="Trials", min_width=90)
-                trial_tokens = gr.Number(
-                    value=TuneConfig.trial_tokens, precision=0, minimum=1, label="Characters per trial", min_width=90
-                )
+                trial_iters = gr.Number(value=300, precision=0, minimum=1, label="Steps per trial", min_width=90)
             with gr.Row():
                 timeout_min = gr.Number(value=0, minimum=0, label="Time budget (min, 0 = none)", min_width=90)
                 pruner = gr.Dropdown(list(PRUNERS), value=TuneConfig.pruner, label="Pruner", min_width=90)
             with gr.Accordion("More settings", open=False):
                 with gr.Row():
-                    evals_per_trial = gr.Number(
-                        value=TuneConfig.evals_per_trial, precision=0, minimum=1, label="Evals per trial", min_width=90
+                    eval_interval = gr.Number(
+                        value=50, precision=0, minimum=1, label="Steps between evals", min_width=90
                     )
-                    eval_iters = gr.Number(
-                        value=TuneConfig.eval_iters, precision=0, minimum=1, label="Batches per eval", min_width=90
-                    )
+                    eval_iters = gr.Number(value=20, precision=0, minimum=1, label="Batches per eval", min_width=90)
                 with gr.Row():
                     trial_seconds = gr.Number(value=0, minimum=0, label="Seconds per trial (0 = none)", min_width=90)
                     seed = gr.Number(value=0, precision=0, label="Seed", min_width=90)
@@ -243,16 +239,16 @@ def build_tune(
 
     reset_space.click(default_space_json, None, space, api_visibility="private")
 
-    def start(name, n_trials, tokens, timeout, pruner_name, evals, batches, seconds, seed_value, space_text):
+    def start(name, n_trials, iters, timeout, pruner_name, interval, batches, seconds, seed_value, space_text):
         try:
             config = TuneConfig(
                 study=(name or "").strip(),
                 storage=project.storage,
                 trials=int(n_trials or 0),
                 timeout=float(timeout or 0) * 60,
-                trial_tokens=int(tokens or 0),
+                trial_iters=int(iters or 0),
                 trial_seconds=float(seconds or 0),
-                evals_per_trial=int(evals or 0),
+                eval_interval=int(interval or 0),
                 eval_iters=int(batches or 0),
                 pruner=pruner_name,
                 seed=int(seed_value or 0),
@@ -281,7 +277,7 @@ def build_tune(
                 job.update(
                     progress=fraction,
                     message=f"{len(finished)}/{config.trials} trials done · trial {event.trial} "
-                    f"{event.state.lower()} after {event.tokens:,} chars, val {value}",
+                    f"{event.state.lower()} at step {event.step}, val {value}",
                 )
 
             study = run_study(config, search, stop=job.stop, on_event=on_event)
@@ -291,7 +287,7 @@ def build_tune(
                 job.update(message=f"best val loss {best.value:.4f} (trial {best.number})")
             return config.study
 
-        args = [config.study, n_trials, tokens, timeout, pruner_name, evals, batches, seconds, seed_value, space_text]
+        args = [config.study, n_trials, iters, timeout, pruner_name, interval, batches, seconds, seed_value, space_text]
         target = finished_count(reader.load(config.study)) + config.trials
         try:
             jobs.start("tune", f"study {config.study}", run, study=config.study, args=args, target_trials=target)
@@ -306,18 +302,7 @@ def build_tune(
 
     start_btn.click(
         start,
-        [
-            study_name,
-            trials,
-            trial_tokens,
-            timeout_min,
-            pruner,
-            evals_per_trial,
-            eval_iters,
-            trial_seconds,
-            seed,
-            space,
-        ],
+        [study_name, trials, trial_iters, timeout_min, pruner, eval_interval, eval_iters, trial_seconds, seed, space],
         [message, view],
         api_name="tune_start",
     )
