@@ -6,6 +6,7 @@
    the same final budget. Target: the tuned model's val loss is lower.
 
     python benchmarks/tuning.py            # 20 trials x 300 steps; 15 min tuning + 5 min final training
+    python benchmarks/tuning.py --trial-seconds 15   # trials of 15 s instead, pruned at equal seconds
     python benchmarks/tuning.py --quick    # a few minutes in all
     python benchmarks/tuning.py --skip-tuning-pays --seeds 0 1 2 --pruners percentile asha   # pruning only
 
@@ -47,6 +48,7 @@ def study_run(
     trial_iters: int,
     timeout: float = 0,
     seed: int = 0,
+    trial_seconds: float = 0,
 ) -> dict:
     config = TuneConfig(
         study=name,
@@ -54,6 +56,7 @@ def study_run(
         trials=trials,
         timeout=timeout,
         trial_iters=trial_iters,
+        trial_seconds=trial_seconds,
         eval_interval=max(1, trial_iters // 6),
         eval_iters=20,
         pruner=pruner,
@@ -69,7 +72,7 @@ def study_run(
     return {
         "pruner": pruner,
         "seconds": round(seconds, 1),
-        "tokens_trained": sum(tokens_trained(t, trial_iters) for t in study.trials),
+        "tokens_trained": sum(tokens_trained(t) for t in study.trials),
         "trials": len(states),
         "pruned": states.count("PRUNED"),
         "best_val_loss": round(study.best_value, 4),
@@ -79,7 +82,7 @@ def study_run(
                 "number": t.number,
                 "state": t.state.name,
                 "seconds": t.user_attrs.get("seconds"),
-                "tokens": tokens_trained(t, trial_iters),
+                "tokens": tokens_trained(t),
                 "val_by_step": t.intermediate_values,
                 "params": t.params,
             }
@@ -88,12 +91,12 @@ def study_run(
     }
 
 
-def tokens_trained(trial: optuna.trial.FrozenTrial, trial_iters: int) -> int:
+def tokens_trained(trial: optuna.trial.FrozenTrial) -> int:
     """Characters a trial trained on: its last evaluated step times its batch of windows.
 
-    Unlike wall time, this does not change when something else loads the machine.
+    Under a step budget this does not change when something else loads the machine, unlike wall time.
     """
-    steps = max(trial.intermediate_values, default=0) if trial.state.name == "PRUNED" else trial_iters
+    steps = trial.user_attrs.get("steps", 0)
     return steps * trial.params.get("batch_size", 12) * trial.params.get("block_size", 64)
 
 
@@ -111,15 +114,19 @@ def final_training(data_dir: Path, params: dict | None, minutes: float) -> float
     )
     if params:
         model_config, train_config = apply_params(params, model_config, train_config)
-        # the warmup fraction applies to the run's length, unknown under a time budget: use 100 steps
-        train_config.warmup_iters = 100
     return train(model_config, train_config).val_loss
 
 
-def compare_pruners(data_dir: Path, storage: str, pruners: list[str], seed: int, trials: int, trial_iters: int) -> dict:
+def compare_pruners(
+    data_dir: Path, storage: str, pruners: list[str], seed: int, trials: int, trial_iters: int, trial_seconds: float
+) -> dict:
     """One study per pruner on the same seed; each pruner's savings against the study without one."""
-    rows = [study_run(data_dir, storage, f"s{seed}-{p}", p, trials, trial_iters, seed=seed) for p in pruners]
-    print(f"\nPruning ({trials} trials x {trial_iters} steps, study seed {seed} for each)")
+    rows = [
+        study_run(data_dir, storage, f"s{seed}-{p}", p, trials, trial_iters, seed=seed, trial_seconds=trial_seconds)
+        for p in pruners
+    ]
+    budget = f"{trial_seconds:g} s" if trial_seconds else f"{trial_iters} steps"
+    print(f"\nPruning ({trials} trials x {budget}, study seed {seed} for each)", flush=True)
     print(f"{'pruner':<10} {'seconds':>8} {'tokens':>12} {'pruned':>7} {'best val':>9}")
     for row in rows:
         print(
@@ -170,8 +177,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="study seeds; each pruner runs on each")
     parser.add_argument("--only-unpruned", action="store_true", help="run only the study without a pruner")
     parser.add_argument("--no-baseline", action="store_true", help="skip the study without a pruner")
+    parser.add_argument(
+        "--trial-seconds", type=float, default=0.0, help="time budget per trial instead of steps (0 = steps)"
+    )
+    parser.add_argument("--skip-pruning", action="store_true", help="measure only whether tuning pays")
     args = parser.parse_args()
     trials, trial_iters = (8, 150) if args.quick else (20, 300)
+    trial_seconds = args.trial_seconds / 3 if args.quick else args.trial_seconds
     tune_minutes, final_minutes = (3.0, 1.5) if args.quick else (15.0, 5.0)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,12 +191,24 @@ def main() -> None:
         prepare(None, data_dir)
         storage = f"sqlite:///{tmp}/bench.db"
         pruners = ([] if args.no_baseline else ["none"]) + ([] if args.only_unpruned else args.pruners)
-        runs = [compare_pruners(data_dir, storage, pruners, seed, trials, trial_iters) for seed in args.seeds]
-        result = {"pruning": {"runs": runs, "summary": summarize_pruning(runs)}}
+        result = {}
+        if not args.skip_pruning:
+            runs = [
+                compare_pruners(data_dir, storage, pruners, seed, trials, trial_iters, trial_seconds)
+                for seed in args.seeds
+            ]
+            result["pruning"] = {"runs": runs, "summary": summarize_pruning(runs)}
 
         if not args.skip_tuning_pays:
             tuned = study_run(
-                data_dir, storage, "budget", TuneConfig.pruner, 10_000, trial_iters, timeout=tune_minutes * 60
+                data_dir,
+                storage,
+                "budget",
+                TuneConfig.pruner,
+                10_000,
+                trial_iters,
+                timeout=tune_minutes * 60,
+                trial_seconds=trial_seconds,
             )
             tuned_loss = final_training(data_dir, tuned["best"]["params"], final_minutes)
             default_loss = final_training(data_dir, None, final_minutes)
@@ -202,8 +226,9 @@ def main() -> None:
                 "params": tuned["best"]["params"],
             }
 
+    budget = f"_{trial_seconds:g}s" if trial_seconds else ""
     seeds = "_".join(map(str, args.seeds))
-    name = f"tuning_pruning_seeds{seeds}.json" if args.skip_tuning_pays else "tuning.json"
+    name = f"tuning_pruning{budget}_seeds{seeds}.json" if args.skip_tuning_pays else f"tuning{budget}.json"
     out = ROOT / "benchmarks" / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")

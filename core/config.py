@@ -62,11 +62,17 @@ class TrainConfig:
     lr: float = _help("peak learning rate", default=1e-3)
     min_lr: float = _help("final learning rate of the cosine decay (-1 = lr / 10)", default=-1.0)
     warmup_iters: int = _help("linear warmup steps", default=100)
+    warmup_fraction: float = _help(
+        "linear warmup over this fraction of the run, in steps or minutes (0 = use warmup_iters)", default=0.0
+    )
     weight_decay: float = _help("AdamW weight decay, applied to matrices only", default=0.1)
     beta1: float = _help("AdamW beta1", default=0.9)
     beta2: float = _help("AdamW beta2", default=0.99)
     grad_clip: float = _help("clip gradient norm to this value (0 = off)", default=1.0)
     eval_interval: int = _help("evaluate train/val loss every N steps", default=250)
+    eval_seconds: float = _help(
+        "evaluate every N seconds of the run instead of every eval_interval steps (0 = by steps)", default=0.0
+    )
     eval_iters: int = _help("batches averaged per evaluation", default=50)
     eval_train: bool = _help("evaluate the train split too, not only val (tuning trials skip it)", default=True)
     checkpoint_interval: int = _help("write a resumable checkpoint every N steps (0 = at evals)", default=0)
@@ -101,8 +107,10 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.min_lr > self.lr:
             raise ConfigError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
-        if self.weight_decay < 0 or self.grad_clip < 0 or self.max_minutes < 0:
-            raise ConfigError("weight_decay, grad_clip and max_minutes must be >= 0")
+        if min(self.weight_decay, self.grad_clip, self.max_minutes, self.eval_seconds) < 0:
+            raise ConfigError("weight_decay, grad_clip, max_minutes and eval_seconds must be >= 0")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ConfigError(f"betas must be in [0, 1), got {self.beta1}, {self.beta2}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):

@@ -93,10 +93,19 @@ class TrainResult:
 
 
 def lr_at(progress: float, step: int, config: TrainConfig) -> float:
-    """Linear warmup over `warmup_iters` steps, then cosine decay to `final_lr` as progress goes 0 -> 1."""
-    if step < config.warmup_iters:
-        return config.lr * (step + 1) / (config.warmup_iters + 1)
-    warm = config.warmup_iters / config.max_iters
+    """Linear warmup, then cosine decay to `final_lr` as progress goes 0 -> 1.
+
+    The warmup lasts `warmup_fraction` of the run when that is set (so it fits a budget in minutes as well as
+    one in steps), else `warmup_iters` steps.
+    """
+    if config.warmup_fraction:
+        warm, one_step = config.warmup_fraction, 1 / config.max_iters
+        if progress < warm:
+            return config.lr * (progress + one_step) / (warm + one_step)
+    else:
+        if step < config.warmup_iters:
+            return config.lr * (step + 1) / (config.warmup_iters + 1)
+        warm = config.warmup_iters / config.max_iters
     ratio = min(1.0, max(0.0, (progress - warm) / max(1e-9, 1.0 - warm)))
     return config.final_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (config.lr - config.final_lr)
 
@@ -299,6 +308,7 @@ def train(
             hooks.on_eval(event)
 
     last_eval_step = step if history and history[-1]["step"] == step else -1
+    next_eval_s = train_config.eval_seconds
     while step < train_config.max_iters:
         stop_asked, over_budget = dist.any(
             bool(hooks.should_stop and hooks.should_stop()),
@@ -339,9 +349,15 @@ def train(
             hooks.on_step(
                 StepEvent(step, train_config.max_iters, loss_value, lr, tokens_per_s(), time.perf_counter() - started)
             )
-        if step % train_config.eval_interval == 0 or step == train_config.max_iters:
+        if train_config.eval_seconds:
+            (due,) = dist.any(time.perf_counter() - started >= next_eval_s)  # clocks differ between ranks
+        else:
+            due = step % train_config.eval_interval == 0
+        if due or step == train_config.max_iters:
             evaluate()
             last_eval_step = step
+            # one eval per period even when a step is longer than it, so eval k is the k-th period's
+            next_eval_s += train_config.eval_seconds
             if train_config.patience and evals_without_gain >= train_config.patience:
                 stop_reason = "early_stop"
                 break

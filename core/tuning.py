@@ -221,11 +221,11 @@ def apply_params(
 ) -> tuple[ModelConfig, TrainConfig]:
     """Configs with the tuned `params` applied; fields named in `keep` (set by the user) are left alone.
 
-    `warmup_fraction` and `min_lr_ratio` become `warmup_iters` and `min_lr` for the run's own budget.
+    `warmup_fraction` applies to the run's own budget (steps or minutes); `min_lr_ratio` becomes `min_lr`.
     """
     values = {k: v for k, v in params.items() if k not in keep}
-    if "warmup_fraction" in values and "warmup_iters" not in keep:
-        values["warmup_iters"] = round(values["warmup_fraction"] * train_config.max_iters)
+    if "warmup_iters" in keep:
+        values.pop("warmup_fraction", None)
     if "min_lr_ratio" in values and "min_lr" not in keep:
         values["min_lr"] = values["min_lr_ratio"] * values.get("lr", train_config.lr)
     return replace_known(model_config, values), replace_known(train_config, values)
@@ -369,9 +369,16 @@ class TuneConfig:
     )
     trial_iters: int = field(default=300, metadata={"help": "training steps per trial"})
     trial_seconds: float = field(
-        default=0.0, metadata={"help": "time budget per trial: 60, 90s, 2m (0 = none)", "type": parse_duration}
+        default=0.0,
+        metadata={
+            "help": "train each trial for this long instead of --trial-iters steps: 30, 90s, 2m (0 = by steps)",
+            "type": parse_duration,
+        },
     )
     eval_interval: int = field(default=50, metadata={"help": "steps between evaluations (pruning points)"})
+    evals_per_trial: int = field(
+        default=6, metadata={"help": "with --trial-seconds: evaluations (pruning points) at equal fractions of it"}
+    )
     eval_iters: int = field(default=20, metadata={"help": "batches per evaluation"})
     pruner: str = field(default="percentile", metadata={"help": "percentile, median, asha, hyperband or none"})
     seed: int = field(default=0, metadata={"help": "study seed: sampler and per-trial seeds derive from it"})
@@ -383,12 +390,19 @@ class TuneConfig:
         check_study_name(self.study)
         if self.trials <= 0:
             raise TuningError(f"trials must be > 0, got {self.trials}")
-        if self.trial_iters <= 0 or self.eval_interval <= 0 or self.eval_iters <= 0:
-            raise TuningError("trial_iters, eval_interval and eval_iters must be > 0")
+        if min(self.trial_iters, self.eval_interval, self.eval_iters, self.evals_per_trial) <= 0:
+            raise TuningError("trial_iters, eval_interval, eval_iters and evals_per_trial must be > 0")
         if self.timeout < 0 or self.trial_seconds < 0:
             raise TuningError("timeout and trial_seconds must be >= 0")
         make_pruner(self.pruner)
         return self
+
+    @property
+    def pruning_points(self) -> tuple[int, int]:
+        """The first and last step at which a trial reports its val loss (evaluation numbers under a time budget)."""
+        if self.trial_seconds:
+            return 1, self.evals_per_trial
+        return self.eval_interval, self.trial_iters
 
 
 @dataclass
@@ -404,7 +418,8 @@ class TrialEvent:
 
 def create_study(config: TuneConfig, worker: int = 0) -> optuna.Study:
     sampler = optuna.samplers.TPESampler(seed=config.seed + 1000 * worker, multivariate=True, group=True)
-    pruner = make_pruner(config.pruner, min_resource=config.eval_interval, max_resource=config.trial_iters)
+    first, last = config.pruning_points
+    pruner = make_pruner(config.pruner, min_resource=first, max_resource=last)
     try:
         return optuna.create_study(
             study_name=check_study_name(config.study),
@@ -423,11 +438,14 @@ def create_study(config: TuneConfig, worker: int = 0) -> optuna.Study:
 
 
 def trial_configs(params: dict[str, Any], config: TuneConfig, trial_number: int) -> tuple[ModelConfig, TrainConfig]:
+    """A trial's configs. Under a time budget it runs until the budget ends, whatever its speed, and evaluates
+    at equal fractions of it, so pruners compare trials at equal seconds, as final training is judged."""
     base = TrainConfig(
         data_dir=config.data_dir,
-        max_iters=config.trial_iters,
+        max_iters=10**9 if config.trial_seconds else config.trial_iters,
         max_minutes=config.trial_seconds / 60,
         eval_interval=config.eval_interval,
+        eval_seconds=config.trial_seconds / config.evals_per_trial,
         eval_iters=config.eval_iters,
         sample_chars=0,
         eval_train=False,  # pruning and the objective read only the val loss
@@ -455,8 +473,13 @@ def make_objective(
             raise optuna.TrialPruned(str(err)) from None
         trial.set_user_attr("params", params)
 
+        evals = 0
+
         def on_eval(event: EvalEvent) -> None:
-            trial.report(event.val_loss, event.step)
+            nonlocal evals
+            evals += 1
+            trial.report(event.val_loss, evals if config.trial_seconds else event.step)
+            trial.set_user_attr("steps", event.step)
             if on_event:
                 on_event(TrialEvent(trial.number, "RUNNING", event.step, event.val_loss, params))
             if trial.should_prune():
@@ -530,7 +553,9 @@ def run_study(
 
 
 def _last_step(trial: optuna.trial.FrozenTrial) -> int:
-    return max(trial.intermediate_values, default=0)
+    """The training step of the trial's last evaluation (its reports are keyed by evaluation number under a
+    time budget)."""
+    return trial.user_attrs.get("steps", max(trial.intermediate_values, default=0))
 
 
 def _last_intermediate(trial: optuna.trial.FrozenTrial) -> float | None:

@@ -43,6 +43,27 @@ def test_lr_schedule_warms_up_then_decays_to_min():
     assert lrs[-1] == pytest.approx(0.1)
 
 
+def test_warmup_fraction_matches_warmup_steps_and_fits_a_time_budget():
+    by_steps = TrainConfig(lr=1.0, min_lr=0.1, warmup_iters=10, max_iters=100)
+    by_fraction = dataclasses.replace(by_steps, warmup_iters=0, warmup_fraction=0.1)
+    for step in range(101):
+        assert lr_at(step / 100, step, by_fraction) == pytest.approx(lr_at(step / 100, step, by_steps))
+    # under a time budget the step count is unknown: the warmup follows the elapsed fraction of the minutes
+    timed = dataclasses.replace(by_fraction, max_iters=10**9)
+    assert lr_at(0.05, 7, timed) == pytest.approx(0.5) and lr_at(0.1, 12, timed) == pytest.approx(1.0)
+
+
+def test_evaluations_by_seconds_come_at_equal_fractions_of_a_time_budget(tiny_model_config, tiny_train_config):
+    config = dataclasses.replace(tiny_train_config, max_iters=10**9, max_minutes=3 / 60, eval_seconds=0.6)
+    result = train(tiny_model_config, config)
+    assert result.stop_reason == "time_budget" and 2.9 < result.elapsed_s < 3.5
+    assert len(result.history) == 5  # at 0.6, 1.2, 1.8 and 2.4 s, and when the budget ends
+    for k, record in enumerate(result.history[:-1], start=1):
+        assert 0.6 * k <= record["elapsed_s"] < 0.6 * k + 0.5
+    with pytest.raises(ConfigError, match="eval_seconds"):
+        dataclasses.replace(config, eval_seconds=-1).validate()
+
+
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, tiny_model_config, tiny_train_config):
     config = dataclasses.replace(tiny_train_config, checkpoint_interval=10)
     model_config = dataclasses.replace(tiny_model_config, dropout=0.1)  # exercise the RNG state too

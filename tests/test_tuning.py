@@ -140,7 +140,20 @@ def test_params_become_configs_for_the_final_budget():
     params = {"lr": 2e-3, "n_head": 4, "n_embd": 64, "warmup_fraction": 0.1, "min_lr_ratio": 0.1, "batch_size": 8}
     model, train = apply_params(params, ModelConfig(), TrainConfig(max_iters=1000), keep={"batch_size"})
     assert model.n_embd == 64 and model.n_head == 4
-    assert train.warmup_iters == 100 and train.min_lr == pytest.approx(2e-4) and train.batch_size == 12
+    assert train.warmup_fraction == 0.1 and train.min_lr == pytest.approx(2e-4) and train.batch_size == 12
+    _, train = apply_params(params, ModelConfig(), TrainConfig(warmup_iters=7), keep={"warmup_iters"})
+    assert train.warmup_iters == 7 and train.warmup_fraction == 0  # the user's warmup wins
+
+
+def test_trials_with_a_time_budget_report_at_equal_fractions_of_it(tmp_path, dataset_dir):
+    config = tune_config(tmp_path, dataset_dir, trials=3, trial_seconds=1.5, evals_per_trial=3, pruner="none")
+    study = run_study(config, TINY_SPACE)
+    for trial in study.trials:
+        assert trial.state.name == "COMPLETE"
+        assert sorted(trial.intermediate_values) == [1, 2, 3]  # pruners compare trials at equal seconds
+        assert trial.user_attrs["steps"] > config.trial_iters  # the step budget does not apply
+    seconds = sorted(trial.user_attrs["seconds"] for trial in study.trials)
+    assert seconds[0] >= 1.5 and seconds[1] < 2.2  # the first trial in a process also pays torch's warm-up
 
 
 TINY_TUNE = ["--trial-iters", "20", "--eval-interval", "10", "--eval-iters", "2", "--device", "cpu", "--heartbeat", "1"]

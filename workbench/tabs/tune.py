@@ -200,7 +200,9 @@ def build_tune(
                     )
                     eval_iters = gr.Number(value=20, precision=0, minimum=1, label="Batches per eval", min_width=90)
                 with gr.Row():
-                    trial_seconds = gr.Number(value=0, minimum=0, label="Seconds per trial (0 = none)", min_width=90)
+                    trial_seconds = gr.Number(
+                        value=0, minimum=0, label="Seconds per trial (0 = by steps)", min_width=90
+                    )
                     seed = gr.Number(value=0, precision=0, label="Seed", min_width=90)
             with gr.Row():
                 start_btn = gr.Button("Start study", variant="primary")
