@@ -534,7 +534,7 @@ def run_study(
         if on_event:
             value = trial.value if trial.value is not None else _last_intermediate(trial)
             on_event(
-                TrialEvent(trial.number, trial.state.name, _last_step(trial), value, trial.user_attrs.get("params", {}))
+                TrialEvent(trial.number, trial.state.name, last_step(trial), value, trial.user_attrs.get("params", {}))
             )
         write_best_params(study)
         if stop.is_set():
@@ -552,14 +552,14 @@ def run_study(
     return study
 
 
-def _last_step(trial: optuna.trial.FrozenTrial) -> int:
+def last_step(trial: optuna.trial.FrozenTrial) -> int:
     """The training step of the trial's last evaluation (its reports are keyed by evaluation number under a
     time budget)."""
     return trial.user_attrs.get("steps", max(trial.intermediate_values, default=0))
 
 
 def _last_intermediate(trial: optuna.trial.FrozenTrial) -> float | None:
-    return trial.intermediate_values[_last_step(trial)] if trial.intermediate_values else None
+    return trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else None
 
 
 # --- results ---------------------------------------------------------------------------------------

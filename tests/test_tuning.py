@@ -21,6 +21,7 @@ from core.tuning import (
     TuningError,
     apply_params,
     best_params,
+    last_step,
     list_studies,
     make_storage,
     open_study,
@@ -152,6 +153,10 @@ def test_trials_with_a_time_budget_report_at_equal_fractions_of_it(tmp_path, dat
         assert trial.state.name == "COMPLETE"
         assert sorted(trial.intermediate_values) == [1, 2, 3]  # pruners compare trials at equal seconds
         assert trial.user_attrs["steps"] > config.trial_iters  # the step budget does not apply
+    pruned = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, intermediate_values={1: 2.5, 2: 2.4}, user_attrs={"steps": 57}
+    )
+    assert last_step(pruned) == 57  # what the CLI and the workbench show: a training step, not an eval number
     seconds = sorted(trial.user_attrs["seconds"] for trial in study.trials)
     assert seconds[0] >= 1.5 and seconds[1] < 2.2  # the first trial in a process also pays torch's warm-up
 

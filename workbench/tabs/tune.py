@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 import optuna
 
-from core.tuning import PRUNERS, SearchSpace, TuneConfig, TuningError, make_storage, run_study
+from core.tuning import PRUNERS, SearchSpace, TuneConfig, TuningError, last_step, make_storage, run_study
 from workbench.jobs import JobBusy, JobManager
 from workbench.project import Project
 from workbench.ui import error_html, fmt_seconds, job_status_html, ok_html, progress_html
@@ -148,7 +148,7 @@ def trial_rows(trials: list[optuna.trial.FrozenTrial]) -> list[list[Any]]:
                 t.number,
                 t.state.name,
                 round(value, 4) if value is not None else None,
-                max(steps) if steps else 0,
+                last_step(t),
                 fmt_seconds(seconds),
                 params,
                 str(t.user_attrs.get("reason", ""))[:120],
