@@ -473,13 +473,12 @@ def make_objective(
             raise optuna.TrialPruned(str(err)) from None
         trial.set_user_attr("params", params)
 
-        evals = 0
+        evals, last_eval_step = 0, 0
 
         def on_eval(event: EvalEvent) -> None:
-            nonlocal evals
-            evals += 1
+            nonlocal evals, last_eval_step
+            evals, last_eval_step = evals + 1, event.step
             trial.report(event.val_loss, evals if config.trial_seconds else event.step)
-            trial.set_user_attr("steps", event.step)
             if on_event:
                 on_event(TrialEvent(trial.number, "RUNNING", event.step, event.val_loss, params))
             if trial.should_prune():
@@ -501,6 +500,7 @@ def make_objective(
             raise optuna.TrialPruned("out of memory") from None
         finally:
             trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
+            trial.set_user_attr("steps", last_eval_step)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         trial.set_user_attr("tokens_per_s", round(result.tokens_per_s))
@@ -532,9 +532,14 @@ def run_study(
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if on_event:
-            value = trial.value if trial.value is not None else _last_intermediate(trial)
             on_event(
-                TrialEvent(trial.number, trial.state.name, last_step(trial), value, trial.user_attrs.get("params", {}))
+                TrialEvent(
+                    trial.number,
+                    trial.state.name,
+                    last_step(trial),
+                    trial_value(trial),
+                    trial.user_attrs.get("params", {}),
+                )
             )
         write_best_params(study)
         if stop.is_set():
@@ -558,8 +563,12 @@ def last_step(trial: optuna.trial.FrozenTrial) -> int:
     return trial.user_attrs.get("steps", max(trial.intermediate_values, default=0))
 
 
-def _last_intermediate(trial: optuna.trial.FrozenTrial) -> float | None:
-    return trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else None
+def trial_value(trial: optuna.trial.FrozenTrial) -> float | None:
+    """A finished trial's value; for a running or pruned one, its last reported val loss."""
+    if trial.value is not None:
+        return trial.value
+    reports = trial.intermediate_values
+    return reports[max(reports)] if reports else None
 
 
 # --- results ---------------------------------------------------------------------------------------

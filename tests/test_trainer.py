@@ -62,6 +62,8 @@ def test_evaluations_by_seconds_come_at_equal_fractions_of_a_time_budget(tiny_mo
         assert 0.6 * k <= record["elapsed_s"] < 0.6 * k + 0.5
     with pytest.raises(ConfigError, match="eval_seconds"):
         dataclasses.replace(config, eval_seconds=-1).validate()
+    with pytest.raises(ConfigError, match="warmup_fraction must be in"):
+        dataclasses.replace(config, warmup_fraction=1.5).validate()
 
 
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, tiny_model_config, tiny_train_config):

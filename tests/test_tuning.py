@@ -131,6 +131,8 @@ def test_bad_tuning_inputs(tmp_path, dataset_dir):
         make_storage("redis-ish://nowhere")
     with pytest.raises(TuningError, match="cannot open storage|cannot create study"):
         run_study(tune_config(tmp_path, dataset_dir, storage="postgresql://u:secret@127.0.0.1:1/db"), TINY_SPACE)
+    with pytest.raises(TuningError, match="evals_per_trial must be > 0"):
+        tune_config(tmp_path, dataset_dir, trial_seconds=10, evals_per_trial=0).validate()
     with pytest.raises(TuningError, match="unknown pruner"):
         tune_config(tmp_path, dataset_dir, pruner="sometimes").validate()
     with pytest.raises(TuningError, match="no study named 'nope'"):

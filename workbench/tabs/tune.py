@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 import optuna
 
-from core.tuning import PRUNERS, SearchSpace, TuneConfig, TuningError, last_step, make_storage, run_study
+from core.tuning import PRUNERS, SearchSpace, TuneConfig, TuningError, last_step, make_storage, run_study, trial_value
 from workbench.jobs import JobBusy, JobManager
 from workbench.project import Project
 from workbench.ui import error_html, fmt_seconds, job_status_html, ok_html, progress_html
@@ -134,8 +134,7 @@ def trial_rows(trials: list[optuna.trial.FrozenTrial]) -> list[list[Any]]:
     rows = []
     now = time.time()
     for t in sorted(trials, key=lambda t: t.number, reverse=True):
-        steps = t.intermediate_values
-        value = t.value if t.value is not None else (steps[max(steps)] if steps else None)
+        value = trial_value(t)
         if t.duration is not None:
             seconds = t.duration.total_seconds()
         elif t.datetime_start is not None:
