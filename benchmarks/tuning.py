@@ -9,6 +9,7 @@
     python benchmarks/tuning.py --trial-seconds 15   # trials of 15 s instead, pruned at equal seconds
     python benchmarks/tuning.py --quick    # a few minutes in all
     python benchmarks/tuning.py --skip-tuning-pays --seeds 0 1 2 --pruners percentile asha   # pruning only
+    python benchmarks/tuning.py --skip-tuning-pays --pruners percentile,percentile=25,startup=2   # pruner settings
 
 Each study's trials (parameters, val loss at each evaluation, seconds) are kept in the JSON, so pruners can
 also be compared offline on the curves of the study without a pruner.
@@ -39,6 +40,21 @@ from core.tuning import SearchSpace, TuneConfig, apply_params, best_params, run_
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+PRUNER_SETTINGS = {"percentile": "pruner_percentile", "startup": "pruner_startup_trials"}
+
+
+def pruner_fields(spec: str) -> dict:
+    """TuneConfig fields for a pruner spec: a name, optionally with settings, e.g. `percentile,percentile=25`."""
+    name, *settings = spec.split(",")
+    fields = {"pruner": name}
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        if key not in PRUNER_SETTINGS:
+            raise SystemExit(f"unknown pruner setting {key!r} in {spec!r}; use {', '.join(PRUNER_SETTINGS)}")
+        fields[PRUNER_SETTINGS[key]] = float(value) if key == "percentile" else int(value)
+    return fields
+
+
 def study_run(
     data_dir: Path,
     storage: str,
@@ -59,11 +75,11 @@ def study_run(
         trial_seconds=trial_seconds,
         eval_interval=max(1, trial_iters // 6),
         eval_iters=20,
-        pruner=pruner,
         seed=seed,
         data_dir=str(data_dir),
         device="cpu",
         heartbeat=0,
+        **pruner_fields(pruner),
     )
     started = time.perf_counter()
     study = run_study(config, SearchSpace.for_device("cpu"))
@@ -122,15 +138,15 @@ def compare_pruners(
 ) -> dict:
     """One study per pruner on the same seed; each pruner's savings against the study without one."""
     rows = [
-        study_run(data_dir, storage, f"s{seed}-{p}", p, trials, trial_iters, seed=seed, trial_seconds=trial_seconds)
-        for p in pruners
+        study_run(data_dir, storage, f"s{seed}-p{i}", p, trials, trial_iters, seed=seed, trial_seconds=trial_seconds)
+        for i, p in enumerate(pruners)
     ]
     budget = f"{trial_seconds:g} s" if trial_seconds else f"{trial_iters} steps"
     print(f"\nPruning ({trials} trials x {budget}, study seed {seed} for each)", flush=True)
-    print(f"{'pruner':<10} {'seconds':>8} {'tokens':>12} {'pruned':>7} {'best val':>9}")
+    print(f"{'pruner':<34} {'seconds':>8} {'tokens':>12} {'pruned':>7} {'best val':>9}")
     for row in rows:
         print(
-            f"{row['pruner']:<10} {row['seconds']:>8.1f} {row['tokens_trained']:>12,} {row['pruned']:>7} "
+            f"{row['pruner']:<34} {row['seconds']:>8.1f} {row['tokens_trained']:>12,} {row['pruned']:>7} "
             f"{row['best_val_loss']:>9.4f}"
         )
     comparisons = {}
@@ -148,12 +164,12 @@ def summarize_pruning(runs: list[dict]) -> dict:
     """Per pruner: time saved and best-val gap on each seed, their median, and the worst gap."""
     summary = {}
     pruners = dict.fromkeys(p for run in runs for p in run["comparisons"])
-    print(f"\n{'pruner':<10} {'seed':>5} {'time saved':>11} {'work saved':>11} {'best val gap':>13}")
+    print(f"\n{'pruner':<34} {'seed':>5} {'time saved':>11} {'work saved':>11} {'best val gap':>13}")
     for pruner in pruners:
         per_seed = [(run["seed"], run["comparisons"][pruner]) for run in runs if pruner in run["comparisons"]]
         for seed, c in per_seed:
             print(
-                f"{pruner:<10} {seed:>5} {c['time_saved']:>11.0%} {c['work_saved']:>11.0%} {c['best_val_gap']:>+13.4f}"
+                f"{pruner:<34} {seed:>5} {c['time_saved']:>11.0%} {c['work_saved']:>11.0%} {c['best_val_gap']:>+13.4f}"
             )
         summary[pruner] = {
             "seeds": [seed for seed, _ in per_seed],
@@ -163,7 +179,7 @@ def summarize_pruning(runs: list[dict]) -> dict:
         }
         s = summary[pruner]
         print(
-            f"{pruner:<10} {'median':>5} {s['median_time_saved']:>11.0%} {s['median_work_saved']:>11.0%} "
+            f"{pruner:<34} {'median':>5} {s['median_time_saved']:>11.0%} {s['median_work_saved']:>11.0%} "
             f"{s['worst_best_val_gap']:>+13.4f} (worst)   target: time saved >= 40%, gap <= 0.02"
         )
     return summary

@@ -323,18 +323,28 @@ def _first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-def make_pruner(name: str, min_resource: int = 1, max_resource: int | str = "auto") -> optuna.pruners.BasePruner:
+def make_pruner(
+    name: str,
+    min_resource: int = 1,
+    max_resource: int | str = "auto",
+    percentile: float = 100 / 3,
+    startup_trials: int = 3,
+) -> optuna.pruners.BasePruner:
     """Optuna's pruner `name`; no trial is pruned before `min_resource` steps (the first evaluation).
 
-    `percentile` (the default) stops a trial that is not in the best third of earlier trials at the same
-    step, once 3 trials have finished; in benchmarks/tuning.py it saved 32-47% of the time for the same or
-    a better best value. `asha` (successive halving) can save more but prunes the second trial if it
-    trails the first, which once steered the sampler away from the best region.
+    `percentile` (the default) stops a trial that is not in the best `percentile` percent of the finished trials
+    at the same step, once `startup_trials` have finished (`median` is the same at 50). `asha` (successive
+    halving) prunes the second trial if it trails the first, which once steered the sampler away from the best
+    region. benchmarks/tuning.py measures what each saves.
     """
+    if not 0 < percentile < 100:
+        raise TuningError(f"pruner percentile must be in (0, 100), got {percentile:g}")
+    if startup_trials < 0:
+        raise TuningError(f"pruner startup trials must be >= 0, got {startup_trials}")
     if name == "percentile":
-        return optuna.pruners.PercentilePruner(100 / 3, n_startup_trials=3, n_warmup_steps=min_resource)
+        return optuna.pruners.PercentilePruner(percentile, n_startup_trials=startup_trials, n_warmup_steps=min_resource)
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=min_resource)
+        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=min_resource)
     if name == "asha":  # at steps r, 3r, 9r.. only the best third of the trials that got there go on
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=3)
     if name == "hyperband":
@@ -381,6 +391,13 @@ class TuneConfig:
     )
     eval_iters: int = field(default=20, metadata={"help": "batches per evaluation"})
     pruner: str = field(default="percentile", metadata={"help": "percentile, median, asha, hyperband or none"})
+    pruner_percentile: float = field(
+        default=100 / 3,
+        metadata={"help": "percentile pruner: a trial not in this best percent of finished trials at a step stops"},
+    )
+    pruner_startup_trials: int = field(
+        default=3, metadata={"help": "percentile and median pruners: trials that finish before any is pruned"}
+    )
     seed: int = field(default=0, metadata={"help": "study seed: sampler and per-trial seeds derive from it"})
     data_dir: str = field(default="dataset", metadata={"help": "prepared dataset folder"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
@@ -394,8 +411,12 @@ class TuneConfig:
             raise TuningError("trial_iters, eval_interval, eval_iters and evals_per_trial must be > 0")
         if self.timeout < 0 or self.trial_seconds < 0:
             raise TuningError("timeout and trial_seconds must be >= 0")
-        make_pruner(self.pruner)
+        self.make_pruner()
         return self
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        first, last = self.pruning_points
+        return make_pruner(self.pruner, first, last, self.pruner_percentile, self.pruner_startup_trials)
 
     @property
     def pruning_points(self) -> tuple[int, int]:
@@ -418,8 +439,7 @@ class TrialEvent:
 
 def create_study(config: TuneConfig, worker: int = 0) -> optuna.Study:
     sampler = optuna.samplers.TPESampler(seed=config.seed + 1000 * worker, multivariate=True, group=True)
-    first, last = config.pruning_points
-    pruner = make_pruner(config.pruner, min_resource=first, max_resource=last)
+    pruner = config.make_pruner()
     try:
         return optuna.create_study(
             study_name=check_study_name(config.study),

@@ -135,8 +135,28 @@ def test_bad_tuning_inputs(tmp_path, dataset_dir):
         tune_config(tmp_path, dataset_dir, trial_seconds=10, evals_per_trial=0).validate()
     with pytest.raises(TuningError, match="unknown pruner"):
         tune_config(tmp_path, dataset_dir, pruner="sometimes").validate()
+    with pytest.raises(TuningError, match=r"percentile must be in \(0, 100\), got 0"):
+        tune_config(tmp_path, dataset_dir, pruner_percentile=0).validate()
+    with pytest.raises(TuningError, match="startup trials must be >= 0"):
+        tune_config(tmp_path, dataset_dir, pruner_startup_trials=-1).validate()
     with pytest.raises(TuningError, match="no study named 'nope'"):
         open_study("nope", f"sqlite:///{tmp_path}/studies.db")
+
+
+@pytest.mark.parametrize(("percentile", "startup", "pruned"), [(100 / 3, 2, [True, False]), (25, 3, [False, True])])
+def test_pruner_settings_decide_which_trials_stop(percentile, startup, pruned):
+    """No trial is pruned until `startup` trials have finished; after trials scored 1, 2 and 3 at step 1, one
+    scoring 1.6 is in their best third but not in their best quarter."""
+    config = TuneConfig(trial_iters=10, eval_interval=1, pruner_percentile=percentile, pruner_startup_trials=startup)
+    study = optuna.create_study(pruner=config.make_pruner())
+    decisions = []
+    for value in (1.0, 2.0, 3.0, 1.6):
+        trial = study.ask()
+        trial.report(value, 1)
+        if len(study.trials) > 2:
+            decisions.append(trial.should_prune())
+        study.tell(trial, value)
+    assert decisions == pruned
 
 
 def test_params_become_configs_for_the_final_budget():
