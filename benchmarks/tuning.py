@@ -10,6 +10,10 @@
     python benchmarks/tuning.py --quick    # a few minutes in all
     python benchmarks/tuning.py --skip-tuning-pays --seeds 0 1 2 --pruners percentile asha   # pruning only
     python benchmarks/tuning.py --skip-tuning-pays --pruners percentile,percentile=25,startup=2   # pruner settings
+    python benchmarks/tuning.py --skip-tuning-pays --trial-seconds 15 --pruners none   # noise: none against none
+
+Under a time budget the same study does not repeat itself (steps per trial follow the machine's speed, and
+the sampler follows the values), so compare best val losses over several seeds, and against `none` vs `none`.
 
 Each study's trials (parameters, val loss at each evaluation, seconds) are kept in the JSON, so pruners can
 also be compared offline on the curves of the study without a pruner.
@@ -65,6 +69,7 @@ def study_run(
     timeout: float = 0,
     seed: int = 0,
     trial_seconds: float = 0,
+    evals_per_trial: int = 6,
 ) -> dict:
     config = TuneConfig(
         study=name,
@@ -73,7 +78,8 @@ def study_run(
         timeout=timeout,
         trial_iters=trial_iters,
         trial_seconds=trial_seconds,
-        eval_interval=max(1, trial_iters // 6),
+        eval_interval=max(1, trial_iters // evals_per_trial),
+        evals_per_trial=evals_per_trial,
         eval_iters=20,
         seed=seed,
         data_dir=str(data_dir),
@@ -134,15 +140,35 @@ def final_training(data_dir: Path, params: dict | None, minutes: float) -> float
 
 
 def compare_pruners(
-    data_dir: Path, storage: str, pruners: list[str], seed: int, trials: int, trial_iters: int, trial_seconds: float
+    data_dir: Path,
+    storage: str,
+    pruners: list[str],
+    seed: int,
+    trials: int,
+    trial_iters: int,
+    trial_seconds: float,
+    evals_per_trial: int,
 ) -> dict:
     """One study per pruner on the same seed; each pruner's savings against the study without one."""
     rows = [
-        study_run(data_dir, storage, f"s{seed}-p{i}", p, trials, trial_iters, seed=seed, trial_seconds=trial_seconds)
+        study_run(
+            data_dir,
+            storage,
+            f"s{seed}-p{i}",
+            p,
+            trials,
+            trial_iters,
+            seed=seed,
+            trial_seconds=trial_seconds,
+            evals_per_trial=evals_per_trial,
+        )
         for i, p in enumerate(pruners)
     ]
     budget = f"{trial_seconds:g} s" if trial_seconds else f"{trial_iters} steps"
-    print(f"\nPruning ({trials} trials x {budget}, study seed {seed} for each)", flush=True)
+    print(
+        f"\nPruning ({trials} trials x {budget}, {evals_per_trial} evaluations each, study seed {seed} for each)",
+        flush=True,
+    )
     print(f"{'pruner':<34} {'seconds':>8} {'tokens':>12} {'pruned':>7} {'best val':>9}")
     for row in rows:
         print(
@@ -196,6 +222,7 @@ def main() -> None:
     parser.add_argument(
         "--trial-seconds", type=float, default=0.0, help="time budget per trial instead of steps (0 = steps)"
     )
+    parser.add_argument("--evals-per-trial", type=int, default=6, help="evaluations (pruning points) per trial")
     parser.add_argument("--skip-pruning", action="store_true", help="measure only whether tuning pays")
     args = parser.parse_args()
     trials, trial_iters = (8, 150) if args.quick else (20, 300)
@@ -210,7 +237,9 @@ def main() -> None:
         result = {}
         if not args.skip_pruning:
             runs = [
-                compare_pruners(data_dir, storage, pruners, seed, trials, trial_iters, trial_seconds)
+                compare_pruners(
+                    data_dir, storage, pruners, seed, trials, trial_iters, trial_seconds, args.evals_per_trial
+                )
                 for seed in args.seeds
             ]
             result["pruning"] = {"runs": runs, "summary": summarize_pruning(runs)}
@@ -225,6 +254,7 @@ def main() -> None:
                 trial_iters,
                 timeout=tune_minutes * 60,
                 trial_seconds=trial_seconds,
+                evals_per_trial=args.evals_per_trial,
             )
             tuned_loss = final_training(data_dir, tuned["best"]["params"], final_minutes)
             default_loss = final_training(data_dir, None, final_minutes)
@@ -242,7 +272,9 @@ def main() -> None:
                 "params": tuned["best"]["params"],
             }
 
-    budget = f"_{trial_seconds:g}s" if trial_seconds else ""
+    budget = (f"_{trial_seconds:g}s" if trial_seconds else "") + (
+        f"_{args.evals_per_trial}evals" if args.evals_per_trial != 6 else ""
+    )
     seeds = "_".join(map(str, args.seeds))
     name = f"tuning_pruning{budget}_seeds{seeds}.json" if args.skip_tuning_pays else f"tuning{budget}.json"
     out = ROOT / "benchmarks" / "results" / name

@@ -46,7 +46,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str, 
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        shown = f"{default:g}" if isinstance(default, float) else default
+        help_text = f"{f.metadata.get('help', '')} (default: {shown})"
         if f.type in (bool, "bool"):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
