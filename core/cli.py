@@ -302,7 +302,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from core.tuning import best_params, open_study, write_best_params
 
     study = open_study(config.study, config.storage)
-    path = write_best_params(study)
+    path = write_best_params(study, config.storage)
     tuned = best_params(study)
     print(f"best: trial {tuned['trial']} val_loss={tuned['val_loss']:.4f} params={json.dumps(tuned['params'])}")
     print(f"best params written to {path}")

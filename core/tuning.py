@@ -561,7 +561,7 @@ def run_study(
                     trial.user_attrs.get("params", {}),
                 )
             )
-        write_best_params(study)
+        write_best_params(study, config.storage)
         if stop.is_set():
             study.stop()
 
@@ -612,16 +612,20 @@ def best_params(study: optuna.Study) -> dict[str, Any]:
     }
 
 
-def best_params_path(study_name: str) -> Path:
-    return STUDIES_DIR / f"{check_study_name(study_name)}.best.json"
+def best_params_path(study_name: str, storage: str = DEFAULT_STORAGE) -> Path:
+    """`<study>.best.json` beside a SQLite database (studies/ by default), so a study of the same name in
+    another database keeps its own file; in studies/ for server storages."""
+    database = storage.removeprefix("sqlite:///") if storage.startswith("sqlite:///") else ""
+    folder = Path(database).parent if database and database != ":memory:" else STUDIES_DIR
+    return folder / f"{check_study_name(study_name)}.best.json"
 
 
-def write_best_params(study: optuna.Study) -> Path | None:
+def write_best_params(study: optuna.Study, storage: str) -> Path | None:
     try:
         record = best_params(study)
     except TuningError:
         return None
-    path = best_params_path(study.study_name)
+    path = best_params_path(study.study_name, storage)
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return path
 

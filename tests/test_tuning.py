@@ -21,6 +21,7 @@ from core.tuning import (
     TuningError,
     apply_params,
     best_params,
+    best_params_path,
     last_step,
     list_studies,
     make_storage,
@@ -69,6 +70,7 @@ def test_trials_complete_and_prune_and_the_study_resumes(tmp_path, dataset_dir):
     best = best_params(study)
     assert best["params"]["n_embd"] == best["params"]["n_head"] * best["params"]["head_size"]
     assert best["val_loss"] == min(t.value for t in study.trials if t.value is not None)
+    assert json.loads((tmp_path / "t.best.json").read_text())["trial"] == best["trial"]  # beside the database
     again = run_study(tune_config(tmp_path, dataset_dir, trials=2), TINY_SPACE)
     assert len(again.trials) == 8  # re-running continues the same study
     summary = list_studies(config.storage)[0]
@@ -157,6 +159,12 @@ def test_pruner_settings_decide_which_trials_stop(percentile, startup, pruned):
             decisions.append(trial.should_prune())
         study.tell(trial, value)
     assert decisions == pruned
+
+
+def test_best_params_go_beside_a_sqlite_database_else_to_studies():
+    assert best_params_path("s1") == Path("studies/s1.best.json")
+    assert best_params_path("s1", "sqlite:////data/tune/x.db") == Path("/data/tune/s1.best.json")
+    assert best_params_path("s1", "postgresql://u:p@host/db") == Path("studies/s1.best.json")
 
 
 def test_params_become_configs_for_the_final_budget():
