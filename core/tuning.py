@@ -240,16 +240,20 @@ def check_study_name(name: str) -> str:
     return name
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` URL; None for other storages and in-memory SQLite."""
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
+    return Path(path) if path and path != ":memory:" else None
+
+
 def make_storage(url: str = DEFAULT_STORAGE, *, heartbeat: int = 10) -> optuna.storages.BaseStorage:
     """An Optuna storage for `url`.
 
     On RDB storages a running trial beats every `heartbeat` seconds (0 = off); a trial silent for three
     beats (its worker was killed) is marked FAIL and queued again, up to twice.
     """
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if database := sqlite_file(url):
+        database.parent.mkdir(parents=True, exist_ok=True)
     if url.startswith(("sqlite://", "postgresql", "mysql", "mariadb", "oracle", "mssql")):
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
@@ -615,8 +619,8 @@ def best_params(study: optuna.Study) -> dict[str, Any]:
 def best_params_path(study_name: str, storage: str = DEFAULT_STORAGE) -> Path:
     """`<study>.best.json` beside a SQLite database (studies/ by default), so a study of the same name in
     another database keeps its own file; in studies/ for server storages."""
-    database = storage.removeprefix("sqlite:///") if storage.startswith("sqlite:///") else ""
-    folder = Path(database).parent if database and database != ":memory:" else STUDIES_DIR
+    database = sqlite_file(storage)
+    folder = database.parent if database else STUDIES_DIR
     return folder / f"{check_study_name(study_name)}.best.json"
 
 
