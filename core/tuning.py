@@ -442,14 +442,11 @@ class TrialEvent:
 
 
 def create_study(config: TuneConfig, worker: int = 0) -> optuna.Study:
-    sampler = optuna.samplers.TPESampler(seed=config.seed + 1000 * worker, multivariate=True, group=True)
-    pruner = config.make_pruner()
     try:
-        return optuna.create_study(
+        study = optuna.create_study(
             study_name=check_study_name(config.study),
             storage=make_storage(config.storage, heartbeat=config.heartbeat),
-            sampler=sampler,
-            pruner=pruner,
+            pruner=config.make_pruner(),
             direction="minimize",
             load_if_exists=True,
         )
@@ -459,6 +456,12 @@ def create_study(config: TuneConfig, worker: int = 0) -> optuna.Study:
         raise TuningError(
             f"cannot create study {config.study!r} in {_redact(config.storage)}: {_first_line(err)}"
         ) from None
+    # The seed also follows the trials already there: a sampler seeded alike on every call would propose the
+    # same startup trials again when a study is continued.
+    earlier = len(study.get_trials(deepcopy=False))
+    seed = config.seed + 1000 * worker + 7919 * earlier
+    study.sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+    return study
 
 
 def trial_configs(params: dict[str, Any], config: TuneConfig, trial_number: int) -> tuple[ModelConfig, TrainConfig]:

@@ -77,6 +77,14 @@ def test_trials_complete_and_prune_and_the_study_resumes(tmp_path, dataset_dir):
     assert summary.name == "t" and summary.complete + summary.pruned == 8
 
 
+def test_a_continued_study_samples_new_trials(tmp_path, dataset_dir):
+    config = tune_config(tmp_path, dataset_dir, trials=2, trial_iters=10, eval_interval=10, pruner="none")
+    run_study(config, TINY_SPACE)
+    study = run_study(config, TINY_SPACE)
+    params = [json.dumps(t.params, sort_keys=True) for t in study.trials]
+    assert len(params) == 4 and len(set(params)) == 4  # not the first call's startup trials again
+
+
 @pytest.mark.parametrize("pruner", ["median", "asha", "hyperband"])
 def test_every_pruner_prunes_a_study(tmp_path, dataset_dir, pruner):
     study = run_study(tune_config(tmp_path, dataset_dir, trials=6, pruner=pruner), TINY_SPACE)
