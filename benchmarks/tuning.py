@@ -7,6 +7,7 @@
 
     python benchmarks/tuning.py            # 20 trials x 300 steps; 15 min tuning + 5 min final training
     python benchmarks/tuning.py --trial-seconds 15   # trials of 15 s instead, pruned at equal seconds
+    python benchmarks/tuning.py --trial-flops 0.5T   # trials of equal FLOPs, pruned at equal FLOPs
     python benchmarks/tuning.py --quick    # a few minutes in all
     python benchmarks/tuning.py --skip-tuning-pays --seeds 0 1 2 --pruners percentile asha   # pruning only
     python benchmarks/tuning.py --skip-tuning-pays --pruners percentile,percentile=25,startup=2   # pruner settings
@@ -29,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,10 +38,11 @@ sys.path.insert(0, str(ROOT))
 
 import optuna  # noqa: E402
 
-from core.config import ModelConfig, TrainConfig  # noqa: E402
-from core.data import prepare  # noqa: E402
+from core.config import ModelConfig, TrainConfig, parse_flops  # noqa: E402
+from core.data import Dataset, prepare  # noqa: E402
+from core.model import flops_per_token  # noqa: E402
 from core.trainer import train  # noqa: E402
-from core.tuning import SearchSpace, TuneConfig, apply_params, best_params, run_study  # noqa: E402
+from core.tuning import SearchSpace, TuneConfig, apply_params, best_params, run_study, trial_configs  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -59,27 +62,47 @@ def pruner_fields(spec: str) -> dict:
     return fields
 
 
+@dataclass(frozen=True)
+class Budget:
+    """What each trial trains for: steps, or seconds or FLOPs when set, with evaluations at equal fractions."""
+
+    iters: int = 300
+    seconds: float = 0.0
+    flops: float = 0.0
+    evals: int = 6
+
+    def __str__(self) -> str:
+        if self.seconds:
+            return f"{self.seconds:g} s"
+        return f"{self.flops / 1e12:g} TFLOPs" if self.flops else f"{self.iters} steps"
+
+    @property
+    def slug(self) -> str:
+        """Part of the results file name; empty for the default budget."""
+        kind = f"_{self.seconds:g}s" if self.seconds else f"_{self.flops / 1e12:g}T" if self.flops else ""
+        return kind + (f"_{self.evals}evals" if self.evals != 6 else "")
+
+
 def study_run(
     data_dir: Path,
     storage: str,
     name: str,
     pruner: str,
     trials: int,
-    trial_iters: int,
+    budget: Budget,
     timeout: float = 0,
     seed: int = 0,
-    trial_seconds: float = 0,
-    evals_per_trial: int = 6,
 ) -> dict:
     config = TuneConfig(
         study=name,
         storage=storage,
         trials=trials,
         timeout=timeout,
-        trial_iters=trial_iters,
-        trial_seconds=trial_seconds,
-        eval_interval=max(1, trial_iters // evals_per_trial),
-        evals_per_trial=evals_per_trial,
+        trial_iters=budget.iters,
+        trial_seconds=budget.seconds,
+        trial_flops=budget.flops,
+        eval_interval=max(1, budget.iters // budget.evals),
+        evals_per_trial=budget.evals,
         eval_iters=20,
         seed=seed,
         data_dir=str(data_dir),
@@ -91,10 +114,12 @@ def study_run(
     study = run_study(config, SearchSpace.for_device("cpu"))
     seconds = time.perf_counter() - started
     states = [t.state.name for t in study.trials]
+    vocab_size = len(Dataset(data_dir).vocab)
     return {
         "pruner": pruner,
         "seconds": round(seconds, 1),
         "tokens_trained": sum(tokens_trained(t) for t in study.trials),
+        "flops_trained": sum(flops_trained(t, config, vocab_size) for t in study.trials),
         "trials": len(states),
         "pruned": states.count("PRUNED"),
         "best_val_loss": round(study.best_value, 4),
@@ -122,6 +147,14 @@ def tokens_trained(trial: optuna.trial.FrozenTrial) -> int:
     return steps * trial.params.get("batch_size", 12) * trial.params.get("block_size", 64)
 
 
+def flops_trained(trial: optuna.trial.FrozenTrial, config: TuneConfig, vocab_size: int) -> float:
+    """Training FLOPs a trial spent (what `--trial-flops` budgets); like tokens, independent of machine load."""
+    if "params" not in trial.user_attrs:  # an invalid config, pruned before training
+        return 0.0
+    model_config, _ = trial_configs(trial.user_attrs["params"], config, trial.number, vocab_size)
+    return flops_per_token(model_config) * tokens_trained(trial)
+
+
 def final_training(data_dir: Path, params: dict | None, minutes: float) -> float:
     model_config, train_config = (
         ModelConfig(),
@@ -145,34 +178,18 @@ def compare_pruners(
     pruners: list[str],
     seed: int,
     trials: int,
-    trial_iters: int,
-    trial_seconds: float,
-    evals_per_trial: int,
+    budget: Budget,
 ) -> dict:
     """One study per pruner on the same seed; each pruner's savings against the study without one."""
-    rows = [
-        study_run(
-            data_dir,
-            storage,
-            f"s{seed}-p{i}",
-            p,
-            trials,
-            trial_iters,
-            seed=seed,
-            trial_seconds=trial_seconds,
-            evals_per_trial=evals_per_trial,
-        )
-        for i, p in enumerate(pruners)
-    ]
-    budget = f"{trial_seconds:g} s" if trial_seconds else f"{trial_iters} steps"
+    rows = [study_run(data_dir, storage, f"s{seed}-p{i}", p, trials, budget, seed=seed) for i, p in enumerate(pruners)]
     print(
-        f"\nPruning ({trials} trials x {budget}, {evals_per_trial} evaluations each, study seed {seed} for each)",
+        f"\nPruning ({trials} trials x {budget}, {budget.evals} evaluations each, study seed {seed} for each)",
         flush=True,
     )
-    print(f"{'pruner':<34} {'seconds':>8} {'tokens':>12} {'pruned':>7} {'best val':>9}")
+    print(f"{'pruner':<34} {'seconds':>8} {'TFLOPs':>8} {'pruned':>7} {'best val':>9}")
     for row in rows:
         print(
-            f"{row['pruner']:<34} {row['seconds']:>8.1f} {row['tokens_trained']:>12,} {row['pruned']:>7} "
+            f"{row['pruner']:<34} {row['seconds']:>8.1f} {row['flops_trained'] / 1e12:>8.2f} {row['pruned']:>7} "
             f"{row['best_val_loss']:>9.4f}"
         )
     comparisons = {}
@@ -180,7 +197,7 @@ def compare_pruners(
     for pruned in rows[1:] if unpruned["pruner"] == "none" else []:
         comparisons[pruned["pruner"]] = {
             "time_saved": 1 - pruned["seconds"] / unpruned["seconds"],
-            "work_saved": 1 - pruned["tokens_trained"] / unpruned["tokens_trained"],
+            "work_saved": 1 - pruned["flops_trained"] / unpruned["flops_trained"],
             "best_val_gap": pruned["best_val_loss"] - unpruned["best_val_loss"],
         }
     return {"seed": seed, "rows": rows, "comparisons": comparisons}
@@ -190,7 +207,7 @@ def summarize_pruning(runs: list[dict]) -> dict:
     """Per pruner: time saved and best-val gap on each seed, their median, and the worst gap."""
     summary = {}
     pruners = dict.fromkeys(p for run in runs for p in run["comparisons"])
-    print(f"\n{'pruner':<34} {'seed':>5} {'time saved':>11} {'work saved':>11} {'best val gap':>13}")
+    print(f"\n{'pruner':<34} {'seed':>5} {'time saved':>11} {'FLOPs saved':>11} {'best val gap':>13}")
     for pruner in pruners:
         per_seed = [(run["seed"], run["comparisons"][pruner]) for run in runs if pruner in run["comparisons"]]
         for seed, c in per_seed:
@@ -222,11 +239,15 @@ def main() -> None:
     parser.add_argument(
         "--trial-seconds", type=float, default=0.0, help="time budget per trial instead of steps (0 = steps)"
     )
+    parser.add_argument(
+        "--trial-flops", type=parse_flops, default=0.0, help="FLOPs budget per trial instead of steps: 0.5T (0 = steps)"
+    )
     parser.add_argument("--evals-per-trial", type=int, default=6, help="evaluations (pruning points) per trial")
     parser.add_argument("--skip-pruning", action="store_true", help="measure only whether tuning pays")
     args = parser.parse_args()
-    trials, trial_iters = (8, 150) if args.quick else (20, 300)
-    trial_seconds = args.trial_seconds / 3 if args.quick else args.trial_seconds
+    trials = 8 if args.quick else 20
+    iters, scale = (150, 1 / 3) if args.quick else (300, 1)
+    budget = Budget(iters, args.trial_seconds * scale, args.trial_flops * scale, args.evals_per_trial)
     tune_minutes, final_minutes = (3.0, 1.5) if args.quick else (15.0, 5.0)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -236,12 +257,7 @@ def main() -> None:
         pruners = ([] if args.no_baseline else ["none"]) + ([] if args.only_unpruned else args.pruners)
         result = {}
         if not args.skip_pruning:
-            runs = [
-                compare_pruners(
-                    data_dir, storage, pruners, seed, trials, trial_iters, trial_seconds, args.evals_per_trial
-                )
-                for seed in args.seeds
-            ]
+            runs = [compare_pruners(data_dir, storage, pruners, seed, trials, budget) for seed in args.seeds]
             result["pruning"] = {"runs": runs, "summary": summarize_pruning(runs)}
 
         if not args.skip_tuning_pays:
@@ -251,10 +267,8 @@ def main() -> None:
                 "budget",
                 TuneConfig.pruner,
                 10_000,
-                trial_iters,
+                budget,
                 timeout=tune_minutes * 60,
-                trial_seconds=trial_seconds,
-                evals_per_trial=args.evals_per_trial,
             )
             tuned_loss = final_training(data_dir, tuned["best"]["params"], final_minutes)
             default_loss = final_training(data_dir, None, final_minutes)
@@ -272,11 +286,8 @@ def main() -> None:
                 "params": tuned["best"]["params"],
             }
 
-    budget = (f"_{trial_seconds:g}s" if trial_seconds else "") + (
-        f"_{args.evals_per_trial}evals" if args.evals_per_trial != 6 else ""
-    )
     seeds = "_".join(map(str, args.seeds))
-    name = f"tuning_pruning{budget}_seeds{seeds}.json" if args.skip_tuning_pays else f"tuning{budget}.json"
+    name = f"tuning_pruning{budget.slug}_seeds{seeds}.json" if args.skip_tuning_pays else f"tuning{budget.slug}.json"
     out = ROOT / "benchmarks" / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")

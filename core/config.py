@@ -133,6 +133,21 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def parse_flops(text: str) -> float:
+    """FLOPs from `5e11`, `500G`, `0.5T`, `2P`; a clear error otherwise."""
+    units = {"g": 1e9, "t": 1e12, "p": 1e15}
+    text = str(text).strip().lower()
+    scale = units.get(text[-1:])
+    number = text[:-1] if scale else text
+    try:
+        flops = float(number) * (scale or 1)
+    except ValueError:
+        raise ConfigError(f"cannot read FLOPs {text!r}; use e.g. 5e11, 500G or 0.5T") from None
+    if not flops >= 0:
+        raise ConfigError(f"FLOPs must be >= 0, got {text!r}")
+    return flops
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 

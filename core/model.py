@@ -174,3 +174,9 @@ class GPT(nn.Module):
         ]
         fused = device.type in ("cuda", "cpu")
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None, foreach=None if fused else True)
+
+
+def flops_per_token(config: ModelConfig) -> float:
+    """`GPT.flops_per_token` of a config, counted on the meta device, so no memory is allocated."""
+    with torch.device("meta"):
+        return GPT(config).flops_per_token()

@@ -32,9 +32,10 @@ import torch
 from optuna.storages._rdb import models as rdb_models
 from optuna.storages._rdb.storage import _create_scoped_session
 
-from core.config import ConfigError, ModelConfig, TrainConfig, parse_duration, replace_known
+from core.config import ConfigError, ModelConfig, TrainConfig, parse_duration, parse_flops, replace_known
 from core.data import Dataset
 from core.fileio import atomic_write_text
+from core.model import flops_per_token
 from core.trainer import EvalEvent, LossDiverged, TrainHooks, train
 
 log = logging.getLogger(__name__)
@@ -389,9 +390,18 @@ class TuneConfig:
             "type": parse_duration,
         },
     )
+    trial_flops: float = field(
+        default=0.0,
+        metadata={
+            "help": "train each trial for this many training FLOPs instead of --trial-iters steps: 5e11, 500G, 2T "
+            "(0 = by steps); trials of every size cost the same compute, and a study repeats itself on any device",
+            "type": parse_flops,
+        },
+    )
     eval_interval: int = field(default=50, metadata={"help": "steps between evaluations (pruning points)"})
     evals_per_trial: int = field(
-        default=6, metadata={"help": "with --trial-seconds: evaluations (pruning points) at equal fractions of it"}
+        default=6,
+        metadata={"help": "with --trial-seconds or --trial-flops: evaluations (pruning points) at equal fractions"},
     )
     eval_iters: int = field(default=20, metadata={"help": "batches per evaluation"})
     pruner: str = field(default="percentile", metadata={"help": "percentile, median, asha, hyperband or none"})
@@ -413,8 +423,10 @@ class TuneConfig:
             raise TuningError(f"trials must be > 0, got {self.trials}")
         if min(self.trial_iters, self.eval_interval, self.eval_iters, self.evals_per_trial) <= 0:
             raise TuningError("trial_iters, eval_interval, eval_iters and evals_per_trial must be > 0")
-        if self.timeout < 0 or self.trial_seconds < 0:
-            raise TuningError("timeout and trial_seconds must be >= 0")
+        if self.timeout < 0 or self.trial_seconds < 0 or self.trial_flops < 0:
+            raise TuningError("timeout, trial_seconds and trial_flops must be >= 0")
+        if self.trial_seconds and self.trial_flops:
+            raise TuningError("give a trial budget in seconds or in FLOPs, not both")
         self.make_pruner()
         return self
 
@@ -423,9 +435,15 @@ class TuneConfig:
         return make_pruner(self.pruner, first, last, self.pruner_percentile, self.pruner_startup_trials)
 
     @property
+    def evals_at_fractions(self) -> bool:
+        """Under a budget of seconds or FLOPs a trial evaluates at equal fractions of it and reports the
+        evaluation number, so pruners compare trials at equal cost whatever their steps."""
+        return bool(self.trial_seconds or self.trial_flops)
+
+    @property
     def pruning_points(self) -> tuple[int, int]:
-        """The first and last step at which a trial reports its val loss (evaluation numbers under a time budget)."""
-        if self.trial_seconds:
+        """The first and last step key at which a trial reports its val loss."""
+        if self.evals_at_fractions:
             return 1, self.evals_per_trial
         return self.eval_interval, self.trial_iters
 
@@ -464,9 +482,12 @@ def create_study(config: TuneConfig, worker: int = 0) -> optuna.Study:
     return study
 
 
-def trial_configs(params: dict[str, Any], config: TuneConfig, trial_number: int) -> tuple[ModelConfig, TrainConfig]:
-    """A trial's configs. Under a time budget it runs until the budget ends, whatever its speed, and evaluates
-    at equal fractions of it, so pruners compare trials at equal seconds, as final training is judged."""
+def trial_configs(
+    params: dict[str, Any], config: TuneConfig, trial_number: int, vocab_size: int
+) -> tuple[ModelConfig, TrainConfig]:
+    """A trial's configs. Under a time budget it runs until the budget ends, whatever its speed; under a FLOPs
+    budget for the steps that many FLOPs buy at its size. Either way it evaluates at equal fractions of the
+    budget, so pruners compare trials at equal cost, as final training is judged."""
     base = TrainConfig(
         data_dir=config.data_dir,
         max_iters=10**9 if config.trial_seconds else config.trial_iters,
@@ -479,7 +500,15 @@ def trial_configs(params: dict[str, Any], config: TuneConfig, trial_number: int)
         seed=config.seed * 100_003 + trial_number,
         device=config.device,
     )
-    return apply_params(params, ModelConfig(), base)
+    model_config, train_config = apply_params(params, ModelConfig(vocab_size=vocab_size), base)
+    if config.trial_flops:
+        tokens_per_step = train_config.batch_size * train_config.grad_accum * model_config.block_size
+        step_flops = flops_per_token(model_config) * tokens_per_step
+        interval = max(1, math.ceil(config.trial_flops / (step_flops * config.evals_per_trial)))
+        train_config = dataclasses.replace(
+            train_config, max_iters=interval * config.evals_per_trial, eval_interval=interval
+        )
+    return model_config, train_config
 
 
 def make_objective(
@@ -491,8 +520,8 @@ def make_objective(
 ) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
         params = space.suggest(trial)
-        model_config, train_config = trial_configs(params, config, trial.number)
         try:
+            model_config, train_config = trial_configs(params, config, trial.number, len(dataset.vocab))
             model_config.validate()
             dataset.check_block_size(model_config.block_size)
         except (ConfigError, ValueError) as err:
@@ -505,7 +534,7 @@ def make_objective(
         def on_eval(event: EvalEvent) -> None:
             nonlocal evals, last_eval_step
             evals, last_eval_step = evals + 1, event.step
-            trial.report(event.val_loss, evals if config.trial_seconds else event.step)
+            trial.report(event.val_loss, evals if config.evals_at_fractions else event.step)
             if on_event:
                 on_event(TrialEvent(trial.number, "RUNNING", event.step, event.val_loss, params))
             if trial.should_prune():

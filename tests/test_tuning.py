@@ -11,7 +11,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from core.config import ModelConfig, TrainConfig
+from core.config import ConfigError, ModelConfig, TrainConfig, parse_duration, parse_flops
+from core.model import flops_per_token
 from core.tuning import (
     Choice,
     FloatRange,
@@ -27,6 +28,7 @@ from core.tuning import (
     make_storage,
     open_study,
     run_study,
+    trial_configs,
 )
 from tests.helpers import APP, APP_ENV, run_app
 
@@ -143,6 +145,10 @@ def test_bad_tuning_inputs(tmp_path, dataset_dir):
         run_study(tune_config(tmp_path, dataset_dir, storage="postgresql://u:secret@127.0.0.1:1/db"), TINY_SPACE)
     with pytest.raises(TuningError, match="evals_per_trial must be > 0"):
         tune_config(tmp_path, dataset_dir, trial_seconds=10, evals_per_trial=0).validate()
+    with pytest.raises(TuningError, match="seconds or in FLOPs, not both"):
+        tune_config(tmp_path, dataset_dir, trial_seconds=10, trial_flops=1e9).validate()
+    with pytest.raises(TuningError, match="trial_flops must be >= 0"):
+        tune_config(tmp_path, dataset_dir, trial_flops=-1.0).validate()
     with pytest.raises(TuningError, match="unknown pruner"):
         tune_config(tmp_path, dataset_dir, pruner="sometimes").validate()
     with pytest.raises(TuningError, match=r"percentile must be in \(0, 100\), got 0"):
@@ -197,6 +203,31 @@ def test_trials_with_a_time_budget_report_at_equal_fractions_of_it(tmp_path, dat
     assert last_step(pruned) == 57  # what the CLI and the workbench show: a training step, not an eval number
     seconds = sorted(trial.user_attrs["seconds"] for trial in study.trials)
     assert seconds[0] >= 1.5 and seconds[1] < 2.2  # the first trial in a process also pays torch's warm-up
+
+
+def test_a_flops_budget_buys_fewer_steps_for_a_bigger_model():
+    config = TuneConfig(trial_flops=2e10, evals_per_trial=4)
+    small = {"n_layer": 1, "n_head": 2, "n_embd": 32, "batch_size": 8, "block_size": 32}
+    budgets = {}
+    for name, params in {"small": small, "big": small | {"n_layer": 4, "n_embd": 128}}.items():
+        model, train = trial_configs(params, config, trial_number=0, vocab_size=80)
+        step_flops = flops_per_token(model) * train.batch_size * model.block_size
+        assert train.max_iters == 4 * train.eval_interval  # evaluations at equal fractions of the budget
+        assert 0 <= train.max_iters * step_flops - config.trial_flops < 4 * step_flops  # the budget, rounded up
+        budgets[name] = train.max_iters
+    assert budgets["big"] * 10 < budgets["small"]
+
+
+def test_trials_with_a_flops_budget_report_at_equal_fractions_and_repeat_exactly(tmp_path, dataset_dir):
+    def values(study: str) -> list[dict]:
+        config = tune_config(
+            tmp_path, dataset_dir, study=study, trials=3, trial_flops=3e8, evals_per_trial=3, pruner="none"
+        )
+        return [t.intermediate_values for t in run_study(config, TINY_SPACE).trials]
+
+    first = values("a")
+    assert all(sorted(curve) == [1, 2, 3] for curve in first)  # pruners compare trials at equal FLOPs
+    assert values("b") == first  # unlike a time budget, a FLOPs budget does not follow the machine's speed
 
 
 TINY_TUNE = ["--trial-iters", "20", "--eval-interval", "10", "--eval-iters", "2", "--device", "cpu", "--heartbeat", "1"]
@@ -335,8 +366,14 @@ def test_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_retrie
 
 
 def test_durations_read_like_a_person_writes_them():
-    from core.config import ConfigError, parse_duration
-
     assert parse_duration("20m") == 1200 and parse_duration("90") == 90 and parse_duration("1.5h") == 5400
     with pytest.raises(ConfigError, match="20x"):
         parse_duration("20x")
+
+
+def test_flops_read_with_or_without_a_unit():
+    assert parse_flops("5e11") == 5e11 and parse_flops("500G") == 5e11 and parse_flops("0.5t") == 5e11
+    assert parse_flops("2P") == 2e15
+    for bad in ("lots", "-1T", "nan"):
+        with pytest.raises(ConfigError, match="FLOPs"):
+            parse_flops(bad)
