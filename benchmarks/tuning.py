@@ -234,6 +234,7 @@ def main() -> None:
     parser.add_argument("--skip-tuning-pays", action="store_true")
     parser.add_argument("--pruners", nargs="+", default=[TuneConfig.pruner], help="pruners to compare with none")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="study seeds; each pruner runs on each")
+    parser.add_argument("--trials", type=int, default=20, help="trials per study in the pruning comparison")
     parser.add_argument("--only-unpruned", action="store_true", help="run only the study without a pruner")
     parser.add_argument("--no-baseline", action="store_true", help="skip the study without a pruner")
     parser.add_argument(
@@ -245,7 +246,7 @@ def main() -> None:
     parser.add_argument("--evals-per-trial", type=int, default=6, help="evaluations (pruning points) per trial")
     parser.add_argument("--skip-pruning", action="store_true", help="measure only whether tuning pays")
     args = parser.parse_args()
-    trials = 8 if args.quick else 20
+    trials = 8 if args.quick else args.trials
     iters, scale = (150, 1 / 3) if args.quick else (300, 1)
     budget = Budget(iters, args.trial_seconds * scale, args.trial_flops * scale, args.evals_per_trial)
     tune_minutes, final_minutes = (3.0, 1.5) if args.quick else (15.0, 5.0)
@@ -287,7 +288,12 @@ def main() -> None:
             }
 
     seeds = "_".join(map(str, args.seeds))
-    name = f"tuning_pruning{budget.slug}_seeds{seeds}.json" if args.skip_tuning_pays else f"tuning{budget.slug}.json"
+    trials_slug = f"_{trials}trials" if trials != 20 and not args.quick else ""
+    name = (
+        f"tuning_pruning{budget.slug}{trials_slug}_seeds{seeds}.json"
+        if args.skip_tuning_pays
+        else f"tuning{budget.slug}.json"
+    )
     out = ROOT / "benchmarks" / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
