@@ -120,32 +120,25 @@ class TrainConfig:
 
 def parse_duration(text: str) -> float:
     """Seconds from `90`, `90s`, `20m`, `1.5h`; a clear error otherwise."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    text = str(text).strip().lower()
-    scale = units.get(text[-1:])
-    number = text[:-1] if scale else text
-    try:
-        seconds = float(number) * (scale or 1)
-    except ValueError:
-        raise ConfigError(f"cannot read duration {text!r}; use e.g. 90, 90s, 20m or 1.5h") from None
-    if seconds < 0:
-        raise ConfigError(f"duration must be >= 0, got {text!r}")
-    return seconds
+    return _parse_with_unit(text, {"s": 1, "m": 60, "h": 3600}, "duration", "90, 90s, 20m or 1.5h")
 
 
 def parse_flops(text: str) -> float:
     """FLOPs from `5e11`, `500G`, `0.5T`, `2P`; a clear error otherwise."""
-    units = {"g": 1e9, "t": 1e12, "p": 1e15}
+    return _parse_with_unit(text, {"g": 1e9, "t": 1e12, "p": 1e15}, "FLOPs", "5e11, 500G or 0.5T")
+
+
+def _parse_with_unit(text: str, units: dict[str, float], what: str, examples: str) -> float:
     text = str(text).strip().lower()
     scale = units.get(text[-1:])
     number = text[:-1] if scale else text
     try:
-        flops = float(number) * (scale or 1)
+        value = float(number) * (scale or 1)
     except ValueError:
-        raise ConfigError(f"cannot read FLOPs {text!r}; use e.g. 5e11, 500G or 0.5T") from None
-    if not flops >= 0:
-        raise ConfigError(f"FLOPs must be >= 0, got {text!r}")
-    return flops
+        raise ConfigError(f"cannot read {what} {text!r}; use e.g. {examples}") from None
+    if not value >= 0:
+        raise ConfigError(f"{what} must be >= 0, got {text!r}")
+    return value
 
 
 def to_dict(config: Any) -> dict[str, Any]:
