@@ -151,8 +151,9 @@ def flops_trained(trial: optuna.trial.FrozenTrial, config: TuneConfig, vocab_siz
     """Training FLOPs a trial spent (what `--trial-flops` budgets); like tokens, independent of machine load."""
     if "params" not in trial.user_attrs:  # an invalid config, pruned before training
         return 0.0
-    model_config, _ = trial_configs(trial.user_attrs["params"], config, trial.number, vocab_size)
-    return flops_per_token(model_config) * tokens_trained(trial)
+    model_config, train_config = trial_configs(trial.user_attrs["params"], config, trial.number, vocab_size)
+    tokens = trial.user_attrs.get("steps", 0) * train_config.batch_size * model_config.block_size
+    return flops_per_token(model_config) * tokens
 
 
 def final_training(data_dir: Path, params: dict | None, minutes: float) -> float:
