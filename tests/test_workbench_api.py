@@ -97,6 +97,42 @@ def test_bad_tuning_input_is_an_error_message(app):
     assert "invalid study name" in message
 
 
+def test_a_flops_budget_and_pruner_settings_reach_the_study(app):
+    import optuna
+
+    args = ["flops", 2, 20, 0, "none", 10, 2, 0, 0, json.dumps(TINY_SPACE)]
+    message, _ = app.client.predict(*args, "lots", 3, 33.3, 3, api_name="/tune_start")
+    assert "cannot read FLOPs &#x27;lots&#x27;" in message
+    message, _ = app.client.predict(*args, "0.3G", 3, 0, 3, api_name="/tune_start")
+    assert "pruner percentile must be in (0, 100)" in message
+    message, _ = app.client.predict(*args, "0.3G", 3, 33.3, 3, api_name="/tune_start")
+    assert "Started study flops" in message
+    poll(app.client, "/tune_refresh", lambda o: "finished" in str(o[1]), "flops")
+    study = optuna.load_study(study_name="flops", storage=f"sqlite:///{app.root / 'studies' / 'gpt_tuning.db'}")
+    assert [sorted(t.intermediate_values) for t in study.trials] == [[1, 2, 3]] * 2  # evaluated at equal FLOPs
+
+
+def test_a_study_interrupted_before_the_flops_setting_existed_resumes(app):
+    from workbench.app import launch
+
+    # a journal written by a workbench whose Start took ten inputs
+    old_args = ["older", 2, 20, 0, "none", 10, 2, 0, 0, json.dumps(TINY_SPACE)]
+    record = {"title": "study older", "info": {"study": "older", "args": old_args, "target_trials": 2}}
+    (app.root / ".workbench").mkdir(exist_ok=True)
+    (app.root / ".workbench" / "jobs.json").write_text(json.dumps({"tune": record}))
+    port = free_port()
+    demo, jobs, _ = launch("127.0.0.1", port, root=app.root, dashboard=False, block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        message, _ = client.predict(api_name="/tune_resume")
+        assert "Started study older: 2 trial(s)" in message
+        outputs = poll(client, "/tune_refresh", lambda o: "finished" in str(o[1]), "older")
+        assert "2 complete" in outputs[2] and sorted(r[3] for r in outputs[3]["data"]) == [20, 20]
+    finally:
+        jobs.shutdown()
+        demo.close()
+
+
 def test_training_shows_growing_metrics_then_chat_streams_a_reply(app):
     message = app.client.predict("tiny", False, *TINY_TRAIN, api_name="/train_start")
     assert "Started training tiny" in message

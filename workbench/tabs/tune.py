@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 import optuna
 
+from core.config import parse_flops
 from core.tuning import PRUNERS, SearchSpace, TuneConfig, TuningError, last_step, make_storage, run_study, trial_value
 from workbench.jobs import JobBusy, JobManager
 from workbench.project import Project
@@ -202,7 +203,33 @@ def build_tune(
                     trial_seconds = gr.Number(
                         value=0, minimum=0, label="Seconds per trial (0 = by steps)", min_width=90
                     )
+                    trial_flops = gr.Textbox(
+                        value="0", label="FLOPs per trial (0 = by steps)", placeholder="0.5T", max_lines=1, min_width=90
+                    )
+                with gr.Row():
+                    evals_per_trial = gr.Number(
+                        value=TuneConfig.evals_per_trial,
+                        precision=0,
+                        minimum=1,
+                        label="Evals per trial (seconds or FLOPs budget)",
+                        min_width=90,
+                    )
                     seed = gr.Number(value=0, precision=0, label="Seed", min_width=90)
+                with gr.Row():
+                    pruner_percentile = gr.Number(
+                        value=round(TuneConfig.pruner_percentile, 1),
+                        minimum=0,
+                        maximum=100,
+                        label="Pruner percentile (keep the best %)",
+                        min_width=90,
+                    )
+                    pruner_startup = gr.Number(
+                        value=TuneConfig.pruner_startup_trials,
+                        precision=0,
+                        minimum=0,
+                        label="Trials before pruning starts",
+                        min_width=90,
+                    )
             with gr.Row():
                 start_btn = gr.Button("Start study", variant="primary")
                 resume_btn = gr.Button("Resume")
@@ -240,7 +267,23 @@ def build_tune(
 
     reset_space.click(default_space_json, None, space, api_visibility="private")
 
-    def start(name, n_trials, iters, timeout, pruner_name, interval, batches, seconds, seed_value, space_text):
+    def start(
+        name,
+        n_trials,
+        iters,
+        timeout,
+        pruner_name,
+        interval,
+        batches,
+        seconds,
+        seed_value,
+        space_text,
+        flops="0",
+        evals=TuneConfig.evals_per_trial,
+        percentile=TuneConfig.pruner_percentile,
+        startup=TuneConfig.pruner_startup_trials,
+    ):
+        # The last four have defaults because jobs.json entries written before they existed resume with them.
         try:
             config = TuneConfig(
                 study=(name or "").strip(),
@@ -249,9 +292,13 @@ def build_tune(
                 timeout=float(timeout or 0) * 60,
                 trial_iters=int(iters or 0),
                 trial_seconds=float(seconds or 0),
+                trial_flops=parse_flops(flops or "0"),
                 eval_interval=int(interval or 0),
+                evals_per_trial=int(evals or 0),
                 eval_iters=int(batches or 0),
                 pruner=pruner_name,
+                pruner_percentile=float(percentile if percentile is not None else TuneConfig.pruner_percentile),
+                pruner_startup_trials=int(startup if startup is not None else TuneConfig.pruner_startup_trials),
                 seed=int(seed_value or 0),
                 data_dir=str(project.data_dir),
             ).validate()
@@ -289,6 +336,7 @@ def build_tune(
             return config.study
 
         args = [config.study, n_trials, iters, timeout, pruner_name, interval, batches, seconds, seed_value, space_text]
+        args += [flops, evals, percentile, startup]
         target = finished_count(reader.load(config.study)) + config.trials
         try:
             jobs.start("tune", f"study {config.study}", run, study=config.study, args=args, target_trials=target)
@@ -303,7 +351,22 @@ def build_tune(
 
     start_btn.click(
         start,
-        [study_name, trials, trial_iters, timeout_min, pruner, eval_interval, eval_iters, trial_seconds, seed, space],
+        [
+            study_name,
+            trials,
+            trial_iters,
+            timeout_min,
+            pruner,
+            eval_interval,
+            eval_iters,
+            trial_seconds,
+            seed,
+            space,
+            trial_flops,
+            evals_per_trial,
+            pruner_percentile,
+            pruner_startup,
+        ],
         [message, view],
         api_name="tune_start",
     )
