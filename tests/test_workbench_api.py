@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -49,6 +51,22 @@ def app(tmp_path_factory):
         if board:
             board.close()
         os.chdir(previous)
+
+
+@contextmanager
+def restarted_workbench(root: Path, journal: dict) -> Iterator[Client]:
+    """A second workbench on `root`, started as after a crash that left `journal` in .workbench/jobs.json."""
+    from workbench.app import launch
+
+    (root / ".workbench").mkdir(exist_ok=True)
+    (root / ".workbench" / "jobs.json").write_text(json.dumps(journal))
+    port = free_port()
+    demo, jobs, _ = launch("127.0.0.1", port, root=root, dashboard=False, block=False)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        jobs.shutdown()
+        demo.close()
 
 
 def poll(client: Client, api_name: str, done, *args, timeout: float = 90.0):
@@ -113,24 +131,14 @@ def test_a_flops_budget_and_pruner_settings_reach_the_study(app):
 
 
 def test_a_study_interrupted_before_the_flops_setting_existed_resumes(app):
-    from workbench.app import launch
-
     # a journal written by a workbench whose Start took ten inputs
     old_args = ["older", 2, 20, 0, "none", 10, 2, 0, 0, json.dumps(TINY_SPACE)]
     record = {"title": "study older", "info": {"study": "older", "args": old_args, "target_trials": 2}}
-    (app.root / ".workbench").mkdir(exist_ok=True)
-    (app.root / ".workbench" / "jobs.json").write_text(json.dumps({"tune": record}))
-    port = free_port()
-    demo, jobs, _ = launch("127.0.0.1", port, root=app.root, dashboard=False, block=False)
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    with restarted_workbench(app.root, {"tune": record}) as client:
         message, _ = client.predict(api_name="/tune_resume")
         assert "Started study older: 2 trial(s)" in message
         outputs = poll(client, "/tune_refresh", lambda o: "finished" in str(o[1]), "older")
         assert "2 complete" in outputs[2] and sorted(r[3] for r in outputs[3]["data"]) == [20, 20]
-    finally:
-        jobs.shutdown()
-        demo.close()
 
 
 def test_training_shows_growing_metrics_then_chat_streams_a_reply(app):
@@ -176,16 +184,9 @@ def test_training_shows_growing_metrics_then_chat_streams_a_reply(app):
 
 
 def test_a_restarted_workbench_offers_to_resume_the_interrupted_training(app):
-    from workbench.app import launch
-
     # what a server killed while training 'tiny' leaves behind (the training test saved it at step 60)
     record = {"title": "training tiny", "info": {"model": "tiny", "max_iters": 80}, "started": time.time()}
-    (app.root / ".workbench").mkdir(exist_ok=True)
-    (app.root / ".workbench" / "jobs.json").write_text(json.dumps({"train": record}))
-    port = free_port()
-    demo, jobs, _ = launch("127.0.0.1", port, root=app.root, dashboard=False, block=False)
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    with restarted_workbench(app.root, {"train": record}) as client:
         bar, status, _plot, _sample, _saved, name, max_iters = client.predict(api_name="/train_refresh")
         assert "interrupted" in bar and "Resume" in status and name == "tiny" and max_iters == 80
         message = client.predict(name, max_iters, 0, api_name="/train_resume")
@@ -194,9 +195,6 @@ def test_a_restarted_workbench_offers_to_resume_the_interrupted_training(app):
         metrics = (app.root / "models" / "tiny" / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(line)["step"] for line in metrics] == [20, 40, 60, 80]
         assert json.loads((app.root / ".workbench" / "jobs.json").read_text()) == {}
-    finally:
-        jobs.shutdown()
-        demo.close()
 
 
 def test_prepare_refuses_paths_outside_the_project_and_bad_uploads(app, tmp_path):
