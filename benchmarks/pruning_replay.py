@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import optuna  # noqa: E402
 
 from benchmarks.tuning import pruner_fields  # noqa: E402
-from core.tuning import TuneConfig, make_pruner  # noqa: E402
+from core.tuning import TuneConfig  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -61,32 +61,26 @@ def curves_of(run: dict) -> list[Curve]:
 def replay(curves: list[Curve], pruner_spec: str) -> dict:
     """Run the trials through the pruner in order: estimated time saved, trials pruned, best-val gap."""
     steps = sorted({step for curve in curves for step in curve.val_by_step})
-    fields = pruner_fields(pruner_spec)
-    pruner = make_pruner(
-        fields["pruner"],
-        min_resource=steps[0],
-        max_resource=steps[-1],
-        percentile=fields.get("pruner_percentile", TuneConfig.pruner_percentile),
-        startup_trials=fields.get("pruner_startup_trials", TuneConfig.pruner_startup_trials),
-    )
-    study = optuna.create_study(direction="minimize", pruner=pruner)
+    # The study's first and last report keys stand for the first eval and the trial's length, as in `tune`.
+    config = TuneConfig(eval_interval=steps[0], trial_iters=steps[-1], **pruner_fields(pruner_spec))
+    study = optuna.create_study(direction="minimize", pruner=config.make_pruner())
     spent, pruned, kept = 0.0, 0, []
     for curve in curves:
         trial = study.ask()
         trial_steps = sorted(curve.val_by_step)
-        stopped_at = None
-        for step in trial_steps:
+        evals_run = None
+        for done, step in enumerate(trial_steps, start=1):
             trial.report(curve.val_by_step[step], step)
             if trial.should_prune():
-                stopped_at = step
+                evals_run = done
                 break
-        if stopped_at is None:
+        if evals_run is None:
             study.tell(trial, curve.best)
             spent += curve.seconds
             kept.append(curve.best)
         else:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            spent += curve.seconds * (trial_steps.index(stopped_at) + 1) / len(trial_steps)
+            spent += curve.seconds * evals_run / len(trial_steps)
             pruned += 1
     total = sum(curve.seconds for curve in curves)
     return {
