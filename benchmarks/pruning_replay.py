@@ -63,7 +63,8 @@ def replay(curves: list[Curve], pruner_spec: str) -> dict:
     steps = sorted({step for curve in curves for step in curve.val_by_step})
     # The study's first and last report keys stand for the first eval and the trial's length, as in `tune`.
     config = TuneConfig(eval_interval=steps[0], trial_iters=steps[-1], **pruner_fields(pruner_spec))
-    study = optuna.create_study(direction="minimize", pruner=config.make_pruner())
+    # Hyperband picks each trial's bracket from a hash of the study name: a fixed name makes replays repeat.
+    study = optuna.create_study(study_name="replay", direction="minimize", pruner=config.make_pruner())
     spent, pruned, kept = 0.0, 0, []
     for curve in curves:
         trial = study.ask()

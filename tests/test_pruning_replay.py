@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 
@@ -37,6 +38,12 @@ def test_pruning_a_late_bloomer_shows_as_a_best_val_gap():
     result = replay([*STARTUP, late], "percentile")
     assert result["pruned"] == 1 and result["best_val_gap"] == pytest.approx(1.0 - 0.5)
     assert replay([*STARTUP, late], "percentile,startup=4")["best_val_gap"] == 0.0  # not enough finished trials yet
+
+
+def test_a_hyperband_replay_repeats_itself():
+    rng = random.Random(0)
+    curves = [Curve({step: rng.uniform(1, 3) for step in (10, 20, 40, 80)}, rng.uniform(1, 9)) for _ in range(40)]
+    assert len({replay(curves, "hyperband")["time_saved"] for _ in range(8)}) == 1
 
 
 def test_the_script_reads_tuning_results_and_says_when_a_file_is_missing(tmp_path):
