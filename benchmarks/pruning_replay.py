@@ -111,9 +111,10 @@ def main() -> None:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise SystemExit(f"cannot read {path}: {err}") from None
-        runs += [(path.name, run) for run in data.get("pruning", {}).get("runs", [])]
+        pruning = data.get("pruning", {}) if isinstance(data, dict) else {}
+        runs += [(path.name, run) for run in pruning.get("runs", []) if any(r["pruner"] == "none" for r in run["rows"])]
     if not runs:
-        raise SystemExit("no pruning runs in those files; run benchmarks/tuning.py --skip-tuning-pays first")
+        raise SystemExit("no study without a pruner in those files; run benchmarks/tuning.py --skip-tuning-pays first")
 
     rows = []
     print(f"{'pruner':<34} {'file':<44} {'seed':>4} {'trials':>6} {'pruned':>6} {'time saved':>10} {'gap':>8}")

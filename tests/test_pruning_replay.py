@@ -83,3 +83,7 @@ def test_the_script_reads_tuning_results_and_says_when_a_file_is_missing(tmp_pat
     ]
     missing = subprocess.run([sys.executable, script, tmp_path / "nope.json"], capture_output=True, text=True)
     assert missing.returncode != 0 and "cannot read" in missing.stderr
+    run["rows"][0]["pruner"] = "percentile"  # only a pruned study: nothing to replay
+    results.write_text(json.dumps({"pruning": {"runs": [run]}}))
+    pruned_only = subprocess.run([sys.executable, script, results], capture_output=True, text=True)
+    assert pruned_only.returncode != 0 and "no study without a pruner" in pruned_only.stderr
