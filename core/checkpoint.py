@@ -204,7 +204,9 @@ def load_model(
         )
     info = read_config(folder)
     try:
-        model_config = from_dict(ModelConfig, info.get("model", {})).validate()
+        saved = info.get("model", {})
+        from_dict(ModelConfig, saved)  # unknown fields are an error
+        model_config = ModelConfig.from_saved(saved).validate()
     except (ConfigError, TypeError) as err:
         raise ModelError(f"{folder / CONFIG_JSON}: {err}") from None
     try:

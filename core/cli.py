@@ -20,9 +20,10 @@ from typing import Any
 import torch
 
 from core import checkpoint as ckpt
-from core.config import ConfigError, ModelConfig, TrainConfig, replace_known, to_dict
+from core.config import RECIPES, ConfigError, ModelConfig, TrainConfig, replace_known, to_dict
 from core.data import DataError, prepare
 from core.distributed import DistContext, init_from_env, shutdown
+from core.runs import claim_model_dir, record_source, run_configs
 from core.sampling import SamplingConfig
 from core.trainer import LossDiverged, TrainHooks, train
 
@@ -139,26 +140,6 @@ class StopOnSignal:
         return self.requested
 
 
-def training_configs(
-    args: argparse.Namespace, out_dir: Path, params: dict[str, Any] | None = None
-) -> tuple[ModelConfig, TrainConfig]:
-    """Defaults (or the resumed checkpoint's configs), then tuned `params`, then the flags the user gave."""
-    model_config, train_config = ModelConfig(), TrainConfig()
-    if args.resume:
-        state = ckpt.latest_checkpoint(out_dir)
-        if state is not None:
-            model_config = replace_known(model_config, state.state["model_config"])
-            train_config = replace_known(train_config, state.state["train_config"])
-    flags = given(args, ModelConfig) | given(args, TrainConfig)
-    model_config = replace_known(model_config, flags)
-    train_config = replace_known(train_config, flags)
-    if params and not args.resume:
-        from core.tuning import apply_params
-
-        model_config, train_config = apply_params(params, model_config, train_config, keep=set(flags))
-    return model_config.validate(), train_config.validate()
-
-
 def run_training(args: argparse.Namespace, tuned: dict[str, Any] | None = None) -> int:
     """Train `args.name`; `tuned` is a study's best-params record (see core.tuning.best_params).
 
@@ -180,18 +161,14 @@ def _run_training(args: argparse.Namespace, tuned: dict[str, Any] | None, dist: 
             f"{out_dir} already holds a model; add --resume to continue it, --overwrite to replace it, "
             "or choose another --name"
         )
-    model_config, train_config = training_configs(args, out_dir, tuned["params"] if tuned else None)
+    flags = given(args, ModelConfig) | given(args, TrainConfig)
+    model_config, train_config = run_configs(out_dir, recipe=args.recipe, flags=flags, tuned=tuned, resume=args.resume)
+    info = None
     if dist.is_main:
-        if args.overwrite and not args.resume and out_dir.exists():
-            import shutil
-
-            shutil.rmtree(out_dir)
+        claim_model_dir(out_dir, resume=args.resume, overwrite=args.overwrite)
         ensure_dataset(train_config.data_dir)
-        if tuned:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.write_best_params(out_dir, tuned)
+        info = record_source(out_dir, tuned)
     dist.barrier()
-    info = {"source": {k: v for k, v in tuned.items() if k != "params"}} if tuned else None
     bar = tqdm(
         total=train_config.max_iters,
         desc=args.name,
@@ -263,9 +240,11 @@ def tune_config(args: argparse.Namespace):
 def cmd_tune(args: argparse.Namespace) -> int:
     import subprocess
 
-    from core.tuning import SearchSpace, create_study, run_study, worker_env
+    from core.tuning import SearchSpace, TuneConfig, create_study, run_study, worker_env
 
     config = tune_config(args)
+    if "budget" in given(args, TuneConfig):
+        return run_budgeted(args, config)
     space = SearchSpace.for_device(config.device)
     if args.space:
         space = SearchSpace.load(args.space, base=space)
@@ -298,7 +277,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
             stop_event = threading.Event()
             stop.on_request = stop_event.set
-            run_study(config, space, stop=stop_event, on_event=report, worker=args.worker_index)
+            run_study(config, space, stop=stop_event, on_event=report, worker=args.worker_index or 0)
     from core.tuning import best_params, open_study, write_best_params
 
     study = open_study(config.study, config.storage)
@@ -308,6 +287,85 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"best params written to {path}")
     if args.then_train:
         return run_training(args, tuned)
+    return 0
+
+
+def run_budgeted(args: argparse.Namespace, config) -> int:
+    """`tune --budget`: a tournament whose survivor is saved as models/NAME (see core.tournament)."""
+    import subprocess
+    import threading
+
+    from core.tournament import has_plan, prepare_tournament, run_tournament
+    from core.tuning import SearchSpace, worker_env
+
+    if not config.budget > 0:
+        raise CliError("--budget must be a positive duration, e.g. --budget 10m or --budget 1h")
+    space = SearchSpace.for_budget(config.device)
+    if args.space:
+        space = SearchSpace.load(args.space, base=space)
+    space.validate()
+    fixed = given(args, ModelConfig) | given(args, TrainConfig)  # the user's flags hold for every candidate
+    config = dataclasses.replace(config, overrides=fixed)
+    out_dir = ckpt.model_dir(args.name, args.models_dir)
+    continuing = has_plan(config)
+    if not continuing and out_dir.exists() and any(out_dir.iterdir()):
+        if not args.overwrite:
+            raise CliError(f"{out_dir} already holds a model; add --overwrite to replace it, or choose another --name")
+        import shutil
+
+        shutil.rmtree(out_dir)
+    ensure_dataset(config.data_dir)
+    spawned = args.worker_index is not None  # a worker process started by the command below
+    if not spawned:
+        _, plan = prepare_tournament(config, space, workers=args.workers)
+        verb = "continuing" if continuing else "planned"
+        print(f"tournament {config.study} ({verb}): {plan.describe()}; budget {config.budget:.0f}s", file=sys.stderr)
+    if args.workers > 1 and not spawned:
+        argv = strip_options(sys.argv[1:], {"--workers": True})
+        procs = [
+            subprocess.Popen(
+                [sys.executable, sys.argv[0], *argv, "--workers", str(args.workers), "--worker-index", str(worker)],
+                env=worker_env(worker, args.workers),
+            )
+            for worker in range(args.workers)
+        ]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise CliError(f"worker(s) failed with exit codes {codes}")
+        print(f"saved {out_dir}", file=sys.stderr)
+        return 0
+
+    def report(event) -> None:
+        left = f"{event.time_left_s / 60:.1f} min left"
+        if event.kind == "end":
+            score = f"val {event.score:.4f}" if event.score is not None else event.message
+            print(
+                f"rung {event.rung}: candidate {event.candidate} (trial {event.trial}) {score} after "
+                f"{event.seconds:.0f}s · {left}",
+                file=sys.stderr,
+            )
+        elif event.kind == "promote":
+            print(event.message, file=sys.stderr)
+
+    with StopOnSignal() as stop:
+        stop_event = threading.Event()
+        stop.on_request = stop_event.set
+        final = run_tournament(
+            config,
+            space,
+            name=args.name,
+            models_dir=args.models_dir,
+            worker=args.worker_index or 0,
+            workers=args.workers,
+            stop=stop_event,
+            on_event=report,
+        )
+    if final is not None:
+        from core.tuning import best_params_path
+
+        print(f"saved {final}; best params in {best_params_path(config.study, config.storage)}", file=sys.stderr)
+    elif stop_event.is_set():
+        print("stopped; run the same command again to continue the tournament", file=sys.stderr)
     return 0
 
 
@@ -450,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(p, TuneConfig, "study")
     p.add_argument("--space", help="search space JSON file (fields not given keep their defaults)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
-    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--create-only", action="store_true", help="create the study and exit (before starting workers)")
     p.add_argument("--then-train", action="store_true", help="train the final model with the best params")
     add_train_arguments(p, with_data_dir=False)
@@ -483,6 +541,13 @@ def add_train_arguments(p: argparse.ArgumentParser, with_data_dir: bool = True) 
     p.add_argument("--models-dir", default="models", help="where saved models live")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of --name")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
+    p.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="modern",
+        help="defaults for the fields you do not set: modern (rotary positions, RMSNorm, QK-norm, ReLU², Muon, "
+        "warmup-stable-decay; measured best per CPU-minute) or classic (nanoGPT 2022, reproduced exactly)",
+    )
     add_dataclass_flags(p, ModelConfig, "model")
     skip = () if with_data_dir else ("data_dir", "device", "seed", "eval_interval", "eval_iters")
     add_dataclass_flags(p, TrainConfig, "final training", skip=skip)
@@ -521,4 +586,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["main", "build_parser", "register_commands", "run_training", "training_configs", "to_dict"]
+__all__ = ["main", "build_parser", "register_commands", "run_training", "to_dict"]

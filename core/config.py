@@ -31,6 +31,15 @@ class ModelConfig:
     block_size: int = _help("context length in characters", default=64)
     dropout: float = _help("dropout probability in [0, 1)", default=0.0)
     bias: bool = _help("use bias in Linear and LayerNorm layers", default=False)
+    pos_encoding: str = _help("position encoding: rope (rotary) or learned (nanoGPT's embedding table)", default="rope")
+    norm: str = _help("normalisation: rmsnorm or layernorm", default="rmsnorm")
+    mlp: str = _help("MLP activation: relu2 (squared ReLU) or gelu", default="relu2")
+    qk_norm: bool = _help("RMS-normalise queries and keys per head before attention", default=True)
+    tie_head: bool = _help("share the output head with the token embedding", default=True)
+    logit_softcap: float | None = field(
+        default=None,
+        metadata={"help": "squash logits into (-C, C) with C*tanh(x/C); must be > 0 (default: off)", "type": float},
+    )
     vocab_size: int = field(default=0, metadata={"help": "set from the dataset", "cli": False})
 
     def validate(self) -> ModelConfig:
@@ -47,7 +56,27 @@ class ModelConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.vocab_size < 0:
             raise ConfigError(f"vocab_size must be >= 0, got {self.vocab_size}")
+        _check_choice("pos_encoding", self.pos_encoding, ("rope", "learned"))
+        _check_choice("norm", self.norm, ("rmsnorm", "layernorm"))
+        _check_choice("mlp", self.mlp, ("relu2", "gelu"))
+        if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(
+                f"rope needs an even head size, got n_embd/n_head = {self.n_embd}/{self.n_head} = "
+                f"{self.n_embd // self.n_head}; change n_head or n_embd, or use --pos-encoding learned"
+            )
+        if self.logit_softcap is not None and not self.logit_softcap > 0:
+            raise ConfigError(f"logit_softcap must be > 0 (leave it out to turn it off), got {self.logit_softcap}")
         return self
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> ModelConfig:
+        """A config saved by any version: fields older files lack take the classic recipe's values."""
+        return replace_known(cls(), {**RECIPES["classic"], **values})
+
+
+def _check_choice(name: str, value: Any, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"{name} must be one of {', '.join(options)}, got {value!r}")
 
 
 @dataclass
@@ -65,6 +94,14 @@ class TrainConfig:
     warmup_fraction: float = _help(
         "linear warmup over this fraction of the run, in steps or minutes (0 = use warmup_iters)", default=0.0
     )
+    schedule: str = _help(
+        "learning-rate schedule after warmup: wsd (constant, then a linear cooldown over the last cooldown_fraction "
+        "of the run, so a run can be continued) or cosine",
+        default="wsd",
+    )
+    cooldown_fraction: float = _help("wsd: share of the run (steps or minutes) spent decaying to min_lr", default=0.3)
+    optimizer: str = _help("adamw, or muon (Muon for hidden matrices, AdamW for the rest)", default="muon")
+    muon_lr: float = _help("muon: learning rate of the hidden matrices", default=0.02)
     weight_decay: float = _help("AdamW weight decay, applied to matrices only", default=0.1)
     beta1: float = _help("AdamW beta1", default=0.9)
     beta2: float = _help("AdamW beta2", default=0.99)
@@ -115,7 +152,42 @@ class TrainConfig:
             raise ConfigError(f"betas must be in [0, 1), got {self.beta1}, {self.beta2}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        _check_choice("schedule", self.schedule, ("wsd", "cosine"))
+        _check_choice("optimizer", self.optimizer, ("muon", "adamw"))
+        if not 0 <= self.cooldown_fraction <= 1:
+            raise ConfigError(f"cooldown_fraction must be in [0, 1], got {self.cooldown_fraction}")
+        if not self.muon_lr > 0:
+            raise ConfigError(f"muon_lr must be > 0, got {self.muon_lr}")
         return self
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> TrainConfig:
+        """A config saved by any version: fields older files lack take the classic recipe's values."""
+        return replace_known(cls(), {**RECIPES["classic"], **values})
+
+
+# The dataclass defaults are the recipe that measured best (benchmarks/recipe.py); `classic` is nanoGPT's 2022
+# model and optimiser, which is also what a config saved before these fields existed means.
+RECIPES: dict[str, dict[str, Any]] = {
+    "modern": {},
+    "classic": {
+        "pos_encoding": "learned",
+        "norm": "layernorm",
+        "mlp": "gelu",
+        "qk_norm": False,
+        "tie_head": True,
+        "logit_softcap": None,
+        "schedule": "cosine",
+        "optimizer": "adamw",
+    },
+}
+
+
+def recipe_configs(name: str = "modern") -> tuple[ModelConfig, TrainConfig]:
+    """The default configs of recipe `name`."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; use one of {', '.join(RECIPES)}")
+    return replace_known(ModelConfig(), RECIPES[name]), replace_known(TrainConfig(), RECIPES[name])
 
 
 def parse_duration(text: str) -> float:

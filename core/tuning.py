@@ -74,11 +74,12 @@ class Choice:
     options: tuple
 
 
-Spec = IntRange | FloatRange | Choice | int | float
+Spec = IntRange | FloatRange | Choice | int | float | str | bool
 
 # Fields that must be positive whatever their spec; the others must be >= 0.
 _POSITIVE = {"lr", "n_layer", "n_head", "head_size", "batch_size", "block_size"}
 _FRACTIONS = {"dropout", "warmup_fraction", "min_lr_ratio"}
+_CATEGORICAL = {"optimizer", "pos_encoding", "norm", "mlp", "qk_norm"}
 
 
 @dataclass
@@ -100,6 +101,14 @@ class SearchSpace:
     weight_decay: Spec = FloatRange(0.0, 0.2)
     warmup_fraction: Spec = FloatRange(0.0, 0.1)
     min_lr_ratio: Spec = 0.1
+    # The recipe's options (ModelConfig/TrainConfig fields): fixed to the default recipe unless a space file
+    # gives choices, e.g. {"optimizer": {"choices": ["muon", "adamw"]}, "muon_lr": [0.01, 0.04]}.
+    optimizer: Spec = "muon"
+    muon_lr: Spec = 0.02
+    pos_encoding: Spec = "rope"
+    norm: Spec = "rmsnorm"
+    mlp: Spec = "relu2"
+    qk_norm: Spec = True
 
     @classmethod
     def for_device(cls, device: str = "auto") -> SearchSpace:
@@ -115,6 +124,36 @@ class SearchSpace:
                 block_size=Choice((128, 256)),
             )
         return cls()
+
+    @classmethod
+    def for_budget(cls, device: str = "auto") -> SearchSpace:
+        """The space of a budgeted tournament: around the default model and up to a few times its size, since
+        candidates that survive are trained for minutes, where bigger models and lower rates win. Warmup is
+        by steps (a continued candidate must not warm up again), so warmup_fraction is fixed at 0."""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        common = {"dropout": 0.0, "weight_decay": 0.1, "warmup_fraction": 0.0}
+        if device.startswith("cuda"):
+            return cls(
+                **common,
+                n_layer=IntRange(4, 8),
+                n_head=Choice((4, 6, 8)),
+                head_size=Choice((32, 64)),
+                batch_size=Choice((32, 64)),
+                block_size=Choice((128, 256)),
+                lr=FloatRange(3e-4, 3e-3, log=True),
+                muon_lr=FloatRange(0.01, 0.04, log=True),
+            )
+        return cls(
+            **common,
+            n_layer=IntRange(3, 6),
+            n_head=Choice((4,)),
+            head_size=Choice((32, 48, 64)),
+            batch_size=Choice((12, 16, 24)),
+            block_size=Choice((64, 128)),
+            lr=FloatRange(5e-4, 3e-3, log=True),
+            muon_lr=FloatRange(0.01, 0.04, log=True),
+        )
 
     def validate(self) -> SearchSpace:
         for f in dataclasses.fields(self):
@@ -132,8 +171,10 @@ class SearchSpace:
                 values = list(spec.options)
             elif isinstance(spec, (int, float)) and not isinstance(spec, bool):
                 values = [spec]
-            else:
+            elif not isinstance(spec, (str, bool)):
                 raise TuningError(f"search space {f.name}: cannot use {spec!r}")
+            if f.name in _CATEGORICAL or isinstance(spec, (str, bool)):
+                values = []  # names and switches: their ModelConfig/TrainConfig validation checks them
             for value in values:
                 if f.name in _POSITIVE and not value > 0:
                     raise TuningError(f"search space {f.name}: values must be > 0, got {value}")
@@ -186,6 +227,8 @@ class SearchSpace:
 
 
 def _parse_spec(name: str, value: Any) -> Spec:
+    if name in _CATEGORICAL and isinstance(value, (str, bool)):
+        return value
     if isinstance(value, bool):
         raise TuningError(f"search space {name}: {value!r} is not a number")
     if isinstance(value, (int, float)):
@@ -416,6 +459,26 @@ class TuneConfig:
     data_dir: str = field(default="dataset", metadata={"help": "prepared dataset folder"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
     heartbeat: int = field(default=10, metadata={"help": "seconds between trial heartbeats (RDB storages)"})
+    budget: float = field(
+        default=0.0,
+        metadata={
+            "help": "one wall-time budget for the search and the final training: 20m, 2h. Candidates race in rungs, "
+            "the best are continued, and the survivor is saved as --name (0 = the trial modes)",
+            "type": parse_duration,
+        },
+    )
+    eta: int = field(default=3, metadata={"help": "--budget: 1 in eta candidates goes on to the next rung"})
+    final_share: float = field(
+        default=0.6, metadata={"help": "--budget: share of the budget kept for the final rung (the survivor)"}
+    )
+    overrides: dict = field(
+        default_factory=dict,
+        metadata={"help": "model and training fields the user fixed: every candidate uses them", "cli": False},
+    )
+    runs_dir: str = field(
+        default="studies/runs",
+        metadata={"help": "--budget: candidates' checkpoints, under RUNS_DIR/STUDY (shared by all workers)"},
+    )
 
     def validate(self) -> TuneConfig:
         check_study_name(self.study)
@@ -425,6 +488,10 @@ class TuneConfig:
             raise TuningError("trial_iters, eval_interval, eval_iters and evals_per_trial must be > 0")
         if self.timeout < 0 or self.trial_seconds < 0 or self.trial_flops < 0:
             raise TuningError("timeout, trial_seconds and trial_flops must be >= 0")
+        if self.budget < 0 or not math.isfinite(self.budget):
+            raise TuningError(f"budget must be a positive duration such as 20m, got {self.budget}")
+        if self.eta < 2 or not 0 < self.final_share < 1:
+            raise TuningError(f"eta must be >= 2 and final_share in (0, 1), got {self.eta} and {self.final_share}")
         if self.trial_seconds and self.trial_flops:
             raise TuningError("give a trial budget in seconds or in FLOPs, not both")
         self.make_pruner()

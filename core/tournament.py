@@ -1,0 +1,555 @@
+"""Tuning within one wall-time budget: successive halving whose last rung is the final training.
+
+    plan = plan_tournament(budget_s=1200, step_s=0.12)        # rungs: candidates and seconds each
+    model_dir = run_tournament(config, space, models_dir="models", name="best")
+
+Many candidates train for a short slice; the best 1/eta are *continued from their own checkpoint* for a
+slice eta times longer, and so on; the survivor of the last rung trains until the budget ends and is saved
+as `models/<name>/`, so the compute spent on it is kept. Candidates train with a warmup-stable-decay
+schedule held at the stable rate, so a checkpoint can be continued; each exploration slice ends with a short
+cooldown *branch* (a copy, discarded) that gives the score, so rungs compare candidates as they would be
+after their decay. The configuration `train` uses by default is always a candidate.
+
+Every rung of every candidate is a trial of one Optuna study (user attributes `candidate`, `rung`,
+`parent`), so storages, heartbeats, optuna-dashboard and `train --from-study` keep working. Work is handed
+out through the study itself: rung-0 candidates and promotions are enqueued trials that any worker pops,
+and a trial of a killed worker is failed by its heartbeat and queued again by Optuna, to be continued from
+the candidate's last checkpoint (the end of its previous rung).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.trial import TrialState
+
+from core import checkpoint as ckpt
+from core.config import ModelConfig, TrainConfig, recipe_configs, replace_known, to_dict
+from core.data import Dataset
+from core.trainer import TrainHooks, split_loss, train
+from core.tuning import SearchSpace, TuneConfig, TuningError, apply_params, create_study, write_best_params
+
+log = logging.getLogger(__name__)
+# Heartbeats run by hand here (get_heartbeat_thread), which Optuna warns about outside Study.optimize.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+PLAN_ATTR = "tournament"
+SCORE_CHARS = 65_536  # validation characters scored per candidate: the same evenly spread windows for all
+RUNGS_JSON = "rungs.json"  # in the final model's folder: the survivor's rungs
+_POLL_S = 1.0
+
+
+@dataclass
+class Rung:
+    candidates: int
+    seconds: float  # training time of each candidate in this rung (the last rung: what the budget leaves)
+
+
+@dataclass
+class Plan:
+    budget_s: float
+    workers: int
+    rungs: list[Rung]
+    score_fraction: float  # of an exploration slice spent on the scoring cooldown branch
+    final_cooldown: float  # of the final rung spent decaying
+    started: float  # wall clock (time.time) when the tournament began
+    step_s: float  # measured seconds a step of the default model
+
+    @property
+    def deadline(self) -> float:
+        return self.started + self.budget_s
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        return cls(**{**data, "rungs": [Rung(**r) for r in data["rungs"]]})
+
+    def describe(self) -> str:
+        parts = [f"{r.candidates} x {r.seconds:.0f}s" for r in self.rungs[:-1]] + ["1 x the rest"]
+        return f"{len(self.rungs)} rungs: " + ", then ".join(parts)
+
+
+# Seconds kept free at the end for the final evaluation and save, and per exploration slice for building,
+# loading, checkpointing and scoring a candidate (measured: 1-3 s for the default model on 2 cores).
+END_MARGIN_S, SLICE_OVERHEAD_S = 5.0, 1.0
+
+
+def plan_tournament(
+    budget_s: float,
+    step_s: float,
+    *,
+    workers: int = 1,
+    eta: int = 3,
+    final_share: float = 0.6,
+    min_steps: int = 150,
+    max_rungs: int = 4,
+) -> Plan:
+    """Rungs for a budget: the most rungs whose first slice still trains `min_steps` steps at `step_s`
+    seconds a step (the measured speed of the default model here); exploration rungs each cost the same
+    compute, shared by `workers`, and the final rung gets the rest, at least `final_share` of the budget."""
+    if not budget_s > 0 or not math.isfinite(budget_s):
+        raise TuningError(f"the budget must be a positive duration, e.g. 10m or 1h, got {budget_s!r}")
+    if eta < 2:
+        raise TuningError(f"eta must be >= 2, got {eta}")
+    if not 0 < final_share < 1:
+        raise TuningError(f"final_share must be in (0, 1), got {final_share}")
+    min_slice = max(2.0, min_steps * step_s)
+    explore_s = (1 - final_share) * (budget_s - END_MARGIN_S)
+    for rungs in range(max_rungs, 1, -1):
+        per_rung = explore_s * workers / (rungs - 1)
+        counts = [eta ** (rungs - 1 - k) for k in range(rungs - 1)]
+        slices = [per_rung / n - SLICE_OVERHEAD_S for n in counts]
+        if slices[0] >= min_slice:
+            return Plan(
+                budget_s=budget_s,
+                workers=workers,
+                rungs=[Rung(n, s) for n, s in zip(counts, slices)] + [Rung(1, 0.0)],
+                score_fraction=0.2,
+                final_cooldown=0.4,
+                started=time.time(),
+                step_s=step_s,
+            )
+    smallest = (eta * (min_slice + SLICE_OVERHEAD_S) / workers) / (1 - final_share) + END_MARGIN_S
+    raise TuningError(
+        f"a budget of {budget_s:.0f}s is too small for one rung of {eta} candidates of {min_slice:.0f}s each "
+        f"({min_steps} steps at the measured {step_s * 1000:.0f} ms/step) and a final training; "
+        f"give at least {math.ceil(smallest)}s"
+    )
+
+
+def measure_step_s(config: TuneConfig, dataset: Dataset, steps: int = 6) -> float:
+    """Seconds per step of the default model on this device (after a warm-up step)."""
+    model_config, train_config = default_candidate_configs(config, len(dataset.vocab))
+    train_config = replace_known(train_config, {"max_iters": steps, "max_minutes": 0.0, "warmup_iters": 0})
+    timings: list[float] = []
+    train(model_config, train_config, dataset=dataset, hooks=TrainHooks(on_step=lambda e: timings.append(e.elapsed_s)))
+    return (timings[-1] - timings[0]) / max(1, len(timings) - 1)
+
+
+# --- candidates ------------------------------------------------------------------------------------
+
+
+def default_params(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The configuration `train` uses by default, as tuned parameters, with the fields the user fixed."""
+    model_config, train_config = recipe_configs()
+    values = {k: v for k, v in (to_dict(model_config) | to_dict(train_config)).items() if k in _TUNABLE}
+    return values | (overrides or {})
+
+
+_TUNABLE = {
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "block_size",
+    "dropout",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "optimizer",
+    "muon_lr",
+    "pos_encoding",
+    "norm",
+    "mlp",
+    "qk_norm",
+}
+
+
+def default_candidate_configs(config: TuneConfig, vocab_size: int) -> tuple[ModelConfig, TrainConfig]:
+    return candidate_configs(default_params(config.overrides), config, 0, vocab_size)
+
+
+def candidate_configs(
+    params: dict[str, Any], config: TuneConfig, candidate: int, vocab_size: int
+) -> tuple[ModelConfig, TrainConfig]:
+    """A candidate's configs for one slice: the stable phase of wsd (no decay), warmup by steps, one cheap
+    evaluation at the end (the score comes from `split_loss`)."""
+    base = replace_known(
+        TrainConfig(),
+        {
+            "data_dir": config.data_dir,
+            "device": config.device,
+            "seed": config.seed * 100_003 + candidate,
+            "max_iters": 10**9,
+            "schedule": "wsd",
+            "cooldown_fraction": 0.0,
+            "warmup_fraction": 0.0,
+            "eval_interval": 10**9,
+            "eval_iters": 2,
+            "eval_train": False,
+            "sample_chars": 0,
+        },
+    )
+    model_config, train_config = apply_params(params, ModelConfig(vocab_size=vocab_size), base)
+    return model_config.validate(), replace_known(train_config, {"warmup_fraction": 0.0}).validate()
+
+
+def init_tournament(
+    study: optuna.Study, plan: Plan, space: SearchSpace, seed: int, overrides: dict[str, Any] | None = None
+) -> Plan:
+    """Record the plan and enqueue the first rung's candidates, once per study (later calls return the
+    recorded plan). The first candidate is the default configuration; the others are drawn by a seeded
+    TPE sampler (its random start-up phase, so: a seeded random sample of the space)."""
+    recorded = study.user_attrs.get(PLAN_ATTR)
+    if recorded:
+        return Plan.from_json(recorded)
+    study.set_user_attr(PLAN_ATTR, plan.to_json())
+    study.set_user_attr("search_space", space.to_json())
+    draw = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
+    for candidate in range(plan.rungs[0].candidates):
+        if candidate == 0:
+            params, fixed = default_params(overrides), {}
+        else:
+            trial = draw.ask()
+            params = space.suggest(trial) | (overrides or {})
+            fixed = dict(trial.params)
+            draw.tell(trial, state=TrialState.PRUNED)
+        study.enqueue_trial(
+            fixed, user_attrs={"candidate": candidate, "rung": 0, "parent": None, "params": params, "fixed": fixed}
+        )
+    return plan
+
+
+# --- running ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RungEvent:
+    """What a running tournament reports: a rung of a candidate started or ended, or a promotion."""
+
+    kind: str  # start, end, promote, done
+    rung: int
+    candidate: int | None = None
+    trial: int | None = None
+    score: float | None = None
+    seconds: float = 0.0
+    alive: int = 0
+    time_left_s: float = 0.0
+    message: str = ""
+
+
+def prepare_tournament(
+    config: TuneConfig, space: SearchSpace, *, workers: int = 1, worker: int = 0, dataset: Dataset | None = None
+) -> tuple[optuna.Study, Plan]:
+    """The study and its plan: made once (the budget's clock starts here, before the speed is measured), and
+    read back by every later call, so workers and a restarted run follow the same plan."""
+    config.validate()
+    space.validate()
+    if not config.budget > 0:
+        raise TuningError("a tournament needs a budget > 0, e.g. --budget 10m")
+    started = time.time()
+    study = create_study(config, worker)
+    recorded = study.user_attrs.get(PLAN_ATTR)
+    if recorded:
+        return study, Plan.from_json(recorded)
+    step_s = measure_step_s(config, dataset or Dataset(config.data_dir))
+    plan = plan_tournament(config.budget, step_s, workers=workers, eta=config.eta, final_share=config.final_share)
+    plan.started = started
+    plan = init_tournament(study, plan, space, config.seed, config.overrides)
+    log.info("tournament plan (default model at %.0f ms/step): %s", step_s * 1000, plan.describe())
+    return study, plan
+
+
+def has_plan(config: TuneConfig) -> bool:
+    """Whether the study of `config` already holds a tournament (a re-run continues it)."""
+    from core.tuning import open_study
+
+    try:
+        return bool(open_study(config.study, config.storage).user_attrs.get(PLAN_ATTR))
+    except TuningError:
+        return False
+
+
+def _rung_trials(study: optuna.Study, rung: int) -> list[optuna.trial.FrozenTrial]:
+    trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("rung") == rung]
+    return _dedupe(trials)
+
+
+def _dedupe(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """One trial per candidate of a rung: a retry replaces its failed original; two promotions of one candidate
+    (two workers promoting at once) count once, the lower-numbered."""
+    by_candidate: dict[int, optuna.trial.FrozenTrial] = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        candidate = trial.user_attrs.get("candidate")
+        kept = by_candidate.get(candidate)
+        if kept is None or kept.state == TrialState.FAIL:
+            by_candidate[candidate] = trial
+    return list(by_candidate.values())
+
+
+def run_tournament(
+    config: TuneConfig,
+    space: SearchSpace,
+    *,
+    name: str,
+    models_dir: str | Path = "models",
+    worker: int = 0,
+    workers: int = 1,
+    stop: threading.Event | None = None,
+    on_event: Callable[[RungEvent], None] | None = None,
+) -> Path | None:
+    """Run a budgeted tournament (this worker's share of it); returns the final model's folder, or None when
+    another worker trains the final rung or it was stopped. Blocks; stop with `stop`."""
+    stop = stop or threading.Event()
+    dataset = Dataset(config.data_dir)
+    study, plan = prepare_tournament(config, space, workers=workers, worker=worker, dataset=dataset)
+    runs_root = Path(config.runs_dir) / config.study
+    final_dir = ckpt.model_dir(name, models_dir)
+    emit = on_event or (lambda event: None)
+    final_rung = len(plan.rungs) - 1
+    space = SearchSpace.from_json(study.user_attrs.get("search_space", space.to_json()), base=space)
+
+    while not stop.is_set():
+        optuna.storages.fail_stale_trials(study)  # a killed worker's rung comes back as a waiting trial
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            trial = study.ask()
+            if "rung" not in trial.user_attrs:  # not a rung (enqueued by hand): not ours to run
+                trial.set_user_attr("reason", "not part of the tournament")
+                study.tell(trial, state=TrialState.FAIL)
+                continue
+            _run_rung(study, trial, plan, config, space, dataset, runs_root, final_dir, stop, emit, worker)
+            continue
+        state = _tournament_state(study, plan)
+        if state == "done":
+            break
+        if state == "busy":
+            time.sleep(_POLL_S)  # another worker runs the rest of this rung
+        else:
+            _promote(study, plan, state, emit)
+    final = [t for t in _rung_trials(study, final_rung) if t.state == TrialState.COMPLETE]
+    if final and final_dir.is_dir() and not stop.is_set():
+        shutil.rmtree(runs_root, ignore_errors=True)  # the candidates' checkpoints: the survivor lives on in final_dir
+        emit(
+            RungEvent(
+                "done",
+                final_rung,
+                final[0].user_attrs.get("candidate"),
+                final[0].number,
+                final[0].value,
+                message=f"saved {final_dir}",
+            )
+        )
+        return final_dir
+    return None
+
+
+def _tournament_state(study: optuna.Study, plan: Plan) -> str | int:
+    """ "busy" while a rung still has running or queued trials, the number of a finished rung whose
+    candidates are to be promoted, or "done" once the final rung has ended."""
+    for rung in range(len(plan.rungs)):
+        trials = _rung_trials(study, rung)
+        if not trials:
+            return rung - 1
+        if any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
+            return "busy"
+    return "done"
+
+
+def _promote(study: optuna.Study, plan: Plan, rung: int, emit: Callable[[RungEvent], None]) -> None:
+    """Enqueue the best candidates of a finished rung for the next one (idempotent: already promoted ones
+    are skipped)."""
+    scored = sorted(
+        (t for t in _rung_trials(study, rung) if t.state == TrialState.COMPLETE and t.value is not None),
+        key=lambda t: t.value,
+    )
+    if not scored:
+        raise TuningError(f"no candidate of rung {rung} finished; see the failed trials' 'reason' attribute")
+    already = {t.user_attrs.get("candidate") for t in _rung_trials(study, rung + 1)}
+    keep = plan.rungs[rung + 1].candidates
+    for parent in scored[:keep]:
+        candidate = parent.user_attrs["candidate"]
+        if candidate in already:
+            continue
+        study.enqueue_trial(
+            parent.params,
+            user_attrs={
+                "candidate": candidate,
+                "rung": rung + 1,
+                "parent": parent.number,
+                "params": parent.user_attrs["params"],
+                "fixed": parent.params,
+            },
+        )
+    emit(
+        RungEvent(
+            "promote",
+            rung + 1,
+            alive=min(keep, len(scored)),
+            time_left_s=plan.deadline - time.time(),
+            message=f"promoted candidates {[t.user_attrs['candidate'] for t in scored[:keep]]} to rung {rung + 1}",
+        )
+    )
+
+
+def _run_rung(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    plan: Plan,
+    config: TuneConfig,
+    space: SearchSpace,
+    dataset: Dataset,
+    runs_root: Path,
+    final_dir: Path,
+    stop: threading.Event,
+    emit: Callable[[RungEvent], None],
+    worker: int,
+) -> None:
+    attrs = trial.user_attrs
+    rung, candidate = attrs["rung"], attrs["candidate"]
+    siblings = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("rung") == rung
+        and t.user_attrs.get("candidate") == candidate
+        and t.number < trial.number
+        and t.state in (TrialState.RUNNING, TrialState.COMPLETE)
+    ]
+    if siblings:  # a second promotion of the same candidate
+        trial.set_user_attr("reason", f"duplicate of trial {siblings[0].number}")
+        study.tell(trial, state=TrialState.PRUNED)
+        return
+    params = attrs["params"]
+    if attrs.get("fixed"):
+        space.suggest(trial)  # records the enqueued values as the trial's params, for the dashboard
+    final = rung == len(plan.rungs) - 1
+    folder = runs_root / f"candidate-{candidate:03d}"
+    trial.set_user_attr("worker", worker)
+    started = time.time()
+    emit(
+        RungEvent(
+            "start",
+            rung,
+            candidate,
+            trial.number,
+            alive=plan.rungs[rung].candidates,
+            time_left_s=plan.deadline - started,
+        )
+    )
+    with get_heartbeat_thread(trial._trial_id, study._storage):
+        try:
+            model_config, train_config = candidate_configs(params, config, candidate, len(dataset.vocab))
+            dataset.check_block_size(model_config.block_size)
+            if final:
+                score = _final_rung(trial, plan, model_config, train_config, dataset, folder, final_dir, stop, rung)
+            else:
+                score = _exploration_rung(plan, rung, model_config, train_config, dataset, folder, stop)
+        except (ValueError, torch.OutOfMemoryError) as err:  # a bad combination, divergence, no memory
+            trial.set_user_attr("reason", str(err) or type(err).__name__)
+            study.tell(trial, state=TrialState.PRUNED)
+            emit(RungEvent("end", rung, candidate, trial.number, None, time.time() - started, message=f"failed: {err}"))
+            return
+    trial.set_user_attr("seconds", round(time.time() - started, 2))
+    if stop.is_set():  # a stopped rung is not a result: queue it again for the next run
+        trial.set_user_attr("reason", "stopped by the user")
+        study.tell(trial, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={k: v for k, v in attrs.items()})
+        return
+    study.tell(trial, score)
+    if final:
+        write_best_params(study, config.storage)
+    emit(
+        RungEvent(
+            "end", rung, candidate, trial.number, score, time.time() - started, time_left_s=plan.deadline - time.time()
+        )
+    )
+
+
+def _continue(folder: Path, model_config, train_config, dataset, stop, on_finish=None, on_eval=None):
+    return train(
+        model_config,
+        train_config,
+        out_dir=folder,
+        resume=ckpt.latest_checkpoint(folder) is not None,
+        dataset=dataset,
+        hooks=TrainHooks(should_stop=stop.is_set, on_finish=on_finish, on_eval=on_eval),
+    )
+
+
+def _score(model, dataset: Dataset) -> float:
+    return split_loss(model, dataset.tokens["val"], max_chars=SCORE_CHARS)
+
+
+def _exploration_rung(plan, rung, model_config, train_config, dataset, folder: Path, stop) -> float:
+    """Continue the candidate for the stable part of its slice, then score a cooldown branch of it."""
+    slice_s = plan.rungs[rung].seconds
+    if rung == 0 and folder.exists():  # a retried first slice starts afresh
+        shutil.rmtree(folder)
+    stable = replace_known(train_config, {"max_minutes": slice_s * (1 - plan.score_fraction) / 60})
+    _continue(folder, model_config, stable, dataset, stop)
+    branch = folder.parent / f"{folder.name}.branch"
+    shutil.rmtree(branch, ignore_errors=True)
+    latest = ckpt.latest_checkpoint(folder)
+    (branch / ckpt.CHECKPOINT_DIR).mkdir(parents=True)
+    shutil.copytree(latest.path, branch / ckpt.CHECKPOINT_DIR / latest.path.name)
+    cooldown = replace_known(
+        train_config, {"max_minutes": slice_s * plan.score_fraction / 60, "cooldown_fraction": 1.0}
+    )
+    scores: list[float] = []
+    try:
+        _continue(branch, model_config, cooldown, dataset, stop, on_finish=lambda m: scores.append(_score(m, dataset)))
+    finally:
+        shutil.rmtree(branch, ignore_errors=True)
+    return scores[0]
+
+
+def _final_rung(trial, plan, model_config, train_config, dataset, folder: Path, final_dir: Path, stop, rung) -> float:
+    """Continue the survivor in the final model's folder until the budget ends, decaying over its last part."""
+    if not (final_dir / ckpt.CHECKPOINT_DIR).is_dir():
+        latest = ckpt.latest_checkpoint(folder)
+        if latest is None:
+            raise ckpt.ModelError(f"candidate folder {folder} has no checkpoint to continue")
+        final_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(latest.path, final_dir / ckpt.CHECKPOINT_DIR / latest.path.name)
+    seconds = max(1.0, plan.deadline - time.time() - END_MARGIN_S)
+    final_config = replace_known(
+        train_config,
+        {
+            "max_minutes": seconds / 60,
+            "cooldown_fraction": plan.final_cooldown,
+            "eval_seconds": max(5.0, seconds / 10),
+            "eval_iters": 20,
+            "sample_chars": 200,
+            "checkpoint_interval": max(20, int(30 / max(plan.step_s, 1e-3))),  # about every 30 s
+        },
+    )
+    scores: list[float] = []
+    source = {"study": trial.study.study_name, "trial": trial.number, "tournament": True}
+    record = {"params": trial.user_attrs["params"], "study": trial.study.study_name, "trial": trial.number}
+    ckpt.write_best_params(final_dir, record)
+    train(
+        model_config,
+        final_config,
+        out_dir=final_dir,
+        resume=True,
+        dataset=dataset,
+        info={"source": source},
+        hooks=TrainHooks(should_stop=stop.is_set, on_finish=lambda m: scores.append(_score(m, dataset))),
+    )
+    history = [
+        {
+            "rung": t.user_attrs.get("rung"),
+            "trial": t.number,
+            "seconds": t.user_attrs.get("seconds"),
+            "score": t.value,
+            "state": t.state.name,
+        }
+        for t in trial.study.get_trials(deepcopy=False)
+        if t.user_attrs.get("candidate") == trial.user_attrs["candidate"] and t.number != trial.number
+    ]
+    history.append({"rung": rung, "trial": trial.number, "seconds": seconds, "score": scores[0], "state": "COMPLETE"})
+    (final_dir / RUNGS_JSON).write_text(json.dumps({"plan": plan.to_json(), "rungs": history}, indent=2) + "\n")
+    return scores[0]

@@ -1,0 +1,154 @@
+"""The training recipe's options: each trains, caches, resumes and fails clearly; classic is nanoGPT's, exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from core.config import ConfigError, ModelConfig, TrainConfig, recipe_configs
+from core.model import GPT, KVCache
+from core.trainer import TrainHooks, lr_at, train
+from tests.helpers import run_app
+
+FIXTURE = Path(__file__).parent / "fixtures" / "classic_tiny"
+# The fixture was trained and its replies recorded by the code before these options existed (commit 62a35cb):
+FIXTURE_FLAGS = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
+                 "--max-iters", "30", "--eval-interval", "30", "--eval-iters", "2", "--sample-chars", "0",
+                 "--device", "cpu", "--dtype", "float32", "--seed", "7"]  # fmt: skip
+
+OPTIONS = [
+    {"pos_encoding": "learned"},
+    {"pos_encoding": "rope"},
+    {"norm": "layernorm"},
+    {"mlp": "gelu"},
+    {"qk_norm": False},
+    {"tie_head": False},
+    {"logit_softcap": 15.0},
+    {"optimizer": "adamw"},
+    {"schedule": "cosine"},
+]
+
+
+def split(option: dict) -> tuple[dict, dict]:
+    model_names = {f.name for f in dataclasses.fields(ModelConfig)}
+    return {k: v for k, v in option.items() if k in model_names}, {k: v for k, v in option.items() if k not in model_names}
+
+
+@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_each_option_trains_and_its_loss_goes_down(option, tiny_model_config, tiny_train_config):
+    model_part, train_part = split(option)
+    model_config = dataclasses.replace(tiny_model_config, **model_part)
+    train_config = dataclasses.replace(tiny_train_config, max_iters=60, eval_iters=8, **train_part)
+    result = train(model_config, train_config)
+    first, last = result.history[0]["val_loss"], result.history[-1]["val_loss"]
+    assert last < first - 0.2, (first, last)
+
+
+COMBINATIONS = [
+    {},
+    recipe_configs("classic")[0].__dict__,
+    {"pos_encoding": "rope", "norm": "layernorm", "qk_norm": False},
+    {"pos_encoding": "learned", "mlp": "relu2", "qk_norm": True, "tie_head": False},
+    {"logit_softcap": 5.0},
+]
+
+
+@pytest.mark.parametrize("combination", range(len(COMBINATIONS)))
+def test_kv_cache_matches_full_forward_for_every_option(combination):
+    options = {k: v for k, v in COMBINATIONS[combination].items() if k in ModelConfig.__dataclass_fields__}
+    options |= {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "vocab_size": 11, "dropout": 0.0}
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**options)).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # break the symmetry of zero or unit inits
+            p.add_(torch.randn_like(p) * 0.05)
+    idx = torch.randint(0, 11, (2, 16))
+    full, _ = model(idx)
+    cache = KVCache.empty(model.config, 2, torch.device("cpu"), torch.float32)
+    prefix, _ = model(idx[:, :5], cache=cache)
+    assert torch.allclose(prefix[:, -1], full[:, 4], atol=1e-5)
+    for t in range(5, 16):
+        step, _ = model(idx[:, t : t + 1], cache=cache)
+        assert torch.allclose(step[:, -1], full[:, t], atol=1e-5)
+
+
+@pytest.mark.parametrize("settings", [{"optimizer": "muon"}, {"schedule": "wsd", "optimizer": "adamw"}], ids=str)
+def test_resume_equals_an_uninterrupted_run(settings, tmp_path, tiny_model_config, tiny_train_config):
+    config = dataclasses.replace(tiny_train_config, checkpoint_interval=10, **settings)
+    full: list[float] = []
+    train(tiny_model_config, config, out_dir=tmp_path / "full", hooks=TrainHooks(on_step=lambda e: full.append(e.loss)))
+    first: list[float] = []
+    train(
+        tiny_model_config,
+        config,
+        out_dir=tmp_path / "split",
+        hooks=TrainHooks(on_step=lambda e: first.append(e.loss), should_stop=lambda: len(first) >= 25),
+    )
+    second: list[float] = []
+    train(
+        tiny_model_config,
+        config,
+        out_dir=tmp_path / "split",
+        resume=True,
+        hooks=TrainHooks(on_step=lambda e: second.append(e.loss)),
+    )
+    assert len(first) == 25 and first + second == pytest.approx(full, abs=1e-6)
+
+
+def test_wsd_holds_the_peak_then_decays_linearly():
+    config = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=100, schedule="wsd", cooldown_fraction=0.2)
+    assert lr_at(0.0, 0, config) < 1e-3  # warming up
+    assert lr_at(0.5, 50, config) == lr_at(0.8, 80, config) == 1e-3
+    assert lr_at(0.9, 90, config) == pytest.approx(5.5e-4)
+    assert lr_at(1.0, 100, config) == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"pos_encoding": "rope", "n_head": 4, "n_embd": 12}, "even head size"),
+        ({"logit_softcap": 0.0}, "logit_softcap must be > 0"),
+        ({"logit_softcap": -3.0}, "logit_softcap must be > 0"),
+        ({"norm": "batchnorm"}, "norm must be one of"),
+    ],
+)
+def test_bad_model_options_get_a_clear_error(values, message):
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(**values).validate()
+
+
+def test_muon_without_hidden_matrices_is_refused():
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=5))
+    for p in model.blocks.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="muon needs 2-D hidden matrices"):
+        model.optimizer(1e-3, 0.1, (0.9, 0.99), torch.device("cpu"), kind="muon")
+    with pytest.raises(ConfigError, match="optimizer must be one of"):
+        TrainConfig(optimizer="sgd").validate()
+
+
+def test_classic_fixture_loads_and_replies_exactly_as_before(tmp_path):
+    shutil.copytree(FIXTURE, tmp_path / "models" / "classic_tiny")
+    for settings, expected in ((["--temperature", "0"], "greedy.txt"), (["--seed", "3"], "sampled.txt")):
+        reply = run_app(
+            "chat", "--model", "classic_tiny", "--max-new-tokens", "60", *settings,
+            cwd=tmp_path, stdin="To be, or not\n",
+        )  # fmt: skip
+        assert reply.returncode == 0, reply.stderr
+        assert reply.stdout == (FIXTURE / expected).read_text()
+
+
+def test_recipe_classic_reproduces_the_old_model_bit_for_bit(tmp_path, corpus_file):
+    assert run_app("prepare", str(corpus_file), "--data-dir", "data", cwd=tmp_path).returncode == 0
+    result = run_app("train", "--name", "again", "--recipe", "classic", "--data-dir", "data", *FIXTURE_FLAGS,
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    old = load_file(FIXTURE / "model.safetensors")
+    new = load_file(tmp_path / "models" / "again" / "model.safetensors")
+    assert old.keys() == new.keys()
+    assert all(torch.equal(old[k], new[k]) for k in old)
