@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from core.config import ConfigError, ModelConfig, from_dict
-from core.fileio import atomic_path, atomic_write_text, fsync_dir, remove_stale_temps
+from core.fileio import atomic_path, atomic_write_text, fsync_dir, remove_stale_temps, valid_name
 from core.model import GPT
 from core.vocab import Vocab, VocabError
 
@@ -47,7 +46,6 @@ CHECKPOINT_DIR = "checkpoint"
 _TMP_PREFIX = ".tmp-"  # a checkpoint folder being written; renamed to step-N when whole
 KEEP_CHECKPOINTS = 2
 TIED_KEY = "lm_head.weight"  # shares storage with wte.weight; saved once
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 
 
@@ -59,7 +57,7 @@ class ModelError(ValueError):
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name or "") or name in (".", ".."):
+    if not valid_name(name):
         raise ModelError(
             f"invalid model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )

@@ -169,22 +169,27 @@ def _run_training(args: argparse.Namespace, tuned: dict[str, Any] | None, dist: 
         ensure_dataset(train_config.data_dir)
         info = record_source(out_dir, tuned)
     dist.barrier()
+    # A time budget owns the bar (elapsed of total seconds, ETA from it); else the step count does.
+    by_time = train_config.max_minutes > 0
     bar = tqdm(
-        total=train_config.max_iters,
+        total=round(train_config.max_minutes * 60) if by_time else train_config.max_iters,
         desc=args.name,
-        unit="it",
+        unit="s" if by_time else "it",
         dynamic_ncols=True,
         file=sys.stderr,
         mininterval=0.5,
         disable=not dist.is_main,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]" if by_time else None,
     )
 
     def on_step(event) -> None:
-        if bar.n == 0 and event.step > 1:
+        done = min(event.elapsed_s, bar.total) if by_time else event.step
+        if not by_time and bar.n == 0 and event.step > 1:
             bar.n = event.step - 1
-        bar.update(event.step - bar.n)
+        bar.update(done - bar.n)
+        steps = {"step": f"{event.step:,}" + (f"/{event.max_iters:,}" if event.max_iters else "")} if by_time else {}
         bar.set_postfix(
-            loss=f"{event.loss:.3f}", lr=f"{event.lr:.1e}", tok_s=f"{event.tokens_per_s:,.0f}", refresh=False
+            **steps, loss=f"{event.loss:.3f}", lr=f"{event.lr:.1e}", tok_s=f"{event.tokens_per_s:,.0f}", refresh=False
         )
 
     def on_eval(event) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ class TrainConfig:
     data_dir: str = _help("folder with output_train.txt, output_val.txt and vocab.txt", default="dataset")
     batch_size: int = _help("sequences per optimiser step (per micro-batch)", default=12)
     grad_accum: int = _help("micro-batches accumulated per optimiser step", default=1)
-    max_iters: int = _help("optimiser steps to run", default=2000)
+    max_iters: int = _help("optimiser steps to run (0 = no step limit: train for max_minutes)", default=2000)
     max_minutes: float = _help("stop after this many minutes of training (0 = no limit)", default=0.0)
     lr: float = _help("peak learning rate", default=1e-3)
     min_lr: float = _help("final learning rate of the cosine decay (-1 = lr / 10)", default=-1.0)
@@ -128,11 +129,19 @@ class TrainConfig:
         return self.lr / 10 if self.min_lr < 0 else self.min_lr
 
     @property
+    def step_limit(self) -> float:
+        return self.max_iters or math.inf
+
+    @property
     def checkpoint_every(self) -> int:
         return self.checkpoint_interval or self.eval_interval
 
     def validate(self) -> TrainConfig:
-        positive_ints = ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters")
+        positive_ints = ("batch_size", "grad_accum", "eval_interval", "eval_iters")
+        if not isinstance(self.max_iters, int) or self.max_iters < 0:
+            raise ConfigError(f"max_iters must be >= 0 (0 = no step limit), got {self.max_iters!r}")
+        if self.max_iters == 0 and not self.max_minutes > 0:
+            raise ConfigError("max_iters 0 means no step limit, so give a time budget: --max-minutes N")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from core.corpus import iter_default_corpus
-from core.fileio import atomic_path, atomic_write_text
+from core.fileio import atomic_path, atomic_write_text, remove_stale_temps
 from core.vocab import Vocab, VocabError, codepoints, describe_chars, token_dtype
 
 log = logging.getLogger(__name__)
@@ -209,6 +209,8 @@ def prepare(
     """Build `data_dir` from text files or folders (None = the default corpus)."""
     started = time.perf_counter()
     data_dir = Path(data_dir)
+    if data_dir.is_dir():
+        remove_stale_temps(data_dir)  # what a prepare killed mid-way left behind
     sources = _Sources(list(inputs) if inputs is not None else None, errors)
     report = on_progress or (lambda fraction, message: None)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,14 @@ def fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# Names of models and studies: a full match, so that a trailing newline (which `$` accepts) is refused.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def valid_name(name: str | None) -> bool:
+    return bool(name) and NAME_PATTERN.fullmatch(name) is not None and name not in (".", "..")
 
 
 TEMP_GLOB = ".*.tmp"  # the temporary files atomic_path writes beside their target

@@ -34,6 +34,8 @@ class SamplingConfig:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if not -1 <= self.seed < 2**63:
+            raise ValueError(f"seed must be -1 (not seeded) or in [0, 2**63), got {self.seed}")
         return self
 
 

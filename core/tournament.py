@@ -95,7 +95,7 @@ def plan_tournament(
     *,
     workers: int = 1,
     eta: int = 3,
-    final_share: float = 0.6,
+    final_share: float = 0.7,
     min_steps: int = 150,
     max_rungs: int = 4,
 ) -> Plan:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from core import checkpoint as ckpt
 from core.config import ModelConfig, TrainConfig, to_dict
@@ -101,13 +102,13 @@ def lr_at(progress: float, step: int, config: TrainConfig) -> float:
     one in steps), else `warmup_iters` steps.
     """
     if config.warmup_fraction:
-        warm, one_step = config.warmup_fraction, 1 / config.max_iters
+        warm, one_step = config.warmup_fraction, 1 / config.step_limit
         if progress < warm:
             return config.lr * (progress + one_step) / (warm + one_step)
     else:
         if step < config.warmup_iters:
             return config.lr * (step + 1) / (config.warmup_iters + 1)
-        warm = config.warmup_iters / config.max_iters
+        warm = config.warmup_iters / config.step_limit
     if config.schedule == "wsd":
         decay_from = 1.0 - config.cooldown_fraction
         if progress <= decay_from:
@@ -276,7 +277,7 @@ def train(
         return steps_this_run * tokens_per_step / max(train_seconds, 1e-9)
 
     def progress() -> float:
-        fraction = step / train_config.max_iters
+        fraction = step / train_config.step_limit
         if budget_s:
             fraction = max(fraction, (time.perf_counter() - started) / budget_s)
         return fraction
@@ -302,14 +303,6 @@ def train(
         }
         if scaler.is_enabled():
             state["grad_scaler"] = scaler.state_dict()
-        try:
-            ckpt.save_checkpoint(out, step, weights, best_weights or weights, optimizer.state_dict(), rng, state)
-        except OSError as err:
-            previous = ckpt.latest_checkpoint(out)
-            kept = f"the checkpoint of step {previous.step} is intact" if previous else "no earlier checkpoint exists"
-            raise ckpt.ModelError(
-                f"cannot write a checkpoint in {out} ({err.strerror or err}); {kept}. Free disk space, then --resume."
-            ) from err
         record = {
             **summary,
             "summary": {
@@ -320,7 +313,16 @@ def train(
                 "tokens_seen": step * tokens_per_step,
             },
         }
-        ckpt.save_model(out, best_weights or weights, model_config, dataset.vocab, record)
+        try:
+            ckpt.save_checkpoint(out, step, weights, best_weights or weights, optimizer.state_dict(), rng, state)
+            ckpt.save_model(out, best_weights or weights, model_config, dataset.vocab, record)
+        except (OSError, SafetensorError) as err:  # safetensors' own error for a full disk is no OSError
+            previous = ckpt.latest_checkpoint(out)
+            kept = f"the checkpoint of step {previous.step} is intact" if previous else "no earlier checkpoint exists"
+            reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[-1]
+            raise ckpt.ModelError(
+                f"cannot write the model in {out} ({reason}); {kept}. Free disk space, then --resume."
+            ) from err
 
     def evaluate() -> None:
         nonlocal best_val, best_train, best_step, best_weights, evals_without_gain
@@ -358,7 +360,7 @@ def train(
 
     last_eval_step = step if history and history[-1]["step"] == step else -1
     next_eval_s = train_config.eval_seconds
-    while step < train_config.max_iters:
+    while step < train_config.step_limit:
         stop_asked, over_budget = dist.any(
             bool(hooks.should_stop and hooks.should_stop()),
             bool(budget_s and time.perf_counter() - started >= budget_s),
@@ -414,7 +416,7 @@ def train(
             if train_config.patience and evals_without_gain >= train_config.patience:
                 stop_reason = "early_stop"
                 break
-        if step % train_config.checkpoint_every == 0 and step < train_config.max_iters:
+        if step % train_config.checkpoint_every == 0 and step < train_config.step_limit:
             save_all()
 
     if last_eval_step != step:

@@ -34,7 +34,7 @@ from optuna.storages._rdb.storage import _create_scoped_session
 
 from core.config import ConfigError, ModelConfig, TrainConfig, parse_duration, parse_flops, replace_known
 from core.data import Dataset
-from core.fileio import atomic_write_text
+from core.fileio import atomic_write_text, valid_name
 from core.model import flops_per_token
 from core.trainer import EvalEvent, LossDiverged, TrainHooks, train
 
@@ -45,7 +45,6 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 STUDIES_DIR = Path("studies")
 DEFAULT_STORAGE = f"sqlite:///{STUDIES_DIR}/gpt_tuning.db"
 PRUNERS = ("percentile", "median", "asha", "hyperband", "none")
-_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class TuningError(ValueError):
@@ -279,7 +278,7 @@ def apply_params(
 
 
 def check_study_name(name: str) -> str:
-    if not _STUDY_NAME.match(name or ""):
+    if not valid_name(name):
         raise TuningError(f"invalid study name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
     return name
 
@@ -469,7 +468,7 @@ class TuneConfig:
     )
     eta: int = field(default=3, metadata={"help": "--budget: 1 in eta candidates goes on to the next rung"})
     final_share: float = field(
-        default=0.6, metadata={"help": "--budget: share of the budget kept for the final rung (the survivor)"}
+        default=0.7, metadata={"help": "--budget: share of the budget kept for the final rung (the survivor)"}
     )
     overrides: dict = field(
         default_factory=dict,

@@ -36,7 +36,9 @@ OPTIONS = [
 
 def split(option: dict) -> tuple[dict, dict]:
     model_names = {f.name for f in dataclasses.fields(ModelConfig)}
-    return {k: v for k, v in option.items() if k in model_names}, {k: v for k, v in option.items() if k not in model_names}
+    return {k: v for k, v in option.items() if k in model_names}, {
+        k: v for k, v in option.items() if k not in model_names
+    }
 
 
 @pytest.mark.parametrize("option", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))

@@ -24,10 +24,11 @@ import gradio as gr  # noqa: E402
 
 from workbench.jobs import JobManager  # noqa: E402
 from workbench.project import UPLOAD_LIMIT_MB, Project  # noqa: E402
+from workbench.studies import StudyReader  # noqa: E402
 from workbench.tabs.chat import build_chat  # noqa: E402
 from workbench.tabs.dataset import build_dataset  # noqa: E402
 from workbench.tabs.train import build_train  # noqa: E402
-from workbench.tabs.tune import StudyReader, build_tune  # noqa: E402
+from workbench.tabs.tune import build_tune  # noqa: E402
 from workbench.ui import CSS  # noqa: E402
 
 log = logging.getLogger("workbench")

@@ -33,6 +33,8 @@ STATUS_LABEL = {
 
 
 def fmt_seconds(seconds: float) -> str:
+    if seconds != seconds or seconds == float("inf"):
+        return "-"
     seconds = max(0, int(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)

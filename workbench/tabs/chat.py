@@ -19,7 +19,7 @@ from core.chat import REPLY_END, ChatSession
 from core.device import pick_device
 from core.sampling import SamplingConfig
 from workbench.project import Project
-from workbench.tabs.train import model_names
+from workbench.studies import model_names
 
 CACHE_SIZE = 3
 UPDATE_EVERY_S = 0.05  # streamed replies reach the page at most 20 times a second

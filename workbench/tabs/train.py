@@ -14,7 +14,7 @@ from core.trainer import TrainHooks, train
 from core.tuning import TuningError, apply_params, best_params, open_study
 from workbench.jobs import INTERRUPTED, JobBusy, JobManager
 from workbench.project import Project
-from workbench.tabs.tune import StudyReader
+from workbench.studies import StudyReader, model_names
 from workbench.ui import error_html, fmt_seconds, job_status_html, loss_figure, ok_html, progress_html, read_metrics
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
@@ -35,17 +35,13 @@ LABELS = {
     "lr": "Learning rate",
     "weight_decay": "Weight decay",
     "warmup_iters": "Warmup steps",
-    "max_iters": "Max steps",
+    "max_iters": "Max steps (0 = no limit)",
     "max_minutes": "Max minutes (0 = no limit)",
     "eval_interval": "Steps between evals",
     "eval_iters": "Batches per eval",
     "sample_chars": "Sample length (chars)",
 }
 FIELDS = MODEL_FIELDS + TRAIN_FIELDS + BUDGET_FIELDS
-
-
-def model_names(project: Project) -> list[str]:
-    return [p.name for p in ckpt.list_models(project.models_dir)]
 
 
 def model_details(project: Project, name: str | None) -> tuple[str, Any]:
@@ -81,13 +77,17 @@ def progress_text(snap: dict[str, Any]) -> tuple[float, str]:
     last, first = steps[-1], steps[0]
     done = last["step"] - first["step"] + 1
     rate = done / max(last["elapsed_s"], 1e-9)
-    eta = (last["max_iters"] - last["step"]) / max(rate, 1e-9)
+    eta = (last["max_iters"] - last["step"]) / max(rate, 1e-9) if last["max_iters"] else float("inf")
     limit = snap["info"].get("max_minutes") or 0
-    if limit:
+    if limit:  # a time budget owns the bar: elapsed of its minutes
         eta = min(eta, max(0.0, limit * 60 - last["elapsed_s"]))
+        clock = f"{fmt_seconds(last['elapsed_s'])} of {fmt_seconds(limit * 60)}"
+    else:
+        clock = f"elapsed {fmt_seconds(last['elapsed_s'])}"
+    steps_text = f"step {last['step']:,}" + (f"/{last['max_iters']:,}" if last["max_iters"] else "")
     text = (
-        f"step {last['step']:,}/{last['max_iters']:,} · loss {last['loss']:.3f} · "
-        f"{last['tokens_per_s']:,.0f} tokens/s · elapsed {fmt_seconds(last['elapsed_s'])} · ETA {fmt_seconds(eta)}"
+        f"{steps_text} · loss {last['loss']:.3f} · {last['tokens_per_s']:,.0f} tokens/s · {clock} · "
+        f"ETA {fmt_seconds(eta)}"
     )
     if snap["status"] == "stopping":
         text += " · stopping…"
@@ -182,7 +182,7 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
         def run(job):
             def on_step(event) -> None:
                 job.add_event({"kind": "step", **vars(event)})
-                fraction = event.step / event.max_iters
+                fraction = event.step / event.max_iters if event.max_iters else 0.0
                 if train_config.max_minutes:
                     fraction = max(fraction, event.elapsed_s / (train_config.max_minutes * 60))
                 job.update(progress=fraction, message=f"step {event.step}")
@@ -242,7 +242,14 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
             launch(f"training {out_dir.name}", out_dir, model_config, train_config, False, info)
         except (ConfigError, DataError, ckpt.ModelError, JobBusy, OSError) as err:
             return error_html(str(err))
-        return ok_html(f"Started training {out_dir.name} for {train_config.max_iters:,} steps.")
+        budget = f"{train_config.max_iters:,} steps" if train_config.max_iters else ""
+        if train_config.max_minutes:
+            budget = (
+                f"{budget} or {train_config.max_minutes:g} minutes"
+                if budget
+                else f"{train_config.max_minutes:g} minutes"
+            )
+        return ok_html(f"Started training {out_dir.name} for {budget}.")
 
     start_btn.click(start, [name_box, overwrite, tuned, *field_inputs], message, api_name="train_start")
 
@@ -257,7 +264,7 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
             budget = {"max_iters": int(max_iters or 0), "max_minutes": float(max_minutes or 0)}
             train_config = replace_known(TrainConfig(), checkpoint.state["train_config"])
             train_config = replace_known(train_config, {**budget, "data_dir": str(project.data_dir)}).validate()
-            if train_config.max_iters <= checkpoint.step:
+            if 0 < train_config.max_iters <= checkpoint.step:
                 raise ConfigError(
                     f"{out_dir.name} is already at step {checkpoint.step}; raise Max steps above it to continue"
                 )

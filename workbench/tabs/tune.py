@@ -6,22 +6,28 @@ import dataclasses
 import html
 import json
 import logging
-import threading
 import time
 from typing import Any
 
 import gradio as gr
 import optuna
 
+from core import checkpoint as ckpt
 from core.config import parse_flops
-from core.tuning import PRUNERS, SearchSpace, TuneConfig, TuningError, last_step, make_storage, run_study, trial_value
+from core.tournament import has_plan, run_tournament
+from core.tuning import PRUNERS, SearchSpace, TuneConfig, TuningError, last_step, run_study, trial_value
 from workbench.jobs import JobBusy, JobManager
 from workbench.project import Project
+from workbench.studies import MIN_TRIALS_FOR_IMPORTANCE, StudyReader
 from workbench.ui import error_html, fmt_seconds, job_status_html, ok_html, progress_html
 
 log = logging.getLogger(__name__)
+BUDGET_MODE, TRIALS_MODE = "One budget: search, then the final model", "Trials only"
+MODE_HELP = (
+    "One budget: candidates race in rungs, the best are continued from their checkpoints, and the survivor "
+    "trains until the budget ends and is saved. Trials only: each trial trains from scratch; train the best after."
+)
 TABLE_HEADERS = ["Trial", "State", "Val loss", "Step", "Duration", "Params", "Note"]
-MIN_TRIALS_FOR_IMPORTANCE = 3
 SPACE_HELP = (
     '`[low, high]` is a range (whole numbers if both are), `{"low": .., "high": .., "log": true}` a log '
     'range, `{"choices": [..]}` a list, and a plain number a fixed value. Width is `n_head × head_size`, so '
@@ -47,82 +53,6 @@ def parse_space(text: str) -> SearchSpace:
     if not isinstance(data, dict):
         raise TuningError('the search space must be a JSON object such as {"n_layer": [2, 4]}')
     return SearchSpace.from_json(data, base=SearchSpace.for_device())
-
-
-class StudyReader:
-    """Reads studies for the page through one cached storage, and caches plots by the trials' state."""
-
-    def __init__(self, storage_url: str):
-        self.url = storage_url
-        self._storage: optuna.storages.BaseStorage | None = None
-        self._lock = threading.Lock()
-        self._plots: dict[tuple, Any] = {}
-
-    @property
-    def storage(self) -> optuna.storages.BaseStorage:
-        with self._lock:
-            if self._storage is None:
-                self._storage = make_storage(self.url, heartbeat=0)
-            return self._storage
-
-    def names(self) -> list[str]:
-        try:
-            return [s.study_name for s in optuna.get_all_study_summaries(self.storage)]
-        except Exception as err:  # a storage that cannot be read shows as no studies
-            log.warning("cannot list studies in %s: %s", self.url, err)
-            return []
-
-    def load(self, name: str) -> optuna.Study | None:
-        try:
-            return optuna.load_study(study_name=name, storage=self.storage)
-        except Exception:  # no such study, or a storage that cannot be read: nothing to show
-            return None
-
-    def plots(self, study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> tuple[Any, Any, Any]:
-        """Optimization history, intermediate values, parameter importance (None where not yet meaningful)."""
-        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-        key_all = (study.study_name, tuple((t.number, t.state, len(t.intermediate_values)) for t in trials))
-        key_done = (study.study_name, tuple(t.number for t in complete))
-        history = self._cached(("history", key_done), lambda: _history(study, complete))
-        curves = self._cached(("curves", key_all), lambda: _intermediate(study, trials))
-        importance = self._cached(("importance", key_done), lambda: _importance(study, complete))
-        return history, curves, importance
-
-    def _cached(self, key: tuple, make) -> Any:
-        if key not in self._plots:
-            if len(self._plots) > 60:
-                self._plots.clear()
-            try:
-                self._plots[key] = make()
-            except Exception as err:  # a plot that cannot be drawn yet is left empty
-                log.info("plot %s not drawn: %s", key[0], err)
-                self._plots[key] = None
-        return self._plots[key]
-
-
-def _layout(fig, title: str):
-    fig.update_layout(title=title, height=360, margin={"l": 50, "r": 20, "t": 50, "b": 40})
-    return fig
-
-
-def _history(study: optuna.Study, complete: list) -> Any:
-    if not complete:
-        return None
-    return _layout(optuna.visualization.plot_optimization_history(study), "Optimization history (val loss)")
-
-
-def _intermediate(study: optuna.Study, trials: list) -> Any:
-    if not any(t.intermediate_values for t in trials):
-        return None
-    fig = optuna.visualization.plot_intermediate_values(study)
-    fig.update_layout(showlegend=len(trials) <= 20)
-    return _layout(fig, "Val loss at each evaluation, per trial")
-
-
-def _importance(study: optuna.Study, complete: list) -> Any:
-    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
-        return None
-    return _layout(optuna.visualization.plot_param_importances(study), "Parameter importance")
 
 
 def _fmt_value(value: Any) -> str:
@@ -151,10 +81,19 @@ def trial_rows(trials: list[optuna.trial.FrozenTrial]) -> list[list[Any]]:
                 last_step(t),
                 fmt_seconds(seconds),
                 params,
-                str(t.user_attrs.get("reason", ""))[:120],
+                str(t.user_attrs.get("reason", "") or rung_note(t))[:120],
             ]
         )
     return rows
+
+
+def rung_note(trial: optuna.trial.FrozenTrial) -> str:
+    """Where a trial of a budgeted tournament stands: its rung and candidate (and whom it continues)."""
+    if "rung" not in trial.user_attrs:
+        return ""
+    parent = trial.user_attrs.get("parent")
+    note = f"rung {trial.user_attrs['rung']} · candidate {trial.user_attrs.get('candidate')}"
+    return note + (f" · continues trial {parent}" if parent is not None else "")
 
 
 def finished_count(study: optuna.Study | None) -> int:
@@ -187,10 +126,16 @@ def build_tune(
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
             study_name = gr.Textbox(value="default", label="Study name", max_lines=1)
-            with gr.Row():
+            mode = gr.Radio([BUDGET_MODE, TRIALS_MODE], value=BUDGET_MODE, label="What to run", info=MODE_HELP)
+            with gr.Group(visible=True) as budget_group:
+                with gr.Row():
+                    budget_min = gr.Number(value=10, minimum=0, label="Total budget (minutes)", min_width=90)
+                    final_name = gr.Textbox(value="best", label="Save the winner as (model name)", max_lines=1)
+                budget_start_btn = gr.Button("Start", variant="primary")
+            with gr.Group(visible=False) as trials_group, gr.Row():
                 trials = gr.Number(value=20, precision=0, minimum=1, label="Trials", min_width=90)
                 trial_iters = gr.Number(value=300, precision=0, minimum=1, label="Steps per trial", min_width=90)
-            with gr.Row():
+            with gr.Row(visible=False) as trials_row:
                 timeout_min = gr.Number(value=0, minimum=0, label="Time budget (min, 0 = none)", min_width=90)
                 pruner = gr.Dropdown(list(PRUNERS), value=TuneConfig.pruner, label="Pruner", min_width=90)
             with gr.Accordion("More settings", open=False):
@@ -231,7 +176,7 @@ def build_tune(
                         min_width=90,
                     )
             with gr.Row():
-                start_btn = gr.Button("Start study", variant="primary")
+                start_btn = gr.Button("Start study", variant="primary", visible=False)
                 resume_btn = gr.Button("Resume")
                 stop_btn = gr.Button("Stop", variant="stop")
         with gr.Column(scale=3, min_width=360):
@@ -266,6 +211,72 @@ def build_tune(
     importance_plot = gr.Plot(label=f"Parameter importance (from {MIN_TRIALS_FOR_IMPORTANCE} complete trials)")
 
     reset_space.click(default_space_json, None, space, api_visibility="private")
+
+    def switch(choice: str):
+        budget = choice == BUDGET_MODE
+        return (gr.update(visible=budget), gr.update(visible=not budget), gr.update(visible=not budget),
+                gr.update(visible=not budget))  # fmt: skip
+
+    mode.change(switch, mode, [budget_group, trials_group, trials_row, start_btn], api_visibility="private")
+
+    def start_budget(name: str, minutes: float, model_name: str, seed_value: float, tune: dict | None = None):
+        """A tournament within `minutes`; `tune` is a journalled TuneConfig (Resume), else the form's."""
+        try:
+            config = TuneConfig(
+                **(tune or {}),
+                **({} if tune else {
+                    "study": (name or "").strip(), "storage": project.storage, "budget": float(minutes or 0) * 60,
+                    "seed": int(seed_value or 0), "data_dir": str(project.data_dir),
+                    "runs_dir": str(project.root / "studies" / "runs"),
+                }),
+            )  # fmt: skip
+            if not config.budget > 0:
+                raise TuningError("give the total budget in minutes (more than 0)")
+            config.validate()
+            target = ckpt.model_dir((model_name or "").strip(), project.models_dir)
+            if not project.has_dataset():
+                raise TuningError("there is no dataset yet; prepare one in the Dataset tab first")
+            if jobs.active("prepare"):
+                raise TuningError("a dataset is being prepared; start when it is done")
+            if not tune and not has_plan(config) and target.exists() and any(target.iterdir()):
+                raise ckpt.ModelError(f"models/{target.name} already holds a model; choose another name")
+        except (TuningError, ckpt.ModelError, ValueError, TypeError) as err:
+            return error_html(str(err)), gr.skip()
+        search = SearchSpace.for_budget(config.device)
+
+        def run(job):
+            def on_event(event) -> None:
+                job.add_event({"kind": "rung", **dataclasses.asdict(event)})
+                if event.kind == "end":
+                    score = f"val {event.score:.4f}" if event.score is not None else event.message
+                    text = f"rung {event.rung}: candidate {event.candidate} {score}"
+                elif event.kind == "start":
+                    text = f"rung {event.rung} ({event.alive} alive): training candidate {event.candidate}"
+                else:
+                    text = event.message
+                left = max(0.0, event.time_left_s)
+                job.update(progress=1 - left / config.budget, message=f"{text} · {fmt_seconds(left)} left")
+
+            final = run_tournament(config, search, name=target.name, models_dir=project.models_dir, stop=job.stop,
+                                   on_event=on_event)  # fmt: skip
+            if final is not None:
+                job.update(message=f"saved models/{final.name}; the Chat tab lists it")
+            return config.study
+
+        info = {"study": config.study, "mode": "budget", "tune": dataclasses.asdict(config), "model": target.name}
+        try:
+            jobs.start("tune", f"tournament {config.study}", run, **info)
+        except JobBusy as err:
+            return error_html(str(err)), gr.skip()
+        names = reader.names()
+        return ok_html(
+            f"Started tournament {config.study}: {config.budget / 60:g} minutes in all; the winner is saved as "
+            f"models/{target.name}."
+        ), gr.update(choices=sorted({*names, config.study}), value=config.study)
+
+    budget_start_btn.click(
+        start_budget, [study_name, budget_min, final_name, seed], [message, view], api_name="tune_budget_start"
+    )
 
     def start(
         name,
@@ -374,6 +385,8 @@ def build_tune(
     def resume():
         """Start the last study again with its settings, for the trials it had left."""
         job = jobs.get("tune")
+        if job is not None and job.info.get("mode") == "budget" and not job.active:
+            return start_budget("", 0, job.info["model"], 0, tune=job.info["tune"])
         if job is None or not job.info.get("args"):
             return error_html("There is no study to resume; press Start study (a known name continues it)."), gr.skip()
         if job.active:

@@ -1,0 +1,94 @@
+"""What a user gets for a total wall-time budget: (a) the default config trained for all of it, (b) today's
+trial tuning for 70% then training the best for 30%, (c) `tune --budget`. Each runs as the README's command
+(a subprocess with the machine's cores), then its saved model is scored on the whole validation split.
+
+    python benchmarks/tune_budget.py --budgets 10m,30m --seeds 0,1,2 --corpora shakespeare,bible
+
+Target (issue 15): (c) at or below (a) at 10 minutes, and at least 0.05 nats/char below (a) at 30 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import ROOT, print_table, write_results  # noqa: E402
+from benchmarks.corpora import corpus_dir  # noqa: E402
+from core import checkpoint as ckpt  # noqa: E402
+from core.config import parse_duration  # noqa: E402
+from core.data import Dataset  # noqa: E402
+from core.trainer import split_loss  # noqa: E402
+
+APP = [sys.executable, str(ROOT / "app.py")]
+METHODS = ("a_default", "b_trials_then_train", "c_budget")
+
+
+def command(method: str, budget_s: float, seed: int, data_dir: Path, work: Path) -> list[str]:
+    storage = f"sqlite:///{work}/studies.db"
+    common = ["--data-dir", str(data_dir), "--name", method, "--models-dir", str(work / "models")]
+    if method == "a_default":
+        return ["train", *common, "--max-minutes", f"{budget_s / 60:.4f}", "--max-iters", "0", "--seed", str(seed)]
+    if method == "b_trials_then_train":
+        return ["tune", "--study", "b", "--storage", storage, "--timeout", f"{0.7 * budget_s:.0f}", "--trials",
+                "1000", "--seed", str(seed), "--then-train", "--max-minutes", f"{0.3 * budget_s / 60:.4f}",
+                "--max-iters", "0", *common]  # fmt: skip
+    return ["tune", "--budget", f"{budget_s:.0f}", "--study", "c", "--storage", storage, "--seed", str(seed),
+            "--runs-dir", str(work / "runs"), *common]  # fmt: skip
+
+
+def run(method: str, budget_s: float, seed: int, data_dir: Path) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        argv = command(method, budget_s, seed, data_dir, work)
+        started = time.perf_counter()
+        done = subprocess.run([*APP, *argv], cwd=work, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+        wall = time.perf_counter() - started
+        if done.returncode:
+            raise SystemExit(f"{method} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        loaded = ckpt.load_model(work / "models" / method)
+        val = split_loss(loaded.model, Dataset(data_dir).tokens["val"])
+        shape = {k: loaded.info["model"].get(k) for k in ("n_layer", "n_embd", "block_size")}
+        return {"method": method, "seed": seed, "val": val, "wall_s": wall, "budget_s": budget_s, **shape,
+                "log_tail": done.stderr[-1500:]}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budgets", default="10m,30m")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--corpora", default="shakespeare,bible")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    args = parser.parse_args()
+    rows, runs = [], []
+    for corpus in args.corpora.split(","):
+        data_dir = corpus_dir(corpus)
+        for budget in args.budgets.split(","):
+            budget_s = parse_duration(budget)
+            for method in args.methods.split(","):
+                done = [run(method, budget_s, int(seed), data_dir) for seed in args.seeds.split(",")]
+                runs += [r | {"corpus": corpus} for r in done]
+                rows.append({
+                    "corpus": corpus, "budget": budget, "method": method,
+                    "val (median)": statistics.median(r["val"] for r in done),
+                    "vals": " ".join(f"{r['val']:.3f}" for r in done),
+                    "wall_s (median)": statistics.median(r["wall_s"] for r in done),
+                    "model": " ".join(f"{r['n_layer']}x{r['n_embd']}/{r['block_size']}" for r in done),
+                })  # fmt: skip
+                print_table(rows[-1:], list(rows[-1]))
+                sys.stdout.flush()
+    print(f"\nval loss on the whole validation split, seeds {args.seeds}:")
+    print_table(rows, list(rows[0]))
+    write_results("tune_budget", {"args": vars(args), "rows": rows, "runs": runs})
+
+
+if __name__ == "__main__":
+    main()

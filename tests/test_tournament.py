@@ -1,0 +1,131 @@
+"""`tune --budget`: a tournament of candidates continued from their checkpoints, within one wall-time budget."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+
+import optuna
+import pytest
+
+from core.tournament import plan_tournament
+from core.tuning import TuningError, open_study
+from tests.helpers import APP, APP_ENV, TINY_MODEL_FLAGS, run_app
+
+BUDGET_S = 30
+
+
+def budget_command(tmp_path, dataset_dir, *extra: str, budget: str = f"{BUDGET_S}s") -> list[str]:
+    return [
+        "tune", f"--budget={budget}", "--study", "race", "--storage", f"sqlite:///{tmp_path}/race.db",
+        "--data-dir", str(dataset_dir), "--name", "winner", "--runs-dir", str(tmp_path / "runs"),
+        "--heartbeat", "1", *TINY_MODEL_FLAGS, *extra,
+    ]  # fmt: skip
+
+
+def rung_trials(tmp_path) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in open_study("race", f"sqlite:///{tmp_path}/race.db").trials if "rung" in t.user_attrs]
+
+
+def test_the_plan_spends_the_budget_on_rungs_that_shrink_by_eta():
+    plan = plan_tournament(1800, step_s=0.1)
+    counts = [r.candidates for r in plan.rungs]
+    assert counts == sorted(counts, reverse=True) and counts[-1] == 1 and counts[0] >= 3
+    explored = sum(r.candidates * r.seconds for r in plan.rungs[:-1])
+    assert explored <= 0.3 * 1800  # the final rung keeps at least final_share (0.7) of the budget
+    assert plan.rungs[0].seconds >= 150 * 0.1  # every first slice trains at least 150 steps
+    two = plan_tournament(1800, step_s=0.1, workers=2)
+    assert sum(r.candidates * r.seconds for r in two.rungs[:-1]) > explored  # two workers explore more
+
+
+@pytest.mark.parametrize("budget", [0, -5, math.inf, 20])
+def test_a_budget_that_cannot_hold_a_rung_is_refused(budget):
+    with pytest.raises(TuningError, match="budget"):
+        plan_tournament(budget, step_s=0.1)
+
+
+def test_the_cli_refuses_a_zero_negative_or_too_small_budget(tmp_path, dataset_dir):
+    for budget, message in (("0", "--budget must be a positive duration"), ("-5m", "must be >= 0"),
+                            ("8s", "too small for one rung")):  # fmt: skip
+        result = run_app(*budget_command(tmp_path, dataset_dir, budget=budget), cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr
+
+
+def test_the_survivor_is_continued_saved_and_the_budget_kept(tmp_path, dataset_dir):
+    started = time.perf_counter()
+    result = run_app(*budget_command(tmp_path, dataset_dir), cwd=tmp_path)
+    wall = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr
+    # the tournament's own clock (rungs.json) within 5% of the budget; the process adds its imports
+    folder = tmp_path / "models" / "winner"
+    record = json.loads((folder / "rungs.json").read_text())
+    finished = (folder / "model.safetensors").stat().st_mtime
+    assert finished - record["plan"]["started"] <= BUDGET_S * 1.05
+    assert wall <= BUDGET_S * 1.05 + 15
+    for name in ("config.json", "best_params.json", "model.safetensors", "rungs.json"):
+        assert (folder / name).is_file()
+    rungs = record["rungs"]
+    assert [r["rung"] for r in rungs] == list(range(len(rungs))) and len(rungs) >= 2
+    # promotion continues the candidate: its first evaluation in the final rung is near its last before it,
+    # far below a fresh model's loss (about ln(vocab))
+    metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    before, after = metrics[0], metrics[1]
+    vocab = len((folder / "vocab.txt").read_text(encoding="utf-8").splitlines())
+    assert after["step"] > before["step"]
+    assert after["val_loss"] < before["val_loss"] + 0.15
+    assert after["val_loss"] < math.log(vocab) - 0.5
+    trials = rung_trials(tmp_path)
+    assert trials[0].user_attrs["params"]["n_layer"] == 1  # the default candidate, with the user's flags
+    final = [t for t in trials if t.user_attrs["rung"] == len(rungs) - 1]
+    assert final[0].user_attrs["parent"] is not None
+    assert json.loads((folder / "best_params.json").read_text())["trial"] == final[0].number
+    assert not (tmp_path / "runs" / "race").exists()  # candidates' checkpoints are cleared at the end
+    again = run_app("train", "--from-study", "race", "--storage", f"sqlite:///{tmp_path}/race.db", "--name", "again",
+                    "--data-dir", str(dataset_dir), "--max-iters", "5", "--eval-iters", "1", cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_killed_worker_is_recovered_from_its_checkpoint_and_the_study_finishes(tmp_path, dataset_dir):
+    command = budget_command(tmp_path, dataset_dir, budget="40s")
+    worker = subprocess.Popen([*APP, *command], cwd=tmp_path, env=APP_ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.3)
+        try:
+            running = [t for t in rung_trials(tmp_path) if t.state == optuna.trial.TrialState.RUNNING]
+        except (TuningError, Exception):  # noqa: BLE001 - the database is being created
+            continue
+        if running and running[0].user_attrs.get("candidate", 0) >= 1:  # mid-rung, after a first candidate
+            time.sleep(0.5)
+            break
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    result = run_app(*command, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "continuing" in result.stderr
+    trials = rung_trials(tmp_path)
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed, "the killed rung is failed by its heartbeat"
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number]
+    assert retried and retried[0].state == optuna.trial.TrialState.COMPLETE
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert (tmp_path / "models" / "winner" / "model.safetensors").is_file()
+
+
+def test_two_workers_share_a_budgeted_study(tmp_path, dataset_dir):
+    result = run_app(*budget_command(tmp_path, dataset_dir, "--workers", "2"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = rung_trials(tmp_path)
+    assert {t.user_attrs.get("worker") for t in trials} == {0, 1}
+    per_rung: dict[int, set] = {}
+    for t in trials:
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            per_rung.setdefault(t.user_attrs["rung"], set()).add(t.user_attrs["candidate"])
+    assert len(per_rung[max(per_rung)]) == 1  # one survivor, trained once
+    assert (tmp_path / "models" / "winner" / "model.safetensors").is_file()
