@@ -25,7 +25,7 @@ from core import checkpoint as ckpt  # noqa: E402
 from core.config import RECIPES, recipe_configs, replace_known  # noqa: E402
 from core.data import Dataset  # noqa: E402
 from core.model import flops_per_token  # noqa: E402
-from core.trainer import split_loss, train  # noqa: E402
+from core.trainer import TrainHooks, split_loss, train  # noqa: E402
 
 CLASSIC = RECIPES["classic"]
 # Each option alone on top of classic; the last row is the new default (all of them).
@@ -95,6 +95,32 @@ def run(variant: str, shape: dict, seed: int, data_dir: Path, seconds: float, st
     }
 
 
+def time_to_reach(shape: dict, seed: int, data_dir: Path, steps: int) -> dict:
+    """Classic's val loss after `steps` steps, and the training seconds the default needs to reach it. Both are
+    measured on the same 50 validation batches (the evaluation windows follow the seed and the context)."""
+    dataset = Dataset(data_dir)
+
+    def curve(variant: str, interval: int) -> tuple[list[tuple[int, float]], float]:
+        model_config, train_config = configs(variant, shape, seed, data_dir, 0, steps)
+        train_config = replace_known(train_config, {"max_minutes": 0.0, "eval_interval": interval, "eval_iters": 50})
+        points: list[tuple[int, float]] = []
+        wait_for_quiet(30)
+        result = train(model_config, train_config, dataset=dataset,
+                       hooks=TrainHooks(on_eval=lambda e: points.append((e.step, e.val_loss))))  # fmt: skip
+        step_s = train_config.batch_size * model_config.block_size / result.tokens_per_s  # training time only
+        return points, step_s
+
+    (classic_points, classic_step_s) = curve("classic", steps)
+    target = classic_points[-1][1]
+    points, step_s = curve("default", 25)
+    reached = next((step for step, val in points if val <= target), None)
+    return {
+        "classic_steps": steps, "classic_val": target, "classic_train_s": steps * classic_step_s,
+        "default_step_reaching_it": reached, "default_train_s": reached * step_s if reached else None,
+        "ratio": reached * step_s / (steps * classic_step_s) if reached else None,
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=100)
@@ -115,7 +141,7 @@ def main() -> None:
     rows, runs = [], []
     for corpus in args.corpora.split(","):
         data_dir = corpus_dir(corpus)
-        for variant in args.variants.split(","):
+        for variant in [v for v in args.variants.split(",") if v != "none"]:
             done = [run(variant, shape, seed, data_dir, args.seconds) | {"corpus": corpus} for seed in seeds]
             runs += done
             rows.append(
@@ -131,11 +157,12 @@ def main() -> None:
             )
             print_table(rows[-1:], list(rows[-1]))
         if args.steps:
-            classic = run("classic", shape, seeds[0], data_dir, 10**6, steps=args.steps)
-            runs.append(classic | {"corpus": corpus, "variant": f"classic {args.steps} steps"})
-            print(f"{corpus}: classic after {args.steps} steps: val {classic['val']:.4f} in {classic['wall_s']:.0f} s")
-    print(f"\nval loss on the whole validation split after {args.seconds:g} s of training, seeds {seeds}:")
-    print_table(rows, list(rows[0]))
+            halftime = time_to_reach(shape, seeds[0], data_dir, args.steps)
+            runs.append(halftime | {"corpus": corpus, "variant": "time to classic's loss"})
+            print(f"{corpus}: {halftime}")
+    if rows:
+        print(f"\nval loss on the whole validation split after {args.seconds:g} s of training, seeds {seeds}:")
+        print_table(rows, list(rows[0]))
     write_results(
         "recipe" + ("_gpu" if args.gpu else ""),
         {"args": vars(args), "rows": rows, "runs": runs, "matmul_peak_flops": peak},

@@ -175,6 +175,21 @@ def save_model(
     _save_tensors(folder / WEIGHTS, weights, metadata={"format": "pt"})
 
 
+def read_metrics(folder: Path) -> list[dict[str, Any]]:
+    """The evaluations a model folder's metrics.jsonl records (a torn last line is skipped)."""
+    try:
+        lines = (Path(folder) / METRICS).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
 def write_best_params(folder: Path, record: dict[str, Any]) -> None:
     atomic_write_text(folder / BEST_PARAMS, json.dumps(record, indent=2, sort_keys=True) + "\n")
 

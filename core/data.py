@@ -141,10 +141,28 @@ def resolve_inputs(inputs: Iterable[str | Path]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise DataError(f"{path} does not exist")
+            raise DataError(f"{path} {_not_a_file(path)}; give a text file or a folder of them")
     if not files:
         raise DataError("no input given")
     return files
+
+
+def _not_a_file(path: Path) -> str:
+    """What a path that is neither a regular file nor a folder is, for the error message."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "is a broken symlink" if path.is_symlink() else "does not exist"
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    kind = (
+        "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+        else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+        else "not a regular file"
+    )  # fmt: skip
+    return f"is {kind}" + (" (through a symlink)" if path.is_symlink() else "")
 
 
 class _Sources:

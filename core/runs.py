@@ -19,7 +19,7 @@ from core.config import ModelConfig, TrainConfig, recipe_configs, replace_known
 
 
 def run_configs(
-    out_dir: Path,
+    out_dir: Path | None = None,
     *,
     recipe: str = "modern",
     flags: dict[str, Any] | None = None,
@@ -31,7 +31,7 @@ def run_configs(
 
     flags = flags or {}
     model_config, train_config = recipe_configs(recipe)
-    checkpoint = ckpt.latest_checkpoint(out_dir) if resume else None
+    checkpoint = ckpt.latest_checkpoint(out_dir) if resume and out_dir is not None else None
     if checkpoint is not None:
         model_config = ModelConfig.from_saved(checkpoint.state["model_config"])
         train_config = TrainConfig.from_saved(checkpoint.state["train_config"])

@@ -453,6 +453,8 @@ def _run_rung(
             emit(RungEvent("end", rung, candidate, trial.number, None, time.time() - started, message=f"failed: {err}"))
             return
     trial.set_user_attr("seconds", round(time.time() - started, 2))
+    latest = ckpt.latest_checkpoint(final_dir if final else folder)
+    trial.set_user_attr("steps", latest.step if latest else 0)  # the candidate's training steps so far
     if stop.is_set():  # a stopped rung is not a result: queue it again for the next run
         trial.set_user_attr("reason", "stopped by the user")
         study.tell(trial, state=TrialState.FAIL)

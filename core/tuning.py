@@ -289,14 +289,23 @@ def sqlite_file(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
-def make_storage(url: str = DEFAULT_STORAGE, *, heartbeat: int = 10) -> optuna.storages.BaseStorage:
+def make_storage(
+    url: str = DEFAULT_STORAGE, *, heartbeat: int = 10, writes: bool = True
+) -> optuna.storages.BaseStorage:
     """An Optuna storage for `url`.
 
     On RDB storages a running trial beats every `heartbeat` seconds (0 = off); a trial silent for three
     beats (its worker was killed) is marked FAIL and queued again, up to twice.
     """
+    if url.startswith("sqlite") and ":memory:" in url:
+        raise TuningError(
+            "an in-memory SQLite storage ends with its process, and a study must outlive it (workers, the "
+            "dashboard and train --from-study read it later); use a file: sqlite:///studies/gpt_tuning.db"
+        )
     if database := sqlite_file(url):
         database.parent.mkdir(parents=True, exist_ok=True)
+        if writes and not (os.access(database if database.exists() else database.parent, os.W_OK)):
+            raise TuningError(f"the study database {database} is read-only; make it (and its folder) writable")
     if url.startswith(("sqlite://", "postgresql", "mysql", "mariadb", "oracle", "mssql")):
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
@@ -313,7 +322,8 @@ def make_storage(url: str = DEFAULT_STORAGE, *, heartbeat: int = 10) -> optuna.s
             return (HeartbeatRDBStorage if heartbeat else optuna.storages.RDBStorage)(url, **kwargs)
         except ImportError as err:
             raise TuningError(
-                f"the database driver for {url.split(':')[0]} is not installed ({err.name}); pip install it"
+                f"the database driver for {url.split(':')[0]} is not installed ({err.name or _first_line(err)}); "
+                "pip install it (e.g. pymysql for mysql+pymysql://)"
             ) from None
         except Exception as err:  # SQLAlchemy raises many kinds; all mean "cannot use this database"
             raise TuningError(f"cannot open storage {_redact(url)}: {_first_line(err)}") from None
@@ -404,7 +414,7 @@ def make_pruner(
 def open_study(name: str, storage: str = DEFAULT_STORAGE) -> optuna.Study:
     """An existing study, or a clear error listing the studies the storage has."""
     check_study_name(name)
-    backend = make_storage(storage, heartbeat=0)
+    backend = make_storage(storage, heartbeat=0, writes=False)
     try:
         return optuna.load_study(study_name=name, storage=backend)
     except KeyError:
@@ -751,7 +761,7 @@ class StudySummary:
 
 
 def list_studies(storage: str = DEFAULT_STORAGE) -> list[StudySummary]:
-    backend = make_storage(storage, heartbeat=0)
+    backend = make_storage(storage, heartbeat=0, writes=False)
     summaries = []
     states = optuna.trial.TrialState
     for summary in optuna.get_all_study_summaries(backend, include_best_trial=True):

@@ -69,8 +69,29 @@ def test_dataset_tab_shows_the_corpus(page):
     shoot(page, "dataset")
 
 
+TINY_FIXED = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "batch_size": 4}
+
+
+def test_tune_tab_runs_a_budgeted_tournament_and_saves_its_winner(page):
+    open_tab(page, "Tune")
+    field(page, "Study name").fill("browser-race")
+    field(page, "Total budget (minutes)").fill("0.75")
+    field(page, "Save the winner as (model name)").fill("browser-winner")
+    page.get_by_label('Keep these fixed in every candidate (JSON, e.g. {"n_layer": 4, "block_size": 128})').filter(
+        visible=True
+    ).fill(json.dumps(TINY_FIXED))
+    shoot(page, "tune-budget")
+    page.get_by_role("button", name="Start", exact=True).click()
+    page.get_by_text("Started tournament browser-race").wait_for()
+    page.get_by_text("left").filter(visible=True).first.wait_for()
+    page.get_by_role("gridcell", name="COMPLETE").filter(visible=True).first.wait_for(timeout=60_000)
+    shoot(page, "tune-budget-running")
+    page.get_by_text("saved models/browser-winner").filter(visible=True).first.wait_for(timeout=120_000)
+
+
 def test_tune_tab_runs_a_study_with_live_table_and_plots_and_stays_responsive(page):
     open_tab(page, "Tune")
+    page.get_by_text("Trials only", exact=True).click()
     field(page, "Study name").fill("browser")
     field(page, "Trials").fill("3")
     field(page, "Steps per trial").fill("40")
@@ -112,7 +133,7 @@ def test_train_tab_trains_survives_a_reload_and_stops(page, server):
         "Context (chars)": "16",
         "Batch size": "8",
         "Warmup steps": "5",
-        "Max steps": "5000",
+        "Max steps (0 = no limit)": "5000",
         "Steps between evals": "25",
         "Batches per eval": "4",
         "Sample length (chars)": "60",
@@ -147,3 +168,17 @@ def test_chat_tab_streams_a_reply_and_clears(page):
     shoot(page, "chat")
     page.locator("#chat-clear").click()
     page.get_by_test_id("user").wait_for(state="detached")
+
+
+def test_train_tab_compares_saved_models(page):
+    open_tab(page, "Train")
+    page.get_by_role("button", name="Refresh").filter(visible=True).last.click()
+    chooser = page.get_by_label("Models", exact=True).filter(visible=True)
+    for name in ("browser-model", "browser-winner"):
+        chooser.click()
+        chooser.fill(name)
+        chooser.press("Enter")
+    page.get_by_role("button", name="Compare", exact=True).click()
+    page.get_by_text("Compared browser-model, browser-winner").wait_for()
+    page.get_by_text("Each model continues the prompt").wait_for()
+    shoot(page, "compare")

@@ -154,3 +154,41 @@ def test_recipe_classic_reproduces_the_old_model_bit_for_bit(tmp_path, corpus_fi
     new = load_file(tmp_path / "models" / "again" / "model.safetensors")
     assert old.keys() == new.keys()
     assert all(torch.equal(old[k], new[k]) for k in old)
+
+
+def test_compare_prints_configs_side_by_side_and_each_continuation(tmp_path):
+    for name in ("old", "same"):
+        shutil.copytree(FIXTURE, tmp_path / "models" / name)
+    result = run_app("compare", "old", "same", "--prompt", "To be", "--seed", "3", "--chars", "40", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "old" in lines[0] and "same" in lines[0]
+    assert any(line.startswith("pos_encoding") and line.count("learned") == 2 for line in lines)
+    texts = [block.split("\n", 1)[1].strip() for block in result.stdout.split("\n--- ")[1:]]
+    assert len(texts) == 2 and texts[0] == texts[1] and texts[0].startswith("To be")  # same weights, same seed
+    alone = run_app("compare", "old", cwd=tmp_path)
+    assert alone.returncode == 2 and "two or more" in alone.stderr
+
+
+def test_fp16_trains_with_a_grad_scaler_whose_state_is_checkpointed(
+    tmp_path, monkeypatch, tiny_model_config, tiny_train_config
+):
+    """GPUs without bf16 (T4, V100) autocast in fp16; the scaler is exercised here with CPU fp16 autocast."""
+    from core import checkpoint as ckpt
+    from core import trainer
+
+    monkeypatch.setattr(trainer, "autocast_dtype", lambda device, name: torch.float16)
+    config = dataclasses.replace(tiny_train_config, checkpoint_interval=10, max_iters=40)
+    full: list[float] = []
+    result = train(tiny_model_config, config, out_dir=tmp_path / "full",
+                   hooks=TrainHooks(on_step=lambda e: full.append(e.loss)))  # fmt: skip
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+    state = ckpt.latest_checkpoint(tmp_path / "full").state["grad_scaler"]
+    assert state["scale"] > 0 and "_growth_tracker" in state
+    first: list[float] = []
+    train(tiny_model_config, config, out_dir=tmp_path / "split",
+          hooks=TrainHooks(on_step=lambda e: first.append(e.loss), should_stop=lambda: len(first) >= 15))  # fmt: skip
+    second: list[float] = []
+    train(tiny_model_config, config, out_dir=tmp_path / "split", resume=True,
+          hooks=TrainHooks(on_step=lambda e: second.append(e.loss)))  # fmt: skip
+    assert first + second == pytest.approx(full, abs=1e-6)

@@ -23,7 +23,7 @@ def budget_command(tmp_path, dataset_dir, *extra: str, budget: str = f"{BUDGET_S
     return [
         "tune", f"--budget={budget}", "--study", "race", "--storage", f"sqlite:///{tmp_path}/race.db",
         "--data-dir", str(dataset_dir), "--name", "winner", "--runs-dir", str(tmp_path / "runs"),
-        "--heartbeat", "1", *TINY_MODEL_FLAGS, *extra,
+        "--heartbeat", "1", "--final-share", "0.5", *TINY_MODEL_FLAGS, *extra,
     ]  # fmt: skip
 
 

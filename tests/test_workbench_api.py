@@ -34,9 +34,9 @@ def app(tmp_path_factory):
     from workbench.app import launch
 
     root = tmp_path_factory.mktemp("project")
-    (root / "texts").mkdir()
-    (root / "texts" / "verse.txt").write_text(TEXT, encoding="utf-8")
-    prepare([root / "texts" / "verse.txt"], root / "dataset")
+    (root / "corpora").mkdir()
+    (root / "corpora" / "verse.txt").write_text(TEXT, encoding="utf-8")
+    prepare([root / "corpora" / "verse.txt"], root / "dataset")
     previous = Path.cwd()
     os.chdir(root)  # core.tuning writes studies/<name>.best.json relative to the working folder
     port = free_port()
@@ -157,6 +157,7 @@ def test_training_shows_growing_metrics_then_chat_streams_a_reply(app):
 
     outputs = poll(app.client, "/train_refresh", finished)
     assert "best val loss" in outputs[1]
+    assert outputs[4]["value"] == "tiny"  # Saved models selects the model just trained
     assert outputs[2]["type"] == "plotly" and isinstance(outputs[3], str) and outputs[3]
     metrics = (app.root / "models" / "tiny" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in metrics] == [20, 40, 60]
@@ -199,13 +200,22 @@ def test_a_restarted_workbench_offers_to_resume_the_interrupted_training(app):
 
 def test_prepare_refuses_paths_outside_the_project_and_bad_uploads(app, tmp_path):
     server = "Files or folders on the server"
-    for path in ("../../etc/passwd", "/etc/passwd", "dataset/output_train.txt"):
+    (app.root / "users.txt").write_text("me:secret\n")
+    (app.root / "corpora" / ".env").write_text("TOKEN=secret\n")
+    for path in ("../../etc/passwd", "/etc/passwd", "dataset/output_train.txt", "users.txt", ".git/config",
+                 "corpora/.env", "corpora/../users.txt"):  # fmt: skip
         message = app.client.predict(server, None, path, 0.1, "strict", api_name="/prepare_start")
         assert "wb-error" in message, path
-    (app.root / "texts" / "escape.txt").symlink_to("/etc/hostname")
-    message = app.client.predict(server, None, "texts", 0.1, "strict", api_name="/prepare_start")
-    assert "points outside the project folder" in message
-    (app.root / "texts" / "escape.txt").unlink()
+        assert "secret" not in message
+    message = app.client.predict(server, None, "users.txt", 0.1, "strict", api_name="/prepare_start")
+    assert "not in a corpus folder" in message
+    message = app.client.predict(server, None, "corpora/.env", 0.1, "strict", api_name="/prepare_start")
+    assert "hidden file" in message
+    (app.root / "corpora" / ".env").unlink()
+    (app.root / "corpora" / "escape.txt").symlink_to("/etc/hostname")
+    message = app.client.predict(server, None, "corpora", 0.1, "strict", api_name="/prepare_start")
+    assert "points outside the corpus folders" in message
+    (app.root / "corpora" / "escape.txt").unlink()
 
     message = app.client.predict("Upload text files", None, "", 0.1, "strict", api_name="/prepare_start")
     assert "no file uploaded" in message
@@ -253,3 +263,72 @@ def test_the_workbench_shows_trials_from_workers_on_another_storage(app, tmp_pat
     finally:
         jobs.shutdown()
         demo.close()
+
+
+def test_a_budgeted_tournament_runs_from_the_tune_tab_and_saves_its_winner(app):
+    fixed = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "batch_size": 4}
+    message, _ = app.client.predict("race", 0, "winner", 0, "{}", api_name="/tune_budget_start")
+    assert "give the total budget" in message
+    message, _ = app.client.predict("race", 0.75, "winner", 0, '{"colour": 1}', api_name="/tune_budget_start")
+    assert "unknown: colour" in message
+    message, view = app.client.predict("race", 0.75, "winner", 0, json.dumps(fixed), api_name="/tune_budget_start")
+    assert "Started tournament race" in message and view["value"] == "race"
+    outputs = poll(app.client, "/tune_refresh", lambda o: "finished" in str(o[1]), "race", timeout=120)
+    assert "saved models/winner" in outputs[1]
+    notes = [row[6] for row in outputs[3]["data"]]
+    assert any(note.startswith("rung 0") for note in notes) and any("continues trial" in note for note in notes)
+    assert (app.root / "models" / "winner" / "rungs.json").is_file()
+    message, _ = app.client.predict("race2", 0.75, "winner", 0, json.dumps(fixed), api_name="/tune_budget_start")
+    assert "already holds a model" in message
+
+
+def test_saved_models_compare_side_by_side(app):
+    import shutil
+
+    fixture = Path(__file__).parent / "fixtures" / "classic_tiny"
+    for name in ("left", "right"):
+        shutil.copytree(fixture, app.root / "models" / name, dirs_exist_ok=True)
+    message, *_ = app.client.predict(["left"], "To be", 3, api_name="/compare_models")
+    assert "two or more" in message
+    message, plot, table, texts = app.client.predict(["left", "right"], "To be", 3, api_name="/compare_models")
+    assert "Compared left, right" in message and plot["type"] == "plotly"
+    assert table["headers"] == ["field", "left", "right"]
+    rows = {row[0]: row[1:] for row in table["value"]["data"]}
+    assert rows["pos_encoding"] == ["learned", "learned"] and rows["n_embd"] == ["16", "16"]
+    assert rows["optimizer"] == ["adamw", "adamw"]  # a model saved before the recipe existed reads as classic
+    assert [row[0] for row in texts["data"]] == ["left", "right"]
+    assert texts["data"][0][1] == texts["data"][1][1]  # same weights, same seed: the same continuation
+
+
+def test_best_parameters_are_shown_rounded_and_run_exactly(app):
+    import optuna
+
+    storage = f"sqlite:///{app.root / 'studies' / 'gpt_tuning.db'}"
+    study = optuna.create_study(study_name="exact", storage=storage)
+    trial = study.ask()
+    params = {"lr": 0.0014052678947839507, "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16}
+    trial.set_user_attr("params", params)
+    study.tell(trial, 2.0)
+    outputs = app.client.predict("exact", 60, api_name="/train_use_best")
+    assert outputs[6]["value"] == 0.001405  # the lr field: four significant digits
+    values = [*TINY_TRAIN[:6], outputs[6]["value"], *TINY_TRAIN[7:]]
+    assert "Started training exact" in app.client.predict("exact", False, *values, api_name="/train_start")
+    poll(app.client, "/train_refresh", lambda o: "finished" in str(o[1]))
+    config = json.loads((app.root / "models" / "exact" / "config.json").read_text())
+    assert config["train"]["lr"] == params["lr"] and config["source"]["study"] == "exact"
+
+
+def test_concurrent_overwrite_starts_give_one_run_and_already_running_for_the_rest(app):
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert "Started training dup" in app.client.predict("dup", False, *TINY_TRAIN, api_name="/train_start")
+    poll(app.client, "/train_refresh", lambda o: "finished" in str(o[1]))
+    port = app.client.src.rstrip("/").rsplit(":", 1)[1]
+    clients = [Client(f"http://127.0.0.1:{port}/", verbose=False) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda c: c.predict("dup", True, *TINY_TRAIN, api_name="/train_start"), clients))
+    started = [a for a in answers if "Started training dup" in a]
+    assert len(started) == 1, answers
+    assert all("already running" in a for a in answers if a not in started), answers
+    poll(app.client, "/train_refresh", lambda o: "finished" in str(o[1]))
+    assert (app.root / "models" / "dup" / "model.safetensors").is_file()

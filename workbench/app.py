@@ -10,19 +10,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socketserver
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
+from workbench.dashboard import Dashboard, LoggedInDashboard  # noqa: E402
 from workbench.jobs import JobManager  # noqa: E402
+from workbench.login import ClientKeyMiddleware, LoginGuard  # noqa: E402
 from workbench.project import UPLOAD_LIMIT_MB, Project  # noqa: E402
 from workbench.studies import StudyReader  # noqa: E402
 from workbench.tabs.chat import build_chat  # noqa: E402
@@ -63,37 +62,6 @@ def build_app(
     return demo, jobs
 
 
-# --- optuna-dashboard ------------------------------------------------------------------------------
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it so
-        log.debug("dashboard: " + format, *args)
-
-
-class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class Dashboard:
-    """optuna-dashboard on 127.0.0.1 in a thread; `close()` stops it (run_server cannot be stopped)."""
-
-    def __init__(self, storage_url: str, host: str = "127.0.0.1", port: int = 0):
-        from optuna_dashboard import wsgi
-
-        from core.tuning import make_storage
-
-        app = wsgi(make_storage(storage_url, heartbeat=0))
-        self.server = make_server(host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
-        self.url = f"http://{host}:{self.server.server_port}/dashboard/"
-        self.thread = threading.Thread(target=self.server.serve_forever, name="optuna-dashboard", daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 # --- launch ----------------------------------------------------------------------------------------
 
 
@@ -127,9 +95,14 @@ def launch(
     storage: str = "",
     dashboard: bool = True,
     block: bool = True,
+    allow_dirs: Sequence[str] = (),
+    auth_file: str | None = None,
 ) -> tuple[gr.Blocks, JobManager, Dashboard | None]:
     """Serve the workbench; with `block=False` return at once (tests)."""
-    project = Project(Path(root), storage=storage)
+    project = Project(
+        Path(root), storage=storage, allowed_roots=[Path(d) for d in allow_dirs],
+        private_files=[Path(auth_file)] if auth_file else [],
+    )  # fmt: skip
     if not project.has_dataset():
         from core.cli import ensure_dataset
         from core.data import prepare
@@ -138,8 +111,10 @@ def launch(
             ensure_dataset("dataset")
         else:
             print(prepare(None, project.data_dir).summary(), file=sys.stderr)
-    board = None
-    if dashboard:
+    board, middleware = None, [Middleware(ClientKeyMiddleware)]
+    if dashboard and auth:  # behind the login, read-only, on this server (and so through a share link)
+        middleware.append(Middleware(LoggedInDashboard, storage_url=project.storage))
+    elif dashboard:
         try:
             board = Dashboard(project.storage)
         except Exception as err:  # the workbench works without it
@@ -151,12 +126,14 @@ def launch(
             "(train, upload, read its models). Add --auth user:password.",
             file=sys.stderr,
         )
-    demo, jobs = build_app(project, dashboard_url=board.url if board else None)
+    dashboard_url = board.url if board else ("/dashboard/" if dashboard and auth else None)
+    demo, jobs = build_app(project, dashboard_url=dashboard_url)
     demo.launch(
         server_name=host,
         server_port=port,
         share=share,
-        auth=auth or None,
+        auth=LoginGuard(auth).check if auth else None,
+        app_kwargs={"middleware": middleware},
         max_file_size=f"{UPLOAD_LIMIT_MB}mb",
         prevent_thread_lock=True,
         quiet=True,  # Gradio's own hints name its Python API; ours below name this program's flags
@@ -179,6 +156,9 @@ def launch(
             print("A temporary public link: python app.py --share --auth user:password", file=sys.stderr)
     if board:
         print(f"optuna-dashboard: {board.url} (this machine only: it has no login)", file=sys.stderr)
+    elif dashboard and auth:
+        print(f"optuna-dashboard: http://{host}:{demo.server_port}/dashboard/ (behind the login, read-only)",
+              file=sys.stderr)  # fmt: skip
     if block:
         try:
             demo.block_thread()
@@ -202,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth-file", metavar="FILE", help="logins, one user:password a line")
     parser.add_argument("--storage", default="", help="Optuna storage URL (default: sqlite:///studies/gpt_tuning.db)")
     parser.add_argument("--no-dashboard", action="store_true", help="do not start optuna-dashboard")
+    parser.add_argument(
+        "--allow-dir",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="a folder whose text files the Dataset tab may read by path, besides corpora/ and uploads/ (repeatable)",
+    )
     return parser
 
 
@@ -216,5 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         auth=read_auth(args.auth, args.auth_file),
         storage=args.storage,
         dashboard=not args.no_dashboard,
+        allow_dirs=args.allow_dir,
+        auth_file=args.auth_file,
     )
     return 0

@@ -157,8 +157,14 @@ class JobManager:
         job = self._jobs.get(kind)
         return job if job is not None and job.active else None
 
-    def start(self, kind: str, title: str, fn: Callable[[Job], Any], **info: Any) -> Job:
-        """Run `fn(job)` in a thread. Raises JobBusy when a job of `kind` is still running."""
+    def start(
+        self, kind: str, title: str, fn: Callable[[Job], Any], *, before: Callable[[], None] | None = None, **info: Any
+    ) -> Job:
+        """Run `fn(job)` in a thread. Raises JobBusy when a job of `kind` is still running.
+
+        `before` runs under the manager's lock once no job of `kind` runs (e.g. clearing a model folder to
+        overwrite it), so that check and change are one step for concurrent requests; if it raises, nothing starts.
+        """
         if kind not in KINDS:
             raise ValueError(f"unknown job kind {kind!r}; use one of {', '.join(KINDS)}")
         with self._lock:
@@ -168,6 +174,8 @@ class JobManager:
                     f"A {kind} job is already running ({running.title}, {running.elapsed:.0f}s); "
                     "stop it first or wait for it to finish."
                 )
+            if before is not None:
+                before()
             job = Job(kind=kind, title=title, info=info)
             job.thread = threading.Thread(target=self._run, args=(job, fn), name=f"workbench-{kind}", daemon=True)
             self._jobs[kind] = job

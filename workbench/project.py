@@ -16,19 +16,22 @@ _SAFE_STEM = re.compile(r"[^A-Za-z0-9._-]+")
 
 @dataclass
 class Project:
-    """The project folder: dataset/, models/, studies/ and uploads/ live inside `root`.
+    """The project folder: dataset/, models/, studies/, corpora/ and uploads/ live inside `root`.
 
-    `allowed_roots` are extra folders whose files the Dataset tab may read by path (the project folder
-    itself is always allowed, except its own dataset/ output).
+    The Dataset tab reads files by path only where corpora belong: corpora/, uploads/ and the
+    `allowed_roots` the operator names (`--allow-dir`); never a hidden file or folder, nor `private_files`
+    (the login file), so a logged-in user cannot read the project's secrets through a prepare.
     """
 
     root: Path
     storage: str = ""
     allowed_roots: list[Path] = field(default_factory=list)
+    private_files: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
         self.allowed_roots = [Path(p).resolve() for p in self.allowed_roots]
+        self.private_files = [Path(p).resolve() for p in self.private_files]
         if not self.storage:
             self.storage = f"sqlite:///{self.root / 'studies' / 'gpt_tuning.db'}"
 
@@ -44,19 +47,26 @@ class Project:
     def uploads_dir(self) -> Path:
         return self.root / "uploads"
 
+    @property
+    def corpora_dir(self) -> Path:
+        return self.root / "corpora"
+
+    @property
+    def input_roots(self) -> list[Path]:
+        return [self.corpora_dir.resolve(), self.uploads_dir.resolve(), *self.allowed_roots]
+
     def has_dataset(self) -> bool:
         return (self.data_dir / "vocab.txt").is_file()
 
     def server_inputs(self, text: str) -> list[Path]:
         """Files named in `text` (one path a line, relative to the project or absolute), checked.
 
-        Every file, after following symlinks, must lie inside the project folder or an allowed root, and
-        outside dataset/ (the output of prepare).
+        Every file, after following symlinks, must lie inside corpora/, uploads/ or an allowed root, with no
+        hidden part in its path, and must not be a private file (the login file).
         """
         lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
         if not lines:
-            raise DataError("give a file or folder path (relative to the project folder), one per line")
-        roots = [self.root, *self.allowed_roots]
+            raise DataError("give a file or folder path (inside corpora/ or uploads/), one per line")
         files: list[Path] = []
         for line in lines:
             if "\x00" in line:
@@ -64,18 +74,33 @@ class Project:
             path = Path(line).expanduser()
             path = path if path.is_absolute() else self.root / path
             resolved = path.resolve()
-            if not any(resolved.is_relative_to(root) for root in roots):
-                raise DataError(f"{line} is outside the project folder ({self.root}); copy it there or upload it")
+            self._check_readable(line, resolved)
             if not resolved.exists():
                 raise DataError(f"{line} does not exist (looked for {resolved})")
             for file in resolve_inputs([resolved]):
                 real = file.resolve()
-                if not any(real.is_relative_to(root) for root in roots):
-                    raise DataError(f"{file} points outside the project folder (a symlink to {real}); refused")
-                if real.is_relative_to(self.data_dir):
-                    raise DataError(f"{file} is inside dataset/, the folder prepare writes; choose your source text")
+                if real != file.absolute() and not self._inside_roots(real):
+                    raise DataError(f"{file} points outside the corpus folders (a symlink to {real}); refused")
+                self._check_readable(str(file), real)
                 files.append(real)
         return files
+
+    def _inside_roots(self, path: Path) -> Path | None:
+        return next((root for root in self.input_roots if path.is_relative_to(root)), None)
+
+    def _check_readable(self, shown: str, path: Path) -> None:
+        root = self._inside_roots(path)
+        if root is None:
+            folders = ", ".join(str(r.relative_to(self.root)) + "/" if r.is_relative_to(self.root) else str(r)
+                                for r in self.input_roots)  # fmt: skip
+            raise DataError(
+                f"{shown} is not in a corpus folder; put your text in {folders} (or upload it), or start the "
+                "workbench with --allow-dir FOLDER"
+            )
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            raise DataError(f"{shown} is a hidden file or inside a hidden folder; refused")
+        if path in self.private_files:
+            raise DataError(f"{shown} is the workbench's login file; refused")
 
     def store_uploads(self, paths: list[str], limit_mb: int = UPLOAD_LIMIT_MB) -> list[Path]:
         """Copy uploaded temp files into uploads/ under generated names; refuse empty or oversized ones."""

@@ -34,7 +34,7 @@ class StudyReader:
     def storage(self) -> optuna.storages.BaseStorage:
         with self._lock:
             if self._storage is None:
-                self._storage = make_storage(self.url, heartbeat=0)
+                self._storage = make_storage(self.url, heartbeat=0, writes=False)
             return self._storage
 
     def names(self) -> list[str]:

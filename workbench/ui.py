@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import html
-import json
-from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
 
+from core.checkpoint import read_metrics  # noqa: F401 - the tabs read curves through the ui module
 from workbench.jobs import DONE, FAILED, INTERRUPTED, RUNNING, STOPPED, STOPPING
 
 CSS = """
@@ -72,22 +71,6 @@ def ok_html(text: str) -> str:
     return f'<div class="wb-status wb-ok">{html.escape(text)}</div>'
 
 
-def read_metrics(folder: Path) -> list[dict[str, Any]]:
-    """The evaluations a model folder's metrics.jsonl records (a torn last line is skipped)."""
-    path = folder / "metrics.jsonl"
-    records = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
-
-
 def loss_figure(evals: list[dict[str, Any]], steps: list[dict[str, Any]] | None = None, title: str = "") -> go.Figure:
     """Train/val loss at each evaluation, plus the per-step training loss when given."""
     fig = go.Figure()
@@ -114,6 +97,21 @@ def loss_figure(evals: list[dict[str, Any]], steps: list[dict[str, Any]] | None 
         yaxis_title="loss (nats/char)",
         height=340,
         margin={"l": 50, "r": 20, "t": 40 if title else 20, "b": 40},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"},
+    )
+    return fig
+
+
+def curves_figure(curves: dict[str, list[tuple[float, float]]]) -> go.Figure:
+    """Validation loss of several models against the characters each had seen, on one plot."""
+    fig = go.Figure()
+    for name, points in curves.items():
+        fig.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers", name=name)
+    fig.update_layout(
+        xaxis_title="characters seen (millions)",
+        yaxis_title="val loss (nats/char)",
+        height=340,
+        margin={"l": 50, "r": 20, "t": 20, "b": 40},
         legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"},
     )
     return fig

@@ -49,7 +49,7 @@ def corpus_overview(project: Project) -> tuple[str, str]:
 def build_dataset(project: Project, jobs: JobManager) -> dict[str, Any]:
     gr.Markdown(
         "The model learns from the text in `dataset/`. Prepare it from the default corpus, from text files "
-        f"you upload (UTF-8, up to {UPLOAD_LIMIT_MB} MB in all), or from files already inside the project folder."
+        f"you upload (UTF-8, up to {UPLOAD_LIMIT_MB} MB in all), or from files in the corpora/ folder."
     )
     with gr.Row():
         with gr.Column(scale=3):
@@ -66,8 +66,8 @@ def build_dataset(project: Project, jobs: JobManager) -> dict[str, Any]:
                 visible=False,
             )
             server_path = gr.Textbox(
-                label="Paths inside the project folder (one per line; folders are read recursively)",
-                placeholder="texts/my_book.txt",
+                label="Paths inside corpora/ or uploads/ (one per line; folders are read recursively)",
+                placeholder="corpora/my_book.txt",
                 lines=2,
                 visible=False,
             )

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import gradio as gr
 
 from core import checkpoint as ckpt
-from core.config import ConfigError, ModelConfig, TrainConfig, replace_known
+from core.compare import compare
+from core.config import RECIPES, ConfigError, ModelConfig, TrainConfig, recipe_configs
 from core.data import DataError
+from core.runs import claim_model_dir, record_source, run_configs
 from core.trainer import TrainHooks, train
 from core.tuning import TuningError, apply_params, best_params, open_study
 from workbench.jobs import INTERRUPTED, JobBusy, JobManager
 from workbench.project import Project
 from workbench.studies import StudyReader, model_names
-from workbench.ui import error_html, fmt_seconds, job_status_html, loss_figure, ok_html, progress_html, read_metrics
+from workbench.ui import (
+    curves_figure,
+    error_html,
+    fmt_seconds,
+    job_status_html,
+    loss_figure,
+    ok_html,
+    progress_html,
+    read_metrics,
+)
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
 TRAIN_FIELDS = ("batch_size", "lr", "weight_decay", "warmup_iters")
@@ -40,8 +50,32 @@ LABELS = {
     "eval_interval": "Steps between evals",
     "eval_iters": "Batches per eval",
     "sample_chars": "Sample length (chars)",
+    "pos_encoding": "Positions",
+    "norm": "Norm",
+    "mlp": "MLP activation",
+    "qk_norm": "QK-norm",
+    "tie_head": "Tied head",
+    "optimizer": "Optimiser",
+    "muon_lr": "Muon learning rate",
+    "schedule": "Schedule",
 }
 FIELDS = MODEL_FIELDS + TRAIN_FIELDS + BUDGET_FIELDS
+# The recipe's options and their widgets' choices (bool: a checkbox, float: a number).
+RECIPE_CHOICES: dict[str, Any] = {
+    "pos_encoding": ("rope", "learned"),
+    "norm": ("rmsnorm", "layernorm"),
+    "mlp": ("relu2", "gelu"),
+    "qk_norm": bool,
+    "tie_head": bool,
+    "optimizer": ("muon", "adamw"),
+    "muon_lr": float,
+    "schedule": ("wsd", "cosine"),
+}
+
+
+def shown_value(value: Any) -> Any:
+    """A tuned value as the form shows it: floats to four significant digits (the run gets the exact value)."""
+    return float(f"{value:.4g}") if isinstance(value, float) else value
 
 
 def model_details(project: Project, name: str | None) -> tuple[str, Any]:
@@ -55,6 +89,9 @@ def model_details(project: Project, name: str | None) -> tuple[str, Any]:
         return f"**{err}**", None
     model, summary, source = info.get("model", {}), info.get("summary", {}), info.get("source")
     shape = ", ".join(f"{k}={model.get(k)}" for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"))
+    recipe = ModelConfig.from_saved(model)
+    optimizer = info.get("train", {}).get("optimizer", "adamw")
+    shape += f" · {recipe.pos_encoding}, {recipe.norm}, {recipe.mlp}, {optimizer}"
     lines = [f"**{name}** — {shape}"]
     if summary:
         best = summary.get("best_val_loss")
@@ -118,6 +155,26 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
                         precision=0 if name in INT_FIELDS else None,
                         minimum=0,
                     )
+    modern = recipe_configs("modern")
+    recipe_values = {**vars(modern[0]), **vars(modern[1])}
+    recipe_inputs: dict[str, Any] = {}
+    with gr.Accordion("Recipe (architecture, optimiser, schedule)", open=False), gr.Row():
+        recipe = gr.Dropdown(sorted(RECIPES), value="modern", label="Recipe", min_width=120)
+        for name, choices in RECIPE_CHOICES.items():
+            if choices is bool:
+                recipe_inputs[name] = gr.Checkbox(value=recipe_values[name], label=LABELS[name], min_width=120)
+            elif choices is float:
+                recipe_inputs[name] = gr.Number(value=recipe_values[name], label=LABELS[name], min_width=120)
+            else:
+                recipe_inputs[name] = gr.Dropdown(list(choices), value=recipe_values[name], label=LABELS[name],
+                                                  min_width=120)  # fmt: skip
+
+    def pick_recipe(name: str):
+        model_config, train_config = recipe_configs(name)
+        values = {**vars(model_config), **vars(train_config)}
+        return [values[field_name] for field_name in RECIPE_CHOICES]
+
+    recipe.change(pick_recipe, recipe, list(recipe_inputs.values()), api_visibility="private")
     with gr.Row(equal_height=True):
         name_box = gr.Textbox(value="default", label="Model name", max_lines=1, scale=2)
         overwrite = gr.Checkbox(value=False, label="Overwrite a model of that name", scale=1)
@@ -135,12 +192,47 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
         refresh_models = gr.Button("Refresh", size="sm", scale=0, min_width=80)
     saved_info = gr.Markdown()
     saved_plot = gr.Plot(label="Loss per evaluation (metrics.jsonl)")
+    gr.Markdown("### Compare models")
+    with gr.Row(equal_height=True):
+        compare_names = gr.Dropdown(
+            choices=model_names(project), value=[], multiselect=True, label="Models", allow_custom_value=True, scale=3
+        )
+        compare_prompt = gr.Textbox(value="\n", label="Prompt", max_lines=2, scale=2)
+        compare_seed = gr.Number(value=0, precision=0, label="Seed", min_width=80, scale=0)
+        compare_btn = gr.Button("Compare", scale=0, min_width=100)
+    compare_message = gr.HTML()
+    compare_plot = gr.Plot(label="Validation loss of each model")
+    compare_table = gr.Dataframe(headers=["field"], value=[], label="Configurations side by side", interactive=False)
+    compare_text = gr.Dataframe(headers=["model", "continuation"], value=[], label="Each model continues the prompt",
+                                interactive=False, wrap=True)  # fmt: skip
 
     refresh_studies.click(lambda: gr.update(choices=reader.names()), None, study, api_visibility="private")
     refresh_models.click(lambda: gr.update(choices=model_names(project)), None, saved, api_visibility="private")
     saved.change(lambda n: model_details(project, n), saved, [saved_info, saved_plot], api_name="model_details")
 
     field_inputs = [inputs[name] for name in FIELDS]
+
+    def run_compare(names: list[str] | None, prompt: str, seed_value: float):
+        try:
+            result = compare(list(names or []), project.models_dir, prompt or "\n", int(seed_value or 0))
+        except (ckpt.ModelError, ValueError) as err:
+            return error_html(str(err)), None, gr.skip(), gr.skip()
+        figure = curves_figure(result.curves)
+        table = gr.update(value=result.table, headers=["field", *result.names])
+        return (
+            ok_html(f"Compared {', '.join(result.names)}."),
+            figure,
+            table,
+            [[name, text] for name, text in result.continuations.items()],
+        )
+
+    compare_btn.click(
+        run_compare,
+        [compare_names, compare_prompt, compare_seed],
+        [compare_message, compare_plot, compare_table, compare_text],
+        api_name="compare_models",
+    )
+    refresh_models.click(lambda: gr.update(choices=model_names(project)), None, compare_names, api_visibility="private")
 
     def load_best(study_name: str | None, max_iters: float):
         if not study_name:
@@ -154,7 +246,8 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
         )
         values = {**vars(model_config), **vars(train_config)}
         updates = tuple(
-            gr.update(value=values[name]) if name in MODEL_FIELDS + TRAIN_FIELDS else gr.skip() for name in FIELDS
+            gr.update(value=shown_value(values[name])) if name in MODEL_FIELDS + TRAIN_FIELDS else gr.skip()
+            for name in FIELDS
         )
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in record["params"].items())
         note = ok_html(
@@ -167,18 +260,30 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
         load_best, [study, inputs["max_iters"]], [*field_inputs, best_note, tuned], api_name="train_use_best"
     )
 
-    def configs(values: dict[str, Any], record: dict | None) -> tuple[ModelConfig, TrainConfig]:
-        clean = {k: (int(v) if k in INT_FIELDS else float(v)) for k, v in values.items() if v is not None}
+    def configs(
+        values: dict[str, Any], record: dict | None, chosen: dict[str, Any] | None = None
+    ) -> tuple[ModelConfig, TrainConfig]:
         missing = [LABELS[k] for k in FIELDS if values.get(k) is None]
         if missing:
             raise ConfigError(f"fill in {', '.join(missing)}")
-        model_config = replace_known(ModelConfig(), clean)
-        train_config = replace_known(TrainConfig(data_dir=str(project.data_dir)), clean)
-        if record and "min_lr_ratio" in record["params"]:
-            train_config = replace_known(train_config, {"min_lr": record["params"]["min_lr_ratio"] * train_config.lr})
-        return model_config.validate(), train_config.validate()
+        flags = {k: (int(v) if k in INT_FIELDS else float(v)) for k, v in values.items()}
+        if record:  # a field still showing a tuned value (rounded for display) takes the exact one
+            exact = record["params"]
+            flags = {k: v for k, v in flags.items() if not (k in exact and shown_value(exact[k]) == v)}
+        flags["data_dir"] = str(project.data_dir)
+        for name, value in (chosen or {}).items():  # the recipe's widgets, unless a study chose that field
+            if not (record and name in record["params"] and value == recipe_values[name]):
+                flags[name] = float(value) if RECIPE_CHOICES[name] is float else value
+        return run_configs(flags=flags, tuned=record)
 
-    def launch(job_title: str, out_dir, model_config, train_config, resume: bool, info: dict | None) -> None:
+    def launch(job_title: str, out_dir, model_config, train_config, resume: bool, record: dict | None = None,
+               replace: bool = False) -> None:  # fmt: skip
+        source: dict[str, Any] = {}
+
+        def claim() -> None:  # under the job lock: the check, the overwrite and the start are one step
+            claim_model_dir(out_dir, resume=resume, overwrite=replace)
+            source["info"] = record_source(out_dir, record)
+
         def run(job):
             def on_step(event) -> None:
                 job.add_event({"kind": "step", **vars(event)})
@@ -197,7 +302,7 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
                 out_dir=out_dir,
                 resume=resume,
                 hooks=TrainHooks(on_step=on_step, on_eval=on_eval, should_stop=job.stop.is_set),
-                info=info,
+                info=source.get("info"),
             )
             reason = result.stop_reason.replace("_", " ")
             job.update(message=f"{reason} at step {result.iters}; best val loss {result.val_loss:.4f}")
@@ -207,6 +312,7 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
             "train",
             job_title,
             run,
+            before=claim,
             model=out_dir.name,
             max_iters=train_config.max_iters,
             max_minutes=train_config.max_minutes,
@@ -220,26 +326,14 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
             raise DataError("a dataset is being prepared; start training when it is done")
 
     def start(name: str, replace: bool, record: dict | None, *values):
+        """Values: FIELDS in order, then (optionally) RECIPE_CHOICES in order."""
         try:
             guard()
             out_dir = ckpt.model_dir((name or "").strip(), project.models_dir)
-            model_config, train_config = configs(dict(zip(FIELDS, values)), record)
-            running = jobs.active("train")
-            if running is not None:
-                raise JobBusy(f"A train job is already running ({running.title}); stop it first or wait for it.")
-            if out_dir.exists() and any(out_dir.iterdir()):
-                if not replace:
-                    raise ckpt.ModelError(
-                        f"models/{out_dir.name} already holds a model; press Resume to continue it, tick "
-                        "'Overwrite' to replace it, or choose another name"
-                    )
-                shutil.rmtree(out_dir)
-            info = None
-            if record:
-                out_dir.mkdir(parents=True, exist_ok=True)
-                ckpt.write_best_params(out_dir, record)
-                info = {"source": {k: v for k, v in record.items() if k != "params"}}
-            launch(f"training {out_dir.name}", out_dir, model_config, train_config, False, info)
+            form = dict(zip(FIELDS, values))
+            chosen = {k: v for k, v in zip(RECIPE_CHOICES, values[len(FIELDS) :]) if v is not None}
+            model_config, train_config = configs(form, record, chosen)
+            launch(f"training {out_dir.name}", out_dir, model_config, train_config, False, record, replace)
         except (ConfigError, DataError, ckpt.ModelError, JobBusy, OSError) as err:
             return error_html(str(err))
         budget = f"{train_config.max_iters:,} steps" if train_config.max_iters else ""
@@ -251,7 +345,9 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
             )
         return ok_html(f"Started training {out_dir.name} for {budget}.")
 
-    start_btn.click(start, [name_box, overwrite, tuned, *field_inputs], message, api_name="train_start")
+    start_btn.click(
+        start, [name_box, overwrite, tuned, *field_inputs, *recipe_inputs.values()], message, api_name="train_start"
+    )
 
     def resume(name: str, max_iters: float, max_minutes: float):
         try:
@@ -260,15 +356,14 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
             checkpoint = ckpt.latest_checkpoint(out_dir) if out_dir.is_dir() else None
             if checkpoint is None:
                 raise ckpt.ModelError(f"models/{out_dir.name} has no checkpoint to resume; press Start instead")
-            model_config = replace_known(ModelConfig(), checkpoint.state["model_config"]).validate()
             budget = {"max_iters": int(max_iters or 0), "max_minutes": float(max_minutes or 0)}
-            train_config = replace_known(TrainConfig(), checkpoint.state["train_config"])
-            train_config = replace_known(train_config, {**budget, "data_dir": str(project.data_dir)}).validate()
+            flags = {**budget, "data_dir": str(project.data_dir)}
+            model_config, train_config = run_configs(out_dir, flags=flags, resume=True)
             if 0 < train_config.max_iters <= checkpoint.step:
                 raise ConfigError(
                     f"{out_dir.name} is already at step {checkpoint.step}; raise Max steps above it to continue"
                 )
-            launch(f"training {out_dir.name} (resumed)", out_dir, model_config, train_config, True, None)
+            launch(f"training {out_dir.name} (resumed)", out_dir, model_config, train_config, True)
         except (ConfigError, DataError, ckpt.ModelError, JobBusy, OSError) as err:
             return error_html(str(err))
         return ok_html(
@@ -281,44 +376,45 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
 
     seen = gr.State(-1)
 
-    def tick(last: int):
+    def tick(last: int) -> dict:
+        """Updates by component; what is left out stays as it is."""
         job = jobs.get("train")
         snap = job.snapshot() if job else None
         version = snap["version"] if snap else 0
         if version == last:
-            return (gr.skip(),) * 7 + (last,)
+            return {seen: last}
         if snap is None:
-            return (progress_html(0, "no training running"), *(gr.skip(),) * 6, version)
+            return {progress: progress_html(0, "no training running"), seen: version}
         if snap["status"] == INTERRUPTED:  # from a server that stopped: offer Resume with its name and budget
             model = snap["info"].get("model", "")
-            folder = project.models_dir / model
-            return (
-                progress_html(snap["progress"], f"{snap['title']}: interrupted"),
-                job_status_html(snap, ""),
-                loss_figure(read_metrics(folder), title=f"{model}: loss per evaluation") if model else gr.skip(),
-                gr.skip(),
-                gr.skip(),
-                model or gr.skip(),
-                snap["info"].get("max_iters") or gr.skip(),
-                version,
-            )
+            updates = {
+                progress: progress_html(snap["progress"], f"{snap['title']}: interrupted"),
+                message: job_status_html(snap, ""),
+                seen: version,
+            }
+            if model:
+                folder = project.models_dir / model
+                updates |= {
+                    name_box: model,
+                    live_plot: loss_figure(read_metrics(folder), title=f"{model}: loss per evaluation"),
+                }
+            if snap["info"].get("max_iters"):
+                updates[inputs["max_iters"]] = snap["info"]["max_iters"]
+            return updates
         fraction, text = progress_text(snap)
-        if not snap["active"]:
-            text = f"{snap['title']}: {snap['status']} — {snap['message']}"
         evals = [e for e in snap["events"] if e.get("kind") == "eval"]
         steps = [e for e in snap["events"] if e.get("kind") == "step"]
-        figure = loss_figure(evals, steps, title=snap["title"])
-        models = gr.update(choices=model_names(project)) if not snap["active"] else gr.skip()
-        return (
-            progress_html(fraction, text),
-            job_status_html(snap, "") if not snap["active"] else gr.skip(),
-            figure,
-            snap["sample"] or gr.skip(),
-            models,
-            gr.skip(),
-            gr.skip(),
-            version,
-        )
+        updates = {live_plot: loss_figure(evals, steps, title=snap["title"]), seen: version}
+        if snap["sample"]:
+            updates[sample] = snap["sample"]
+        if not snap["active"]:  # done: say so, and select the model just trained (its details and curves show)
+            text = f"{snap['title']}: {snap['status']} — {snap['message']}"
+            names = model_names(project)
+            trained = snap["info"].get("model")
+            updates[message] = job_status_html(snap, "")
+            updates[saved] = gr.update(choices=names, value=trained) if trained in names else gr.update(choices=names)
+        updates[progress] = progress_html(fraction, text)
+        return updates
 
     timer = gr.Timer(1.0)
     timer.tick(
@@ -329,11 +425,13 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
         show_progress="hidden",
     )
 
-    def refresh_lists(current_study: str | None, current_model: str | None):
+    def refresh_lists(current_study: str | None, current_model: str | None, compared: list[str] | None):
         studies, models = reader.names(), model_names(project)
         return (
             gr.update(choices=studies, value=current_study if current_study in studies else None),
             gr.update(choices=models, value=current_model if current_model in models else None),
+            gr.update(choices=models, value=[n for n in compared or [] if n in models]),
         )
 
-    return {"refresh": (refresh_lists, [study, saved], [study, saved])}
+    lists = [study, saved, compare_names]
+    return {"refresh": (refresh_lists, lists, lists)}

@@ -13,12 +13,12 @@ import gradio as gr
 import optuna
 
 from core import checkpoint as ckpt
-from core.config import parse_flops
+from core.config import ModelConfig, TrainConfig, parse_flops
 from core.tournament import has_plan, run_tournament
 from core.tuning import PRUNERS, SearchSpace, TuneConfig, TuningError, last_step, run_study, trial_value
 from workbench.jobs import JobBusy, JobManager
 from workbench.project import Project
-from workbench.studies import MIN_TRIALS_FOR_IMPORTANCE, StudyReader
+from workbench.studies import StudyReader
 from workbench.ui import error_html, fmt_seconds, job_status_html, ok_html, progress_html
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,60 @@ def space_json(space: SearchSpace) -> str:
 
 def default_space_json() -> str:
     return space_json(SearchSpace.for_device())
+
+
+# The trials form, in the order /tune_start takes its values.
+TRIALS_FORM = (
+    "study", "trials", "trial_iters", "timeout_min", "pruner", "eval_interval", "eval_iters", "trial_seconds",
+    "seed", "space", "trial_flops", "evals_per_trial", "pruner_percentile", "pruner_startup_trials",
+)  # fmt: skip
+
+
+def trials_config(form: dict[str, Any], project: Project) -> TuneConfig:
+    """A trials-mode TuneConfig from the form's named values (fields left out keep TuneConfig's defaults)."""
+    given = {k: v for k, v in form.items() if v is not None and v != ""}
+    number = {"timeout": float(given.get("timeout_min", 0)) * 60}
+    for name in ("trials", "trial_iters", "eval_interval", "eval_iters", "evals_per_trial", "pruner_startup_trials",
+                 "seed"):  # fmt: skip
+        if name in given:
+            number[name] = int(given[name])
+    for name in ("trial_seconds", "pruner_percentile"):
+        if name in given:
+            number[name] = float(given[name])
+    return TuneConfig(
+        study=str(given.get("study", "")).strip(),
+        storage=project.storage,
+        pruner=given.get("pruner", TuneConfig.pruner),
+        trial_flops=parse_flops(str(given.get("trial_flops", "0"))),
+        data_dir=str(project.data_dir),
+        **number,
+    ).validate()
+
+
+def journal_record(info: dict[str, Any], project: Project) -> dict[str, Any] | None:
+    """A tune job's journal entry as configs; entries of older workbenches (the form's values by position,
+    under "args") are converted here, the one place that knows them."""
+    if info.get("tune"):
+        return {"mode": info.get("mode", "trials"), **info}
+    if not info.get("args"):
+        return None
+    form = dict(zip(TRIALS_FORM, info["args"]))
+    config = trials_config(form, project)
+    space = parse_space(form.get("space") or "{}")
+    return {**info, "mode": "trials", "tune": dataclasses.asdict(config), "space": space.to_json()}
+
+
+def parse_fixed(text: str) -> dict[str, Any]:
+    """The model and training fields a tournament keeps fixed, from the form's JSON."""
+    try:
+        data = json.loads(text or "{}")
+    except ValueError as err:
+        raise TuningError(f"the fixed settings are not valid JSON: {err}") from None
+    known = {f.name for cls in (ModelConfig, TrainConfig) for f in dataclasses.fields(cls)}
+    if not isinstance(data, dict) or set(data) - known:
+        unknown = ", ".join(sorted(set(data) - known)) if isinstance(data, dict) else text
+        raise TuningError(f"fixed settings must be a JSON object of model or training fields; unknown: {unknown}")
+    return data
 
 
 def parse_space(text: str) -> SearchSpace:
@@ -72,7 +126,8 @@ def trial_rows(trials: list[optuna.trial.FrozenTrial]) -> list[list[Any]]:
             seconds = now - t.datetime_start.timestamp()
         else:
             seconds = 0.0
-        params = " ".join(f"{k}={_fmt_value(v)}" for k, v in sorted(t.params.items()))
+        shown = t.params or t.user_attrs.get("params", {})  # a tournament's default candidate samples nothing
+        params = " ".join(f"{k}={_fmt_value(v)}" for k, v in sorted(shown.items()))
         rows.append(
             [
                 t.number,
@@ -131,19 +186,32 @@ def build_tune(
                 with gr.Row():
                     budget_min = gr.Number(value=10, minimum=0, label="Total budget (minutes)", min_width=90)
                     final_name = gr.Textbox(value="best", label="Save the winner as (model name)", max_lines=1)
+                fixed_json = gr.Textbox(
+                    value="{}",
+                    label='Keep these fixed in every candidate (JSON, e.g. {"n_layer": 4, "block_size": 128})',
+                    max_lines=2,
+                )
                 budget_start_btn = gr.Button("Start", variant="primary")
             with gr.Group(visible=False) as trials_group, gr.Row():
-                trials = gr.Number(value=20, precision=0, minimum=1, label="Trials", min_width=90)
-                trial_iters = gr.Number(value=300, precision=0, minimum=1, label="Steps per trial", min_width=90)
+                trials = gr.Number(value=TuneConfig.trials, precision=0, minimum=1, label="Trials", min_width=90)
+                trial_iters = gr.Number(
+                    value=TuneConfig.trial_iters, precision=0, minimum=1, label="Steps per trial", min_width=90
+                )
             with gr.Row(visible=False) as trials_row:
                 timeout_min = gr.Number(value=0, minimum=0, label="Time budget (min, 0 = none)", min_width=90)
                 pruner = gr.Dropdown(list(PRUNERS), value=TuneConfig.pruner, label="Pruner", min_width=90)
-            with gr.Accordion("More settings", open=False):
+            with gr.Accordion("More settings", open=False, visible=False) as trials_more:
                 with gr.Row():
                     eval_interval = gr.Number(
-                        value=50, precision=0, minimum=1, label="Steps between evals", min_width=90
+                        value=TuneConfig.eval_interval,
+                        precision=0,
+                        minimum=1,
+                        label="Steps between evals",
+                        min_width=90,
                     )
-                    eval_iters = gr.Number(value=20, precision=0, minimum=1, label="Batches per eval", min_width=90)
+                    eval_iters = gr.Number(
+                        value=TuneConfig.eval_iters, precision=0, minimum=1, label="Batches per eval", min_width=90
+                    )
                 with gr.Row():
                     trial_seconds = gr.Number(
                         value=0, minimum=0, label="Seconds per trial (0 = by steps)", min_width=90
@@ -159,7 +227,7 @@ def build_tune(
                         label="Evals per trial (seconds or FLOPs budget)",
                         min_width=90,
                     )
-                    seed = gr.Number(value=0, precision=0, label="Seed", min_width=90)
+                    seed = gr.Number(value=TuneConfig.seed, precision=0, label="Seed", min_width=90)
                 with gr.Row():
                     pruner_percentile = gr.Number(
                         value=round(TuneConfig.pruner_percentile, 1),
@@ -179,7 +247,7 @@ def build_tune(
                 start_btn = gr.Button("Start study", variant="primary", visible=False)
                 resume_btn = gr.Button("Resume")
                 stop_btn = gr.Button("Stop", variant="stop")
-        with gr.Column(scale=3, min_width=360):
+        with gr.Column(scale=3, min_width=360, visible=False) as space_column:
             space = gr.Code(value=default_space_json(), language="json", label="Search space (JSON)", lines=14)
             gr.Markdown(SPACE_HELP)
             reset_space = gr.Button("Reset search space to the defaults", size="sm")
@@ -193,7 +261,11 @@ def build_tune(
         if dashboard_url:
             gr.HTML(
                 f'<a href="{html.escape(dashboard_url)}" target="_blank" rel="noopener">Open optuna-dashboard ↗</a>'
-                "<br><small>(served on 127.0.0.1: open it from this machine)</small>"
+                + (
+                    "<br><small>(behind your login, read-only)</small>"
+                    if dashboard_url.startswith("/")
+                    else "<br><small>(served on 127.0.0.1: open it from this machine)</small>"
+                )
             )
     summary = gr.Markdown("Choose a study, or start one.")
     table = gr.Dataframe(
@@ -208,18 +280,21 @@ def build_tune(
     with gr.Row():
         history_plot = gr.Plot(label="Optimization history")
         curves_plot = gr.Plot(label="Intermediate values")
-    importance_plot = gr.Plot(label=f"Parameter importance (from {MIN_TRIALS_FOR_IMPORTANCE} complete trials)")
+    importance_plot = gr.Plot(label="Parameter importance")
 
     reset_space.click(default_space_json, None, space, api_visibility="private")
 
+    trials_only = [trials_group, trials_row, trials_more, start_btn, space_column]
+
     def switch(choice: str):
         budget = choice == BUDGET_MODE
-        return (gr.update(visible=budget), gr.update(visible=not budget), gr.update(visible=not budget),
-                gr.update(visible=not budget))  # fmt: skip
+        return [gr.update(visible=budget)] + [gr.update(visible=not budget)] * len(trials_only)
 
-    mode.change(switch, mode, [budget_group, trials_group, trials_row, start_btn], api_visibility="private")
+    mode.change(switch, mode, [budget_group, *trials_only], api_visibility="private")
 
-    def start_budget(name: str, minutes: float, model_name: str, seed_value: float, tune: dict | None = None):
+    def start_budget(
+        name: str, minutes: float, model_name: str, seed_value: float, fixed: str = "{}", tune: dict | None = None
+    ):
         """A tournament within `minutes`; `tune` is a journalled TuneConfig (Resume), else the form's."""
         try:
             config = TuneConfig(
@@ -227,7 +302,7 @@ def build_tune(
                 **({} if tune else {
                     "study": (name or "").strip(), "storage": project.storage, "budget": float(minutes or 0) * 60,
                     "seed": int(seed_value or 0), "data_dir": str(project.data_dir),
-                    "runs_dir": str(project.root / "studies" / "runs"),
+                    "runs_dir": str(project.root / "studies" / "runs"), "overrides": parse_fixed(fixed),
                 }),
             )  # fmt: skip
             if not config.budget > 0:
@@ -275,50 +350,29 @@ def build_tune(
         ), gr.update(choices=sorted({*names, config.study}), value=config.study)
 
     budget_start_btn.click(
-        start_budget, [study_name, budget_min, final_name, seed], [message, view], api_name="tune_budget_start"
+        start_budget,
+        [study_name, budget_min, final_name, seed, fixed_json],
+        [message, view],
+        api_name="tune_budget_start",
     )
 
-    def start(
-        name,
-        n_trials,
-        iters,
-        timeout,
-        pruner_name,
-        interval,
-        batches,
-        seconds,
-        seed_value,
-        space_text,
-        flops="0",
-        evals=TuneConfig.evals_per_trial,
-        percentile=TuneConfig.pruner_percentile,
-        startup=TuneConfig.pruner_startup_trials,
-    ):
-        # The last four have defaults because jobs.json entries written before they existed resume with them.
+    def start(*values):
+        """Start a study from the form (TRIALS_FORM's fields, in that order, as the API takes them)."""
         try:
-            config = TuneConfig(
-                study=(name or "").strip(),
-                storage=project.storage,
-                trials=int(n_trials or 0),
-                timeout=float(timeout or 0) * 60,
-                trial_iters=int(iters or 0),
-                trial_seconds=float(seconds or 0),
-                trial_flops=parse_flops(flops or "0"),
-                eval_interval=int(interval or 0),
-                evals_per_trial=int(evals or 0),
-                eval_iters=int(batches or 0),
-                pruner=pruner_name,
-                pruner_percentile=float(percentile if percentile is not None else TuneConfig.pruner_percentile),
-                pruner_startup_trials=int(startup if startup is not None else TuneConfig.pruner_startup_trials),
-                seed=int(seed_value or 0),
-                data_dir=str(project.data_dir),
-            ).validate()
-            search = parse_space(space_text).validate()
+            form = dict(zip(TRIALS_FORM, values))
+            config = trials_config(form, project)
+            search = parse_space(form["space"]).validate()
+        except (TuningError, ValueError, TypeError) as err:
+            return error_html(str(err)), gr.skip()
+        return start_study(config, search)
+
+    def start_study(config: TuneConfig, search: SearchSpace):
+        try:
             if not project.has_dataset():
                 raise TuningError("there is no dataset yet; prepare one in the Dataset tab first")
             if jobs.active("prepare"):
                 raise TuningError("a dataset is being prepared; start the study when it is done")
-        except (TuningError, ValueError, TypeError) as err:
+        except TuningError as err:
             return error_html(str(err)), gr.skip()
 
         def run(job):
@@ -346,11 +400,11 @@ def build_tune(
                 job.update(message=f"best val loss {best.value:.4f} (trial {best.number})")
             return config.study
 
-        args = [config.study, n_trials, iters, timeout, pruner_name, interval, batches, seconds, seed_value, space_text]
-        args += [flops, evals, percentile, startup]
         target = finished_count(reader.load(config.study)) + config.trials
+        info = {"study": config.study, "mode": "trials", "tune": dataclasses.asdict(config),
+                "space": search.to_json(), "target_trials": target}  # fmt: skip
         try:
-            jobs.start("tune", f"study {config.study}", run, study=config.study, args=args, target_trials=target)
+            jobs.start("tune", f"study {config.study}", run, **info)
         except JobBusy as err:
             return error_html(str(err)), gr.skip()
         names = reader.names()
@@ -385,18 +439,18 @@ def build_tune(
     def resume():
         """Start the last study again with its settings, for the trials it had left."""
         job = jobs.get("tune")
-        if job is not None and job.info.get("mode") == "budget" and not job.active:
-            return start_budget("", 0, job.info["model"], 0, tune=job.info["tune"])
-        if job is None or not job.info.get("args"):
+        info = journal_record(job.info, project) if job is not None else None
+        if not info:
             return error_html("There is no study to resume; press Start study (a known name continues it)."), gr.skip()
         if job.active:
             return error_html(f"{job.title} is still running."), gr.skip()
-        args = list(job.info["args"])
-        left = job.info["target_trials"] - finished_count(reader.load(job.info["study"]))
+        if info["mode"] == "budget":
+            return start_budget("", 0, info["model"], 0, tune=info["tune"])
+        left = info["target_trials"] - finished_count(reader.load(info["study"]))
         if left <= 0:
             return ok_html(f"{job.title} already ran all its trials; press Start study to run more."), gr.skip()
-        args[1] = left
-        return start(*args)
+        config = dataclasses.replace(TuneConfig(**info["tune"]), trials=left)
+        return start_study(config, SearchSpace.from_json(info["space"], base=SearchSpace.for_device()))
 
     resume_btn.click(resume, None, [message, view], api_name="tune_resume")
     stop_btn.click(lambda: ok_html(jobs.stop("tune")), None, message, api_name="tune_stop")
@@ -418,31 +472,28 @@ def build_tune(
             tuple((t.number, t.state.name, len(t.intermediate_values)) for t in trials_now),
         )
         if fingerprint == last:
-            return (gr.skip(),) * 8 + (last,)
-        if snap and snap["active"]:
-            bar = progress_html(snap["progress"], f"{snap['title']}: {snap['message']}")
-            status = job_status_html(snap, "")
-        elif snap:
-            bar = progress_html(snap["progress"], f"{snap['title']}: {snap['status']}")
-            status = job_status_html(snap, "")
+            return {seen: last}
+        updates: dict[Any, Any] = {seen: fingerprint}
+        if snap:
+            shown = snap["message"] if snap["active"] else snap["status"]
+            updates[progress] = progress_html(snap["progress"], f"{snap['title']}: {shown}")
+            updates[message] = job_status_html(snap, "")
         else:
-            bar, status = progress_html(0, "no study running"), gr.skip()
+            updates[progress] = progress_html(0, "no study running")
         if study is None:
             text = f"No study named {name!r} yet." if name else "Choose a study, or start one."
-            return bar, status, text, [], None, None, None, gr.skip(), fingerprint
+            plots = {history_plot: None, curves_plot: None, importance_plot: None}
+            return updates | {summary: text, table: [], **plots}
         history, curves, importance = reader.plots(study, trials_now)
-        view_update = gr.update(choices=reader.names(), value=name) if attach else gr.skip()
-        return (
-            bar,
-            status,
-            f"**{name}** — {summary_line(trials_now)}",
-            trial_rows(trials_now),
-            history,
-            curves,
-            importance,
-            view_update,
-            fingerprint,
-        )
+        if attach:
+            updates[view] = gr.update(choices=reader.names(), value=name)
+        return updates | {
+            summary: f"**{name}** — {summary_line(trials_now)}",
+            table: trial_rows(trials_now),
+            history_plot: history,
+            curves_plot: curves,
+            importance_plot: importance,
+        }
 
     outputs = [progress, message, summary, table, history_plot, curves_plot, importance_plot, view, seen]
     timer = gr.Timer(1.5)
