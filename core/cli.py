@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from core import checkpoint as ckpt
-from core.config import RECIPES, ConfigError, ModelConfig, TrainConfig, replace_known, to_dict
+from core.config import DEFAULT_STORAGE, RECIPES, ConfigError, ModelConfig, TrainConfig, replace_known, to_dict
 from core.data import DataError, prepare
 from core.distributed import DistContext, init_from_env, shutdown
 from core.runs import claim_model_dir, record_source, run_configs
@@ -29,7 +29,6 @@ from core.trainer import LossDiverged, TrainHooks, train
 
 log = logging.getLogger("chargpt")
 DEFAULT_DATA_DIR = "dataset"
-DEFAULT_STORAGE_URL = "sqlite:///studies/gpt_tuning.db"
 
 
 class CliError(RuntimeError):
@@ -511,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and save it under models/NAME")
     add_train_arguments(p)
     p.add_argument("--from-study", metavar="STUDY", help="start from the best params of this study")
-    p.add_argument("--storage", default=DEFAULT_STORAGE_URL, help="storage of --from-study")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="storage of --from-study")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="saved models side by side: configs, curves' best, one prompt continued")
@@ -529,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(p, SamplingConfig, "sampling")
     p.set_defaults(func=cmd_chat)
 
-    from core.tuning import DEFAULT_STORAGE, TuneConfig
+    from core.tuning import TuneConfig
 
     p = sub.add_parser("tune", help="search hyperparameters with Optuna (resumable, shareable by many workers)")
     add_dataclass_flags(p, TuneConfig, "study")

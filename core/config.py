@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Where studies live unless a storage URL says otherwise: one constant for the CLI, tuning and the workbench.
+STUDIES_DIR = "studies"
+STUDY_DATABASE = "gpt_tuning.db"
+DEFAULT_STORAGE = f"sqlite:///{STUDIES_DIR}/{STUDY_DATABASE}"
+
 
 class ConfigError(ValueError):
     """A configuration value is out of range or inconsistent; the message names the field and the fix."""

@@ -32,7 +32,15 @@ import torch
 from optuna.storages._rdb import models as rdb_models
 from optuna.storages._rdb.storage import _create_scoped_session
 
-from core.config import ConfigError, ModelConfig, TrainConfig, parse_duration, parse_flops, replace_known
+from core.config import (
+    DEFAULT_STORAGE,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    parse_duration,
+    parse_flops,
+    replace_known,
+)
 from core.data import Dataset
 from core.fileio import atomic_write_text, valid_name
 from core.model import flops_per_token
@@ -42,8 +50,7 @@ log = logging.getLogger(__name__)
 # Heartbeats, the retry callback and the gRPC proxy are marked experimental in Optuna 5; they are used on purpose.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-STUDIES_DIR = Path("studies")
-DEFAULT_STORAGE = f"sqlite:///{STUDIES_DIR}/gpt_tuning.db"
+STUDIES_DIR = Path(DEFAULT_STORAGE.removeprefix("sqlite:///")).parent
 PRUNERS = ("percentile", "median", "asha", "hyperband", "none")
 
 
@@ -300,7 +307,7 @@ def make_storage(
     if url.startswith("sqlite") and ":memory:" in url:
         raise TuningError(
             "an in-memory SQLite storage ends with its process, and a study must outlive it (workers, the "
-            "dashboard and train --from-study read it later); use a file: sqlite:///studies/gpt_tuning.db"
+            f"dashboard and train --from-study read it later); use a file: {DEFAULT_STORAGE}"
         )
     if database := sqlite_file(url):
         database.parent.mkdir(parents=True, exist_ok=True)

@@ -166,6 +166,16 @@ def test_chat_tab_streams_a_reply_and_clears(page):
         "() => [...document.querySelectorAll('[data-testid=bot]')].some(b => b.innerText.trim().length > 5)"
     )
     shoot(page, "chat")
+    # Clear cancels a streaming reply, but an update already on its way may land after it: wait until the reply
+    # stops growing (as a reader would), then clear
+    page.wait_for_function(
+        """() => new Promise(done => {
+            const text = () => [...document.querySelectorAll('[data-testid=bot]')].map(b => b.innerText).join();
+            const before = text();
+            setTimeout(() => done(text() === before), 1500);
+        })""",
+        timeout=60_000,
+    )
     page.locator("#chat-clear").click()
     page.get_by_test_id("user").wait_for(state="detached")
 

@@ -19,6 +19,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
+from core.config import DEFAULT_STORAGE  # noqa: E402
 from workbench.dashboard import Dashboard, LoggedInDashboard  # noqa: E402
 from workbench.jobs import JobManager  # noqa: E402
 from workbench.login import ClientKeyMiddleware, LoginGuard  # noqa: E402
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--share", action="store_true", help="ask Gradio for a temporary public link")
     parser.add_argument("--auth", metavar="USER:PASS", help="require this login")
     parser.add_argument("--auth-file", metavar="FILE", help="logins, one user:password a line")
-    parser.add_argument("--storage", default="", help="Optuna storage URL (default: sqlite:///studies/gpt_tuning.db)")
+    parser.add_argument("--storage", default="", help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
     parser.add_argument("--no-dashboard", action="store_true", help="do not start optuna-dashboard")
     parser.add_argument(
         "--allow-dir",

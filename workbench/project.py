@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.config import STUDIES_DIR, STUDY_DATABASE
 from core.data import DataError, resolve_inputs
 
 UPLOAD_LIMIT_MB = 200
@@ -33,7 +34,7 @@ class Project:
         self.allowed_roots = [Path(p).resolve() for p in self.allowed_roots]
         self.private_files = [Path(p).resolve() for p in self.private_files]
         if not self.storage:
-            self.storage = f"sqlite:///{self.root / 'studies' / 'gpt_tuning.db'}"
+            self.storage = f"sqlite:///{self.root / STUDIES_DIR / STUDY_DATABASE}"
 
     @property
     def data_dir(self) -> Path:
