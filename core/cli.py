@@ -311,13 +311,8 @@ def run_budgeted(args: argparse.Namespace, config) -> int:
     fixed = given(args, ModelConfig) | given(args, TrainConfig)  # the user's flags hold for every candidate
     config = dataclasses.replace(config, overrides=fixed)
     out_dir = ckpt.model_dir(args.name, args.models_dir)
-    continuing = has_plan(config)
-    if not continuing and out_dir.exists() and any(out_dir.iterdir()):
-        if not args.overwrite:
-            raise CliError(f"{out_dir} already holds a model; add --overwrite to replace it, or choose another --name")
-        import shutil
-
-        shutil.rmtree(out_dir)
+    continuing = has_plan(config)  # a re-run continues its own final model
+    claim_model_dir(out_dir, resume=continuing, overwrite=args.overwrite)
     ensure_dataset(config.data_dir)
     spawned = args.worker_index is not None  # a worker process started by the command below
     if not spawned:

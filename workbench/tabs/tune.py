@@ -14,6 +14,7 @@ import optuna
 
 from core import checkpoint as ckpt
 from core.config import ModelConfig, TrainConfig, parse_flops
+from core.runs import claim_model_dir
 from core.tournament import has_plan, run_tournament
 from core.tuning import PRUNERS, SearchSpace, TuneConfig, TuningError, last_step, run_study, trial_value
 from workbench.jobs import JobBusy, JobManager
@@ -313,8 +314,7 @@ def build_tune(
                 raise TuningError("there is no dataset yet; prepare one in the Dataset tab first")
             if jobs.active("prepare"):
                 raise TuningError("a dataset is being prepared; start when it is done")
-            if not tune and not has_plan(config) and target.exists() and any(target.iterdir()):
-                raise ckpt.ModelError(f"models/{target.name} already holds a model; choose another name")
+            claim_model_dir(target, resume=bool(tune) or has_plan(config), overwrite=False)
         except (TuningError, ckpt.ModelError, ValueError, TypeError) as err:
             return error_html(str(err)), gr.skip()
         search = SearchSpace.for_budget(config.device)
