@@ -134,7 +134,7 @@ def plan_tournament(
 
 def measure_step_s(config: TuneConfig, dataset: Dataset, steps: int = 6) -> float:
     """Seconds per step of the default model on this device (after a warm-up step)."""
-    model_config, train_config = default_candidate_configs(config, len(dataset.vocab))
+    model_config, train_config = candidate_configs(default_params(config.overrides), config, 0, len(dataset.vocab))
     train_config = replace_known(train_config, {"max_iters": steps, "max_minutes": 0.0, "warmup_iters": 0})
     timings: list[float] = []
     train(model_config, train_config, dataset=dataset, hooks=TrainHooks(on_step=lambda e: timings.append(e.elapsed_s)))
@@ -169,10 +169,6 @@ _TUNABLE = {
 }
 
 
-def default_candidate_configs(config: TuneConfig, vocab_size: int) -> tuple[ModelConfig, TrainConfig]:
-    return candidate_configs(default_params(config.overrides), config, 0, vocab_size)
-
-
 def candidate_configs(
     params: dict[str, Any], config: TuneConfig, candidate: int, vocab_size: int
 ) -> tuple[ModelConfig, TrainConfig]:
@@ -195,6 +191,7 @@ def candidate_configs(
         },
     )
     model_config, train_config = apply_params(params, ModelConfig(vocab_size=vocab_size), base)
+    # warmup by steps only, whatever the params say: a continued candidate must not warm up again
     return model_config.validate(), replace_known(train_config, {"warmup_fraction": 0.0}).validate()
 
 
@@ -470,14 +467,14 @@ def _run_rung(
     )
 
 
-def _continue(folder: Path, model_config, train_config, dataset, stop, on_finish=None, on_eval=None):
+def _continue(folder: Path, model_config, train_config, dataset, stop, on_finish=None):
     return train(
         model_config,
         train_config,
         out_dir=folder,
         resume=ckpt.latest_checkpoint(folder) is not None,
         dataset=dataset,
-        hooks=TrainHooks(should_stop=stop.is_set, on_finish=on_finish, on_eval=on_eval),
+        hooks=TrainHooks(should_stop=stop.is_set, on_finish=on_finish),
     )
 
 
