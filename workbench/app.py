@@ -17,6 +17,12 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+
+# Imported before the page is served, not lazily by a job's first optimizer or first plot: torch._dynamo's
+# import holds the GIL for seconds (1.3 s alone, 3.7 s beside a starting study, by py-spy), and the page
+# stopped answering clicks for that long whenever a job started.
+import optuna.visualization  # noqa: E402, F401
+import torch._dynamo  # noqa: E402, F401
 from starlette.middleware import Middleware  # noqa: E402
 
 from core.config import DEFAULT_STORAGE  # noqa: E402
