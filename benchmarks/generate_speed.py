@@ -8,6 +8,10 @@ whole context; after the 256-character prompt that is always 256 positions).
 Time to first token is the time until `generate_ids` yields its first id, for prompts of 1, 64 and 256
 characters (256 fills the context: the whole prefill). Targets: cache >= 10x faster, first token < 100 ms.
 
+The chat path: characters/s of a real reply through `core.chat.ChatSession` (what `python app.py chat`
+prints), for the classic and the modern architecture at the same shape, measured as a long minus a short
+seeded reply (so the prompt's prefill and the first character cancel out). Target (issue 16): >= 400/s.
+
     python benchmarks/generate_speed.py            # 500 new tokens, 3 repeats
     python benchmarks/generate_speed.py --quick    # 100 new tokens, 1 repeat
 
@@ -19,17 +23,24 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from common import print_table, timed_repeats, wait_for_quiet, write_results
 
-from core.config import ModelConfig
+from core.chat import ChatSession
+from core.checkpoint import LoadedModel
+from core.config import ModelConfig, recipe_configs, replace_known
 from core.model import GPT
 from core.sampling import SamplingConfig, generate_ids
+from core.vocab import Vocab
 
 VOCAB = 80  # the default corpus has 80 characters
 PROMPTS = (64, 256)  # 256 fills the context, so every uncached step reads all 256 positions
 CONFIG = ModelConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=VOCAB)
+SHAPE = {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "vocab_size": VOCAB}
+CHAT_REPLIES = (100, 600)  # characters of the short and the long reply
+CHAT_TARGET = 400  # characters/s through the CLI chat
 
 
 def generate(model: GPT, prompt: list[int], new_tokens: int, use_cache: bool, temperature: float = 0.8) -> list[int]:
@@ -46,6 +57,40 @@ def first_token_s(model: GPT, prompt: list[int], use_cache: bool, repeats: int) 
         next(generate_ids(model, prompt, settings, use_cache=use_cache))
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def chat_reply_s(recipe: str, length: int, repeats: int) -> tuple[float, int]:
+    """Median seconds of one seeded chat reply of at most `length` characters, and its length."""
+    torch.manual_seed(0)
+    model = GPT(replace_known(recipe_configs(recipe)[0], SHAPE)).eval()
+    vocab = Vocab([chr(c) for c in range(32, 32 + VOCAB - 1)] + ["\n"])
+    loaded = LoadedModel(model, vocab, {}, Path(recipe))
+    reply: list[str] = []
+
+    def once() -> None:
+        session = ChatSession(loaded, SamplingConfig(temperature=0.8, max_new_tokens=length, seed=0))
+        reply[:] = list(session.reply("To be, or not to be: that is the question."))
+
+    once()  # warm-up
+    return timed_repeats(once, repeats)["median_s"], len("".join(reply))
+
+
+def chat_rows(repeats: int) -> list[dict]:
+    rows = []
+    for recipe in ("classic", "modern"):
+        (short_s, short_n), (long_s, long_n) = (chat_reply_s(recipe, n, repeats) for n in CHAT_REPLIES)
+        rows.append(
+            {
+                "recipe": recipe,
+                "short_chars": short_n,
+                "long_chars": long_n,
+                "short_s": short_s,
+                "long_s": long_s,
+                "chars_per_s": (long_n - short_n) / (long_s - short_s),
+                "first_reply_ms": short_s / max(1, short_n) * 1e3,
+            }
+        )
+    return rows
 
 
 def main() -> None:
@@ -101,6 +146,10 @@ def main() -> None:
         + f" (target >= 10); worst cached time to first token {worst_ttft:.1f} ms"
     )
     print(f"greedy output identical with and without the cache (100 tokens within the context): {greedy_same}")
+    chat = chat_rows(repeats)
+    print(f"\nthe CLI chat's path (ChatSession.reply), {CHAT_REPLIES[1]} minus {CHAT_REPLIES[0]} characters")
+    print_table(chat, ["recipe", "short_chars", "long_chars", "short_s", "long_s", "chars_per_s"])
+    print(f"target: >= {CHAT_TARGET} characters/s")
     write_results(
         "generate_speed",
         {
@@ -113,8 +162,10 @@ def main() -> None:
             "speedup": speedup,
             "worst_ttft_ms": worst_ttft,
             "greedy_same_with_and_without_cache": greedy_same,
-            "targets": {"speedup": 10, "ttft_ms": 100},
+            "chat": chat,
+            "targets": {"speedup": 10, "ttft_ms": 100, "chat_chars_per_s": CHAT_TARGET},
             "ok": speedup >= 10 and worst_ttft < 100,
+            "chat_ok": all(row["chars_per_s"] >= CHAT_TARGET for row in chat),
         },
     )
 

@@ -153,7 +153,11 @@ def test_recipe_classic_reproduces_the_old_model_bit_for_bit(tmp_path, corpus_fi
     old = load_file(FIXTURE / "model.safetensors")
     new = load_file(tmp_path / "models" / "again" / "model.safetensors")
     assert old.keys() == new.keys()
-    assert all(torch.equal(old[k], new[k]) for k in old)
+    # Bit for bit on the machine that saved the fixture; another CPU's kernels round differently (measured
+    # 1.2e-7 at most after 30 steps on one, 7e-9 on one thread), while a real change moves them far more (ReLU² for
+    # GELU: 8e-3; a learning rate 1% higher: 5e-5).
+    worst = max((old[k] - new[k]).abs().max().item() for k in old)
+    assert worst <= 1e-6, f"classic weights differ from the old model's by up to {worst:.2e}"
 
 
 def test_compare_prints_configs_side_by_side_and_each_continuation(tmp_path):
