@@ -98,8 +98,15 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, tiny_mod
 
 def test_early_stop_on_patience(tiny_model_config, tiny_train_config):
     config = dataclasses.replace(
-        tiny_train_config, lr=1e-9, warmup_iters=0, max_iters=200, eval_interval=5, patience=2, min_lr=0.0
-    )
+        tiny_train_config,
+        lr=1e-9,
+        muon_lr=1e-9,
+        warmup_iters=0,
+        max_iters=200,
+        eval_interval=5,
+        patience=2,
+        min_lr=0.0,
+    )  # both optimizers' rates ~0: the model cannot improve, so patience must end the run
     result = train(tiny_model_config, config)
     assert result.stop_reason == "early_stop"
     assert result.iters < 200
