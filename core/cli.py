@@ -444,6 +444,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     loaded = ckpt.load_model(args.model, args.models_dir, device=pick_device(args.device))
     settings = replace_known(SamplingConfig(), given(args, SamplingConfig)).validate()
     session = ChatSession(loaded, settings)
+    if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 arrive as U+FFFD, which the notice names
+        sys.stdin.reconfigure(errors="replace")
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"chatting with {loaded.name} ({loaded.model.num_params() / 1e6:.2f}M parameters). {CHAT_HELP}")

@@ -67,6 +67,7 @@ class Plan:
     final_cooldown: float  # of the final rung spent decaying
     started: float  # wall clock (time.time) when the tournament began
     step_s: float  # measured seconds a step of the default model
+    note: str = ""  # why there is no search, when there is none
 
     @property
     def deadline(self) -> float:
@@ -79,7 +80,14 @@ class Plan:
     def from_json(cls, data: dict[str, Any]) -> Plan:
         return cls(**{**data, "rungs": [Rung(**r) for r in data["rungs"]]})
 
+    @property
+    def searches(self) -> bool:
+        """False for a budget too short for a search that pays: the default trains for all of it."""
+        return len(self.rungs) > 1
+
     def describe(self) -> str:
+        if not self.searches:
+            return self.note or "no search: the default configuration trains for all of the budget"
         parts = [f"{r.candidates} x {r.seconds:.0f}s" for r in self.rungs[:-1]] + ["1 x the rest"]
         return f"{len(self.rungs)} rungs: " + ", then ".join(parts)
 
@@ -98,38 +106,60 @@ def plan_tournament(
     final_share: float = 0.7,
     min_steps: int = 150,
     max_rungs: int = 4,
+    search_rungs: int = 2,
 ) -> Plan:
     """Rungs for a budget: the most rungs whose first slice still trains `min_steps` steps at `step_s`
     seconds a step (the measured speed of the default model here); exploration rungs each cost the same
-    compute, shared by `workers`, and the final rung gets the rest, at least `final_share` of the budget."""
+    compute, shared by `workers`, and the final rung gets the rest, at least `final_share` of the budget.
+
+    A search needs `search_rungs` exploration rungs: with one, every candidate but the winner is judged on a
+    single short slice and its time is lost, which cost more than the best neighbour of the default gained
+    at 10 minutes on 2 cores (README, Tuning within one budget). A budget that holds one rung but not
+    `search_rungs` is spent on the default configuration alone; one that holds no rung is refused."""
     if not budget_s > 0 or not math.isfinite(budget_s):
         raise TuningError(f"the budget must be a positive duration, e.g. 10m or 1h, got {budget_s!r}")
     if eta < 2:
         raise TuningError(f"eta must be >= 2, got {eta}")
     if not 0 < final_share < 1:
         raise TuningError(f"final_share must be in (0, 1), got {final_share}")
+    if not 1 <= search_rungs < max_rungs:
+        raise TuningError(f"search_rungs must be in [1, {max_rungs - 1}], got {search_rungs}")
     min_slice = max(2.0, min_steps * step_s)
     explore_s = (1 - final_share) * (budget_s - END_MARGIN_S)
+
+    def plan(rungs: list[Rung]) -> Plan:
+        return Plan(
+            budget_s, workers, rungs, score_fraction=0.2, final_cooldown=0.4, started=time.time(), step_s=step_s
+        )
+
     for rungs in range(max_rungs, 1, -1):
         per_rung = explore_s * workers / (rungs - 1)
         counts = [eta ** (rungs - 1 - k) for k in range(rungs - 1)]
         slices = [per_rung / n - SLICE_OVERHEAD_S for n in counts]
         if slices[0] >= min_slice:
-            return Plan(
-                budget_s=budget_s,
-                workers=workers,
-                rungs=[Rung(n, s) for n, s in zip(counts, slices)] + [Rung(1, 0.0)],
-                score_fraction=0.2,
-                final_cooldown=0.4,
-                started=time.time(),
-                step_s=step_s,
-            )
-    smallest = (eta * (min_slice + SLICE_OVERHEAD_S) / workers) / (1 - final_share) + END_MARGIN_S
+            if rungs - 1 < search_rungs:
+                needed = math.ceil(_smallest_budget(search_rungs, eta, min_slice, workers, final_share))
+                default_only = plan([Rung(1, 0.0)])
+                default_only.note = (
+                    f"no search: {budget_s:.0f}s holds {rungs - 1} exploration rung(s) and a search that pays needs "
+                    f"{search_rungs} (give at least {needed}s, or --search-rungs 1); the default configuration "
+                    "trains for all of it"
+                )
+                return default_only
+            return plan([Rung(n, s) for n, s in zip(counts, slices)] + [Rung(1, 0.0)])
+    smallest = _smallest_budget(1, eta, min_slice, workers, final_share)
     raise TuningError(
         f"a budget of {budget_s:.0f}s is too small for one rung of {eta} candidates of {min_slice:.0f}s each "
         f"({min_steps} steps at the measured {step_s * 1000:.0f} ms/step) and a final training; "
         f"give at least {math.ceil(smallest)}s"
     )
+
+
+def _smallest_budget(search_rungs: int, eta: int, min_slice: float, workers: int, final_share: float) -> float:
+    """The budget whose exploration share holds `search_rungs` rungs of equal compute, the first of
+    eta**search_rungs candidates of `min_slice` seconds each."""
+    per_rung = eta**search_rungs * (min_slice + SLICE_OVERHEAD_S)
+    return search_rungs * per_rung / workers / (1 - final_share) + END_MARGIN_S
 
 
 def measure_step_s(config: TuneConfig, dataset: Dataset, steps: int = 6) -> float:
@@ -228,7 +258,7 @@ def init_tournament(
 class RungEvent:
     """What a running tournament reports: a rung of a candidate started or ended, or a promotion."""
 
-    kind: str  # start, end, promote, done
+    kind: str  # plan, start, end, promote, done
     rung: int
     candidate: int | None = None
     trial: int | None = None
@@ -254,7 +284,14 @@ def prepare_tournament(
     if recorded:
         return study, Plan.from_json(recorded)
     step_s = measure_step_s(config, dataset or Dataset(config.data_dir))
-    plan = plan_tournament(config.budget, step_s, workers=workers, eta=config.eta, final_share=config.final_share)
+    plan = plan_tournament(
+        config.budget,
+        step_s,
+        workers=workers,
+        eta=config.eta,
+        final_share=config.final_share,
+        search_rungs=config.search_rungs,
+    )
     plan.started = started
     plan = init_tournament(study, plan, space, config.seed, config.overrides)
     log.info("tournament plan (default model at %.0f ms/step): %s", step_s * 1000, plan.describe())
@@ -309,6 +346,8 @@ def run_tournament(
     emit = on_event or (lambda event: None)
     final_rung = len(plan.rungs) - 1
     space = SearchSpace.from_json(study.user_attrs.get("search_space", space.to_json()), base=space)
+    emit(RungEvent("plan", 0, alive=plan.rungs[0].candidates, time_left_s=plan.deadline - time.time(),
+                   message=plan.describe()))  # fmt: skip
 
     while not stop.is_set():
         optuna.storages.fail_stale_trials(study)  # a killed worker's rung comes back as a waiting trial
@@ -507,7 +546,7 @@ def _exploration_rung(plan, rung, model_config, train_config, dataset, folder: P
 
 def _final_rung(trial, plan, model_config, train_config, dataset, folder: Path, final_dir: Path, stop, rung) -> float:
     """Continue the survivor in the final model's folder until the budget ends, decaying over its last part."""
-    if not (final_dir / ckpt.CHECKPOINT_DIR).is_dir():
+    if not (final_dir / ckpt.CHECKPOINT_DIR).is_dir() and rung > 0:
         latest = ckpt.latest_checkpoint(folder)
         if latest is None:
             raise ckpt.ModelError(f"candidate folder {folder} has no checkpoint to continue")
@@ -533,7 +572,7 @@ def _final_rung(trial, plan, model_config, train_config, dataset, folder: Path, 
         model_config,
         final_config,
         out_dir=final_dir,
-        resume=True,
+        resume=ckpt.latest_checkpoint(final_dir) is not None,  # none: a plan without search starts the default here
         dataset=dataset,
         info={"source": source},
         hooks=TrainHooks(should_stop=stop.is_set, on_finish=lambda m: scores.append(_score(m, dataset))),

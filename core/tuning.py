@@ -487,6 +487,13 @@ class TuneConfig:
     final_share: float = field(
         default=0.7, metadata={"help": "--budget: share of the budget kept for the final rung (the survivor)"}
     )
+    search_rungs: int = field(
+        default=2,
+        metadata={
+            "help": "--budget: exploration rungs a search needs; a budget too short for them trains the default "
+            "configuration for all of it (1: search even with a single rung)"
+        },
+    )
     overrides: dict = field(
         default_factory=dict,
         metadata={"help": "model and training fields the user fixed: every candidate uses them", "cli": False},
@@ -506,6 +513,8 @@ class TuneConfig:
             raise TuningError("timeout, trial_seconds and trial_flops must be >= 0")
         if self.budget < 0 or not math.isfinite(self.budget):
             raise TuningError(f"budget must be a positive duration such as 20m, got {self.budget}")
+        if not 1 <= self.search_rungs <= 3:
+            raise TuningError(f"search_rungs must be 1, 2 or 3, got {self.search_rungs}")
         if self.eta < 2 or not 0 < self.final_share < 1:
             raise TuningError(f"eta must be >= 2 and final_share in (0, 1), got {self.eta} and {self.final_share}")
         if self.trial_seconds and self.trial_flops:

@@ -77,6 +77,7 @@ def test_tune_tab_runs_a_budgeted_tournament_and_saves_its_winner(page):
     field(page, "Study name").fill("browser-race")
     field(page, "Total budget (minutes)").fill("0.75")
     field(page, "Save the winner as (model name)").fill("browser-winner")
+    field(page, "Rungs a search needs").fill("1")  # 45 s of a tiny model hold one rung
     page.get_by_label('Keep these fixed in every candidate (JSON, e.g. {"n_layer": 4, "block_size": 128})').filter(
         visible=True
     ).fill(json.dumps(TINY_FIXED))

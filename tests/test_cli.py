@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 
-from tests.helpers import TINY_MODEL_FLAGS, run_app
+from tests.helpers import APP, APP_ENV, TINY_MODEL_FLAGS, run_app
 
 TINY = [
     *TINY_MODEL_FLAGS,
@@ -56,6 +57,16 @@ def test_chat_with_piped_input(project):
     assert "(conversation cleared)" in replies
     assert len([r for r in replies if r and r != "(conversation cleared)"]) == 2  # 'quit' ended it
     assert "not in this model's vocabulary" in result.stderr and "'é'" in result.stderr
+
+
+def test_chat_names_input_bytes_that_are_not_utf8(project):
+    assert run_app("train", "--name", "c", "--max-iters", "5", *TINY, cwd=project).returncode == 0
+    result = subprocess.run(
+        [*APP, "chat", "--max-new-tokens", "5"], cwd=project, input=b"To be\xff\xfe\nquit\n", capture_output=True,
+        env=APP_ENV, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert b"U+FFFD" in result.stderr  # said, not silently dropped
 
 
 def test_chat_without_models_says_how_to_make_one(tmp_path):

@@ -19,11 +19,14 @@ from tests.helpers import APP, APP_ENV, TINY_MODEL_FLAGS, run_app
 BUDGET_S = 30
 
 
-def budget_command(tmp_path, dataset_dir, *extra: str, budget: str = f"{BUDGET_S}s") -> list[str]:
+def budget_command(
+    tmp_path, dataset_dir, *extra: str, budget: str = f"{BUDGET_S}s", search_rungs: int = 1
+) -> list[str]:
+    """A tiny tournament; `search_rungs` 1 since such budgets hold one rung."""
     return [
         "tune", f"--budget={budget}", "--study", "race", "--storage", f"sqlite:///{tmp_path}/race.db",
         "--data-dir", str(dataset_dir), "--name", "winner", "--runs-dir", str(tmp_path / "runs"),
-        "--heartbeat", "1", "--final-share", "0.5", *TINY_MODEL_FLAGS, *extra,
+        "--heartbeat", "1", "--final-share", "0.5", "--search-rungs", str(search_rungs), *TINY_MODEL_FLAGS, *extra,
     ]  # fmt: skip
 
 
@@ -40,6 +43,30 @@ def test_the_plan_spends_the_budget_on_rungs_that_shrink_by_eta():
     assert plan.rungs[0].seconds >= 150 * 0.1  # every first slice trains at least 150 steps
     two = plan_tournament(1800, step_s=0.1, workers=2)
     assert sum(r.candidates * r.seconds for r in two.rungs[:-1]) > explored  # two workers explore more
+
+
+def test_a_budget_with_room_for_one_rung_only_trains_the_default_unless_told_to_search():
+    short = plan_tournament(600, step_s=0.08)  # 10 minutes at the default model's speed on 2 cores
+    assert not short.searches and [(r.candidates, r.seconds) for r in short.rungs] == [(1, 0.0)]
+    needed = int(short.note.split("give at least ")[1].split("s")[0])
+    assert plan_tournament(needed, step_s=0.08).searches  # the budget it names is enough for two rungs
+    assert (
+        len(plan_tournament(needed, step_s=0.08).rungs) == 3 and not plan_tournament(needed - 5, step_s=0.08).searches
+    )
+    forced = plan_tournament(600, step_s=0.08, search_rungs=1)
+    assert forced.searches and [r.candidates for r in forced.rungs] == [3, 1]
+
+
+def test_a_default_only_plan_trains_and_saves_the_default(tmp_path, dataset_dir):
+    result = run_app(*budget_command(tmp_path, dataset_dir, search_rungs=2), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "no search" in result.stderr and "--search-rungs 1" in result.stderr
+    trials = rung_trials(tmp_path)
+    assert len(trials) == 1 and trials[0].state.name == "COMPLETE" and trials[0].user_attrs["candidate"] == 0
+    record = json.loads((tmp_path / "models" / "winner" / "rungs.json").read_text())
+    assert [r["rung"] for r in record["rungs"]] == [0]
+    metrics = (tmp_path / "models" / "winner" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(metrics[-1])["val_loss"] < json.loads(metrics[0])["val_loss"]
 
 
 @pytest.mark.parametrize("budget", [0, -5, math.inf, 20])

@@ -267,18 +267,18 @@ def test_the_workbench_shows_trials_from_workers_on_another_storage(app, tmp_pat
 
 def test_a_budgeted_tournament_runs_from_the_tune_tab_and_saves_its_winner(app):
     fixed = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "batch_size": 4}
-    message, _ = app.client.predict("race", 0, "winner", 0, "{}", api_name="/tune_budget_start")
+    message, _ = app.client.predict("race", 0, "winner", 0, "{}", 1, api_name="/tune_budget_start")
     assert "give the total budget" in message
-    message, _ = app.client.predict("race", 0.75, "winner", 0, '{"colour": 1}', api_name="/tune_budget_start")
+    message, _ = app.client.predict("race", 0.75, "winner", 0, '{"colour": 1}', 1, api_name="/tune_budget_start")
     assert "unknown: colour" in message
-    message, view = app.client.predict("race", 0.75, "winner", 0, json.dumps(fixed), api_name="/tune_budget_start")
+    message, view = app.client.predict("race", 0.75, "winner", 0, json.dumps(fixed), 1, api_name="/tune_budget_start")
     assert "Started tournament race" in message and view["value"] == "race"
     outputs = poll(app.client, "/tune_refresh", lambda o: "finished" in str(o[1]), "race", timeout=120)
     assert "saved models/winner" in outputs[1]
     notes = [row[6] for row in outputs[3]["data"]]
     assert any(note.startswith("rung 0") for note in notes) and any("continues trial" in note for note in notes)
     assert (app.root / "models" / "winner" / "rungs.json").is_file()
-    message, _ = app.client.predict("race2", 0.75, "winner", 0, json.dumps(fixed), api_name="/tune_budget_start")
+    message, _ = app.client.predict("race2", 0.75, "winner", 0, json.dumps(fixed), 1, api_name="/tune_budget_start")
     assert "already holds a model" in message
 
 

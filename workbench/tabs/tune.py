@@ -187,6 +187,15 @@ def build_tune(
                 with gr.Row():
                     budget_min = gr.Number(value=10, minimum=0, label="Total budget (minutes)", min_width=90)
                     final_name = gr.Textbox(value="best", label="Save the winner as (model name)", max_lines=1)
+                    search_rungs = gr.Number(
+                        value=TuneConfig.search_rungs,
+                        precision=0,
+                        minimum=1,
+                        maximum=3,
+                        label="Rungs a search needs",
+                        info="a shorter budget trains the default for all of it; 1 searches anyway",
+                        min_width=90,
+                    )
                 fixed_json = gr.Textbox(
                     value="{}",
                     label='Keep these fixed in every candidate (JSON, e.g. {"n_layer": 4, "block_size": 128})',
@@ -294,7 +303,13 @@ def build_tune(
     mode.change(switch, mode, [budget_group, *trials_only], api_visibility="private")
 
     def start_budget(
-        name: str, minutes: float, model_name: str, seed_value: float, fixed: str = "{}", tune: dict | None = None
+        name: str,
+        minutes: float,
+        model_name: str,
+        seed_value: float,
+        fixed: str = "{}",
+        rungs_needed: float = TuneConfig.search_rungs,
+        tune: dict | None = None,
     ):
         """A tournament within `minutes`; `tune` is a journalled TuneConfig (Resume), else the form's."""
         try:
@@ -304,6 +319,7 @@ def build_tune(
                     "study": (name or "").strip(), "storage": project.storage, "budget": float(minutes or 0) * 60,
                     "seed": int(seed_value or 0), "data_dir": str(project.data_dir),
                     "runs_dir": str(project.root / "studies" / "runs"), "overrides": parse_fixed(fixed),
+                    "search_rungs": int(rungs_needed or TuneConfig.search_rungs),
                 }),
             )  # fmt: skip
             if not config.budget > 0:
@@ -351,7 +367,7 @@ def build_tune(
 
     budget_start_btn.click(
         start_budget,
-        [study_name, budget_min, final_name, seed, fixed_json],
+        [study_name, budget_min, final_name, seed, fixed_json, search_rungs],
         [message, view],
         api_name="tune_budget_start",
     )
