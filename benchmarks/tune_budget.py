@@ -85,9 +85,9 @@ def main() -> None:
                 })  # fmt: skip
                 print_table(rows[-1:], list(rows[-1]))
                 sys.stdout.flush()
+                write_results("tune_budget", {"args": vars(args), "rows": rows, "runs": runs})  # a row a half-hour
     print(f"\nval loss on the whole validation split, seeds {args.seeds}:")
     print_table(rows, list(rows[0]))
-    write_results("tune_budget", {"args": vars(args), "rows": rows, "runs": runs})
 
 
 if __name__ == "__main__":
