@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -94,12 +95,13 @@ def test_tune_tab_runs_a_budgeted_tournament_and_saves_its_winner(page):
     page.get_by_text("saved models/browser-winner").filter(visible=True).first.wait_for(timeout=120_000)
 
 
-def test_tune_tab_runs_a_study_with_live_table_and_plots_and_stays_responsive(page):
+def test_tune_tab_runs_a_study_with_live_table_and_plots_and_stays_responsive(page, server):
+    open_tab(page, "Train")  # its first rendering (0.3-0.7 s idle) is not the latency measured below
     open_tab(page, "Tune")
     page.get_by_text("Trials only", exact=True).click()
     field(page, "Study name").fill("browser")
     field(page, "Trials").fill("3")
-    field(page, "Steps per trial").fill("40")
+    field(page, "Steps per trial").fill("150")
     page.get_by_text("More settings").click()
     field(page, "Steps between evals").fill("10")
     field(page, "Batches per eval").fill("2")
@@ -109,8 +111,18 @@ def test_tune_tab_runs_a_study_with_live_table_and_plots_and_stays_responsive(pa
     page.keyboard.insert_text(json.dumps(TINY_SPACE))
     page.get_by_role("button", name="Start study").click()
     page.get_by_text("Started study browser").wait_for()
+    # The first plot loads plotly.js into the page: a one-off 2-3 s of the browser's own time on two busy
+    # cores (the server sat idle in select meanwhile, by py-spy dump), so the click is timed after it.
+    page.locator(".js-plotly-plot").filter(visible=True).first.wait_for()
+    assert not page.get_by_text("finished after").filter(visible=True).count(), "the study ended before the click"
 
-    # a click is answered quickly while trials train
+    # the server answers at once while trials train (no job holds the GIL), and so does a click
+    answers = []
+    for _ in range(3):
+        started = time.monotonic()
+        with urllib.request.urlopen(server, timeout=10) as response:
+            response.read()
+        answers.append(time.monotonic() - started)
     open_tab(page, "Train")
     started = time.monotonic()
     page.get_by_role("button", name="Stop", exact=True).click()
@@ -124,9 +136,12 @@ def test_tune_tab_runs_a_study_with_live_table_and_plots_and_stays_responsive(pa
     page.get_by_text("finished after").wait_for()
     page.get_by_text("3 trial(s): 3 complete").wait_for()
     assert complete.count() == 3
-    print(f"click answered in {latency:.2f}s while the study trained")
-    # measured 0.2-0.45 s here (0.4-0.75 s, and 1.99 s once in CI, before torch._dynamo was imported at start-up)
-    assert latency < 1.5, f"the page took {latency:.2f}s to answer a click during a study"
+    print(f"page served in {max(answers):.2f}s, click answered in {latency:.2f}s while the study trained")
+    # A job that holds the GIL stalls every request (torch._dynamo's lazy import did, for 3.7 s). A click
+    # also waits for the browser, which shares the two cores with training and re-renders the plots as
+    # trials report: 0.7-1.9 s here, 2.9 s once in CI; the server's own answer stays far below it.
+    assert max(answers) < 1.0, f"the server took {max(answers):.2f}s to serve the page during a study"
+    assert latency < 3.0, f"the page took {latency:.2f}s to answer a click during a study"
     shoot(page, "tune")
 
 
