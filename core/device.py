@@ -32,6 +32,13 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bf16 matrices natively, so that bf16 is the fast precision there."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
 def autocast_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
     """The precision matmuls run in. `auto`: bf16 on CUDA GPUs that support it (else fp16), bf16 on CPUs
     with native bf16 matmuls, fp32 on other CPUs; `float32` turns autocast off.
@@ -46,8 +53,8 @@ def autocast_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
             raise ValueError("float16 autocast is for CUDA; use bfloat16 or float32 on CPU")
         return dtype
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        return torch.bfloat16 if has_native_bf16(device) else torch.float16
+    return torch.bfloat16 if has_native_bf16(device) else torch.float32
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:

@@ -10,6 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core.config import ModelConfig
+from core.device import has_native_bf16
+from core.muon import Muon
 
 
 @dataclass
@@ -240,7 +242,8 @@ class GPT(nn.Module):
             return adamw
         matrices = [p for p in params if id(p) in hidden]
         # No decay on Muon's matrices: decoupled decay scales with its ~20x larger learning rate.
-        muon = torch.optim.Muon([{"params": matrices, "peak_lr": muon_lr}], lr=muon_lr, weight_decay=0.0)
+        ns_dtype = torch.bfloat16 if has_native_bf16(device) else torch.float32
+        muon = Muon([{"params": matrices, "peak_lr": muon_lr}], lr=muon_lr, weight_decay=0.0, ns_dtype=ns_dtype)
         return CombinedOptimizer([adamw, muon])
 
 

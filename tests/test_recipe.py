@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from core.config import ConfigError, ModelConfig, TrainConfig, recipe_configs
 from core.model import GPT, KVCache
+from core.muon import Muon
 from core.trainer import TrainHooks, lr_at, train
 from tests.helpers import run_app
 
@@ -196,3 +197,34 @@ def test_fp16_trains_with_a_grad_scaler_whose_state_is_checkpointed(
     train(tiny_model_config, config, out_dir=tmp_path / "split", resume=True,
           hooks=TrainHooks(on_step=lambda e: second.append(e.loss)))  # fmt: skip
     assert first + second == pytest.approx(full, abs=1e-6)
+
+
+def _muon_runs(make, steps: int = 4) -> tuple[list[torch.Tensor], dict]:
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(24, 8)), torch.nn.Parameter(torch.randn(8, 32))]
+    optimizer = make(weights)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        sum((w.sin() ** 2).sum() for w in weights).backward()
+        optimizer.step()
+    return [w.detach().clone() for w in weights], optimizer.state_dict()
+
+
+def test_muon_in_bf16_is_torchs_and_in_fp32_the_same_update_more_precisely():
+    reference, reference_state = _muon_runs(lambda w: torch.optim.Muon(w, lr=0.02))
+    same, same_state = _muon_runs(lambda w: Muon(w, lr=0.02, ns_dtype=torch.bfloat16))
+    precise, precise_state = _muon_runs(lambda w: Muon(w, lr=0.02, ns_dtype=torch.float32))
+    assert all(torch.equal(a, b) for a, b in zip(reference, same))
+    assert all(not torch.equal(a, b) and torch.allclose(a, b, atol=2e-3) for a, b in zip(reference, precise))
+    loaded = Muon([torch.nn.Parameter(w.clone()) for w in precise], lr=0.02, ns_dtype=torch.float32)
+    loaded.load_state_dict(reference_state)  # checkpoints move between the two
+    assert precise_state["state"].keys() == reference_state["state"].keys()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_muon_orthogonalises_in_bf16_only_where_the_cpu_multiplies_bf16_natively(monkeypatch, native):
+    monkeypatch.setattr("core.device.cpu_has_native_bf16", lambda: native)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=11))
+    optimizer = model.optimizer(1e-3, 0.1, (0.9, 0.99), torch.device("cpu"), kind="muon")
+    (muon,) = [opt for opt in optimizer.optimizers if isinstance(opt, Muon)]
+    assert muon.ns_dtype == (torch.bfloat16 if native else torch.float32)

@@ -24,6 +24,9 @@ from tests.helpers import TEXT, TINY_SPACE, free_port  # noqa: E402
 TINY_TRAIN = [1, 2, 16, 16, 0.0, 8, 3e-3, 0.0, 5, 60, 0, 20, 4, 40]
 
 
+SKIPPED = {"__type__": "update"}  # gr.skip() as the client receives it
+
+
 def is_update(value) -> bool:
     """gr.skip() reaches the client as an update dict: nothing changed."""
     return isinstance(value, dict) and value.get("__type__") == "update"
@@ -70,17 +73,17 @@ def restarted_workbench(root: Path, journal: dict) -> Iterator[Client]:
 
 
 def poll(client: Client, api_name: str, done, *args, timeout: float = 90.0):
-    """Call a refresh endpoint until `done(outputs)`; return the last outputs that were not all skipped."""
+    """Call a refresh endpoint until `done(outputs)`; the outputs as a page shows them: each the last value
+    sent (a tick skips what has not changed)."""
     deadline = time.monotonic() + timeout
-    last = None
+    shown = None
     while time.monotonic() < deadline:
         outputs = client.predict(*args, api_name=api_name)
-        if not all(is_update(v) for v in outputs):
-            last = outputs
-            if done(last):
-                return last
+        shown = [old if new == SKIPPED else new for new, old in zip(outputs, shown or outputs)]
+        if not all(is_update(v) for v in shown) and done(shown):
+            return shown
         time.sleep(0.5)
-    raise AssertionError(f"{api_name} did not finish in {timeout}s; last outputs: {last}")
+    raise AssertionError(f"{api_name} did not finish in {timeout}s; last outputs: {shown}")
 
 
 def test_a_study_runs_trials_that_appear_and_finish_and_a_second_start_is_refused(app):

@@ -1,0 +1,54 @@
+"""Muon whose Newton–Schulz iteration runs in a precision the device multiplies natively.
+
+torch.optim.Muon always orthogonalises in bf16. A CPU without native bf16 matmuls (AVX2 only, most
+desktops and many servers) emulates them: on 2 AMD EPYC cores without AVX512-BF16 the iteration took 61 ms
+for a 512x128 matrix in bf16 against 2.0 ms in fp32, and the default model trained at 982 tokens/s with
+Muon against 9,214 with AdamW. Same update otherwise, and the same state, so checkpoints load in either.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.optim._muon import _adjust_lr
+
+
+def orthogonalize(
+    grad: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """The quintic Newton–Schulz iteration of torch.optim.Muon (Keller Jordan's), in `dtype`."""
+    a, b, c = coefficients
+    tall = grad.size(0) > grad.size(1)
+    x = grad.to(dtype)
+    if tall:
+        x = x.T
+    x = x / x.norm().clamp(min=eps)  # spectral norm at most 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon with its Newton–Schulz iteration in `ns_dtype` (bf16 as torch's, or fp32)."""
+
+    def __init__(self, params, *, ns_dtype: torch.dtype = torch.bfloat16, **kwargs) -> None:
+        super().__init__(params, **kwargs)
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, buffers = [], [], []
+            self._init_group(group, params, grads, buffers)
+            lr, momentum = group["lr"], group["momentum"]
+            for param, grad, buffer in zip(params, grads, buffers):
+                buffer.lerp_(grad, 1 - momentum)
+                update = grad.lerp(buffer, momentum) if group["nesterov"] else buffer
+                update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
+                param.mul_(1 - lr * group["weight_decay"])
+                param.add_(update, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], param.shape))
+        return loss
