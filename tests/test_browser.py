@@ -85,7 +85,8 @@ def test_tune_tab_runs_a_budgeted_tournament_and_saves_its_winner(page):
     ).fill(json.dumps(TINY_FIXED))
     shoot(page, "tune-budget")
     page.get_by_role("button", name="Start", exact=True).click()
-    page.get_by_text("Started tournament browser-race").wait_for()
+    # "Started tournament ..." gives way to the job's status line at the next tick: either says it started
+    page.get_by_text("tournament browser-race").filter(visible=True).first.wait_for()
     running = page.get_by_text("left").filter(visible=True).first
     failed = page.locator(".wb-error").filter(visible=True).first
     running.or_(failed).wait_for()
@@ -110,7 +111,7 @@ def test_tune_tab_runs_a_study_with_live_table_and_plots_and_stays_responsive(pa
     page.keyboard.press("Control+A")
     page.keyboard.insert_text(json.dumps(TINY_SPACE))
     page.get_by_role("button", name="Start study").click()
-    page.get_by_text("Started study browser").wait_for()
+    page.get_by_text("study browser").filter(visible=True).first.wait_for()
     # The first plot loads plotly.js into the page: a one-off 2-3 s of the browser's own time on two busy
     # cores (the server sat idle in select meanwhile, by py-spy dump), so the click is timed after it.
     page.locator(".js-plotly-plot").filter(visible=True).first.wait_for()
