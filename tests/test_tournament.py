@@ -146,7 +146,9 @@ def test_a_killed_worker_is_recovered_from_its_checkpoint_and_the_study_finishes
 
 
 def test_two_workers_share_a_budgeted_study(tmp_path, dataset_dir):
-    result = run_app(*budget_command(tmp_path, dataset_dir, "--workers", "2"), cwd=tmp_path)
+    # a 3 s heartbeat (9 s grace): at 1 s, two busy workers on two cores once missed 3 s of beats, and the
+    # live trial was retried beside itself (the kill -9 test keeps 1 s)
+    result = run_app(*budget_command(tmp_path, dataset_dir, "--workers", "2", "--heartbeat", "3"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     trials = rung_trials(tmp_path)
     assert {t.user_attrs.get("worker") for t in trials} == {0, 1}
