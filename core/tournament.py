@@ -328,6 +328,18 @@ def _dedupe(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenT
     return list(by_candidate.values())
 
 
+def _claim_waiting(study: optuna.Study) -> optuna.Trial | None:
+    """A waiting trial, now RUNNING for this worker; None when there is none. Unlike `study.ask`, never
+    creates a trial: another worker may take the last waiting one between the look and the claim."""
+    for waiting in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if study._storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(study, waiting._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:  # finished (failed as stale) since the look
+            continue
+    return None
+
+
 def run_tournament(
     config: TuneConfig,
     space: SearchSpace,
@@ -354,9 +366,8 @@ def run_tournament(
 
     while not stop.is_set():
         optuna.storages.fail_stale_trials(study)  # a killed worker's rung comes back as a waiting trial
-        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            trial = study.ask()
-            if "rung" not in trial.user_attrs:  # not a rung (enqueued by hand): not ours to run
+        if trial := _claim_waiting(study):
+            if "rung" not in trial.user_attrs:  # enqueued by hand: not ours to run
                 trial.set_user_attr("reason", "not part of the tournament")
                 study.tell(trial, state=TrialState.FAIL)
                 continue

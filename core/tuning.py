@@ -326,7 +326,7 @@ def make_storage(
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
             )
         try:
-            return (HeartbeatRDBStorage if heartbeat else optuna.storages.RDBStorage)(url, **kwargs)
+            return (HeartbeatRDBStorage if heartbeat else ClaimOnceRDBStorage)(url, **kwargs)
         except ImportError as err:
             raise TuningError(
                 f"the database driver for {url.split(':')[0]} is not installed ({err.name or _first_line(err)}); "
@@ -350,7 +350,32 @@ def make_storage(
     )
 
 
-class HeartbeatRDBStorage(optuna.storages.RDBStorage):
+class ClaimOnceRDBStorage(optuna.storages.RDBStorage):
+    """RDBStorage on which two workers cannot both pop one waiting (enqueued) trial.
+
+    Optuna claims a waiting trial by reading its state and then writing RUNNING, relying on SELECT ... FOR
+    UPDATE, which SQLite ignores: two workers asking at once both read WAITING and both ran the trial (2 of
+    100 enqueued trials went to both of two processes here; a tournament's candidate trained twice into one
+    folder). The claim here is one conditional UPDATE, atomic on every database."""
+
+    def set_trial_state_values(self, trial_id: int, state: optuna.trial.TrialState, values: Any = None) -> bool:
+        if state != optuna.trial.TrialState.RUNNING or values is not None:
+            return super().set_trial_state_values(trial_id, state, values)
+        model = rdb_models.TrialModel
+        with _create_scoped_session(self.scoped_session) as session:
+            claimed = (
+                session.query(model)
+                .filter(model.trial_id == trial_id, model.state == optuna.trial.TrialState.WAITING)
+                .update(
+                    {model.state: optuna.trial.TrialState.RUNNING,
+                     model._datetime_start_utc: datetime.now(UTC).replace(tzinfo=None)},  # naive UTC, as stored
+                    synchronize_session=False,
+                )
+            )  # fmt: skip
+        return claimed == 1  # 0: another worker claimed it first, or it finished
+
+
+class HeartbeatRDBStorage(ClaimOnceRDBStorage):
     """RDBStorage that also fails a running trial whose worker died before the trial's first heartbeat.
 
     Optuna judges only trials that have beaten once, so a worker killed between creating a trial (which
