@@ -52,9 +52,9 @@ def autocast_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
         if dtype == torch.float16 and device.type == "cpu":
             raise ValueError("float16 autocast is for CUDA; use bfloat16 or float32 on CPU")
         return dtype
-    if device.type == "cuda":
-        return torch.bfloat16 if has_native_bf16(device) else torch.float16
-    return torch.bfloat16 if has_native_bf16(device) else torch.float32
+    if has_native_bf16(device):
+        return torch.bfloat16
+    return torch.float16 if device.type == "cuda" else torch.float32
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:

@@ -486,13 +486,13 @@ def build_tune(
             name,
             snap["version"] if snap else None,
             tuple((t.number, t.state.name, len(t.intermediate_values)) for t in trials_now),
-            (name, tuple(t.number for t in trials_now if t.state == optuna.trial.TrialState.COMPLETE)),
+            tuple(t.number for t in trials_now if t.state == optuna.trial.TrialState.COMPLETE),
         )
         if fingerprint == last:
             return {seen: last}
         # No trial completed since the last tick: the history and importance plots the page shows still hold,
         # and not sending them spares the browser re-drawing them at every evaluation of a running trial.
-        settled = last is not None and last[-1] == fingerprint[-1]
+        settled = last is not None and last[0] == name and last[-1] == fingerprint[-1]
         updates: dict[Any, Any] = {seen: fingerprint}
         if snap:
             shown = snap["message"] if snap["active"] else snap["status"]
