@@ -489,19 +489,32 @@ def _run_rung(
             time_left_s=plan.deadline - started,
         )
     )
+    owned = _Ownership(study, trial, stop)
+
+    def abandon() -> None:
+        message = f"lost: trial {trial.number} was failed as stale (its heartbeats were late); its retry goes on"
+        log.warning(message)
+        emit(RungEvent("end", rung, candidate, trial.number, None, time.time() - started, message=message))
+
     with get_heartbeat_thread(trial._trial_id, study._storage):
         try:
             model_config, train_config = candidate_configs(params, config, candidate, len(dataset.vocab))
             dataset.check_block_size(model_config.block_size)
             if final:
-                score = _final_rung(trial, plan, model_config, train_config, dataset, folder, final_dir, stop, rung)
+                score = _final_rung(trial, plan, model_config, train_config, dataset, folder, final_dir, owned, rung)
             else:
-                score = _exploration_rung(plan, rung, model_config, train_config, dataset, folder, stop)
-        except (ValueError, torch.OutOfMemoryError) as err:  # a bad combination, divergence, no memory
+                score = _exploration_rung(plan, rung, model_config, train_config, dataset, folder, owned)
+        except Exception as err:
+            if owned.check():  # its retry may have moved the candidate's files under it: not this worker's error
+                return abandon()
+            if not isinstance(err, (ValueError, torch.OutOfMemoryError)):  # a bad combination, divergence, no memory
+                raise
             trial.set_user_attr("reason", str(err) or type(err).__name__)
             study.tell(trial, state=TrialState.PRUNED)
             emit(RungEvent("end", rung, candidate, trial.number, None, time.time() - started, message=f"failed: {err}"))
             return
+    if owned.check():
+        return abandon()
     trial.set_user_attr("seconds", round(time.time() - started, 2))
     latest = ckpt.latest_checkpoint(final_dir if final else folder)
     trial.set_user_attr("steps", latest.step if latest else 0)  # the candidate's training steps so far
@@ -518,6 +531,30 @@ def _run_rung(
             "end", rung, candidate, trial.number, score, time.time() - started, time_left_s=plan.deadline - time.time()
         )
     )
+
+
+class _Ownership:
+    """What stops a rung, read as `stop.is_set()` by its training: the user's stop, or the trial no longer
+    RUNNING in the storage. A trial whose heartbeats came late (a stalled machine) is failed as stale and
+    queued again by another worker's check, and its retry then owns the candidate's folder: the original must
+    stop writing there within seconds, and report nothing."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial, stop: threading.Event, every_s: float = 2.0):
+        self._storage = getattr(study._storage, "_backend", study._storage)  # past the cache: the stored state
+        self._trial_id, self._stop, self._every_s = trial._trial_id, stop, every_s
+        self._checked, self.lost = time.monotonic(), False
+
+    def check(self) -> bool:
+        """Whether the trial was taken from this worker, asked of the storage now."""
+        if not self.lost:
+            self._checked = time.monotonic()
+            self.lost = self._storage.get_trial(self._trial_id).state != TrialState.RUNNING
+        return self.lost
+
+    def is_set(self) -> bool:
+        if self._stop.is_set():
+            return True
+        return self.check() if time.monotonic() - self._checked >= self._every_s else self.lost
 
 
 def _continue(folder: Path, model_config, train_config, dataset, stop, on_finish=None):
@@ -542,6 +579,8 @@ def _exploration_rung(plan, rung, model_config, train_config, dataset, folder: P
         shutil.rmtree(folder)
     stable = replace_known(train_config, {"max_minutes": slice_s * (1 - plan.score_fraction) / 60})
     _continue(folder, model_config, stable, dataset, stop)
+    if stop.is_set():  # stopped, or the trial was lost: no score, and no branch beside a retry's
+        return math.nan
     branch = folder.parent / f"{folder.name}.branch"
     shutil.rmtree(branch, ignore_errors=True)
     latest = ckpt.latest_checkpoint(folder)
@@ -591,6 +630,8 @@ def _final_rung(trial, plan, model_config, train_config, dataset, folder: Path, 
         info={"source": source},
         hooks=TrainHooks(should_stop=stop.is_set, on_finish=lambda m: scores.append(_score(m, dataset))),
     )
+    if stop.is_set():  # stopped, or the trial was lost: the run that continues it writes the history
+        return math.nan
     history = [
         {
             "rung": t.user_attrs.get("rung"),

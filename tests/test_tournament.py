@@ -13,7 +13,7 @@ import optuna
 import pytest
 
 from core.tournament import plan_tournament
-from core.tuning import TuningError, open_study
+from core.tuning import TuningError, make_storage, open_study
 from tests.helpers import APP, APP_ENV, TINY_MODEL_FLAGS, run_app
 
 BUDGET_S = 30
@@ -140,6 +140,36 @@ def test_a_killed_worker_is_recovered_from_its_checkpoint_and_the_study_finishes
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert failed, "the killed rung is failed by its heartbeat"
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number]
+    assert retried and retried[0].state == optuna.trial.TrialState.COMPLETE
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert (tmp_path / "models" / "winner" / "model.safetensors").is_file()
+
+
+def test_a_worker_whose_trial_was_failed_as_stale_stops_it_and_its_retry_finishes_the_study(tmp_path, dataset_dir):
+    # what another worker's fail_stale_trials does to a trial whose heartbeats came late: FAIL, then a retry
+    worker = subprocess.Popen([*APP, *budget_command(tmp_path, dataset_dir)], cwd=tmp_path, env=APP_ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    storage = f"sqlite:///{tmp_path}/race.db"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.3)
+        try:
+            running = [t for t in rung_trials(tmp_path) if t.state == optuna.trial.TrialState.RUNNING]
+        except Exception:  # noqa: BLE001 - the database is being created
+            continue
+        if running:
+            time.sleep(1.0)  # mid-slice
+            break
+    study = optuna.load_study(study_name="race", storage=make_storage(storage, heartbeat=0))
+    lost = study._storage.get_trial(running[0]._trial_id)
+    study._storage.set_trial_state_values(lost._trial_id, optuna.trial.TrialState.FAIL)
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)(study, study._storage.get_trial(lost._trial_id))
+    _, stderr = worker.communicate(timeout=120)
+    assert worker.returncode == 0, stderr
+    assert f"lost: trial {lost.number} was failed as stale" in stderr
+    trials = open_study("race", storage).trials
+    assert "seconds" not in trials[lost.number].user_attrs  # it reported nothing after losing the trial
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
     assert retried and retried[0].state == optuna.trial.TrialState.COMPLETE
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     assert (tmp_path / "models" / "winner" / "model.safetensors").is_file()
