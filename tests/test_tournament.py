@@ -34,6 +34,20 @@ def rung_trials(tmp_path) -> list[optuna.trial.FrozenTrial]:
     return [t for t in open_study("race", f"sqlite:///{tmp_path}/race.db").trials if "rung" in t.user_attrs]
 
 
+def wait_for_running(tmp_path, first_candidate: int = 0, timeout_s: float = 120) -> optuna.trial.FrozenTrial:
+    """The first RUNNING rung of a candidate >= `first_candidate` of the tournament a worker is running."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        time.sleep(0.3)
+        try:
+            running = [t for t in rung_trials(tmp_path) if t.state == optuna.trial.TrialState.RUNNING]
+        except Exception:  # noqa: BLE001 - the database is being created
+            continue
+        if running and running[0].user_attrs.get("candidate", 0) >= first_candidate:
+            return running[0]
+    raise AssertionError(f"no rung of a candidate >= {first_candidate} ran within {timeout_s:.0f}s")
+
+
 def test_the_plan_spends_the_budget_on_rungs_that_shrink_by_eta():
     plan = plan_tournament(1800, step_s=0.1)
     counts = [r.candidates for r in plan.rungs]
@@ -121,16 +135,8 @@ def test_a_killed_worker_is_recovered_from_its_checkpoint_and_the_study_finishes
     command = budget_command(tmp_path, dataset_dir, budget="40s")
     worker = subprocess.Popen([*APP, *command], cwd=tmp_path, env=APP_ENV,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        time.sleep(0.3)
-        try:
-            running = [t for t in rung_trials(tmp_path) if t.state == optuna.trial.TrialState.RUNNING]
-        except (TuningError, Exception):  # noqa: BLE001 - the database is being created
-            continue
-        if running and running[0].user_attrs.get("candidate", 0) >= 1:  # mid-rung, after a first candidate
-            time.sleep(0.5)
-            break
+    wait_for_running(tmp_path, first_candidate=1)  # after a first candidate
+    time.sleep(0.5)  # mid-rung
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
     result = run_app(*command, cwd=tmp_path)
@@ -150,18 +156,10 @@ def test_a_worker_whose_trial_was_failed_as_stale_stops_it_and_its_retry_finishe
     worker = subprocess.Popen([*APP, *budget_command(tmp_path, dataset_dir)], cwd=tmp_path, env=APP_ENV,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     storage = f"sqlite:///{tmp_path}/race.db"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        time.sleep(0.3)
-        try:
-            running = [t for t in rung_trials(tmp_path) if t.state == optuna.trial.TrialState.RUNNING]
-        except Exception:  # noqa: BLE001 - the database is being created
-            continue
-        if running:
-            time.sleep(1.0)  # mid-slice
-            break
+    running = wait_for_running(tmp_path)
+    time.sleep(1.0)  # mid-slice
     study = optuna.load_study(study_name="race", storage=make_storage(storage, heartbeat=0))
-    lost = study._storage.get_trial(running[0]._trial_id)
+    lost = study._storage.get_trial(running._trial_id)
     study._storage.set_trial_state_values(lost._trial_id, optuna.trial.TrialState.FAIL)
     optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)(study, study._storage.get_trial(lost._trial_id))
     _, stderr = worker.communicate(timeout=120)
