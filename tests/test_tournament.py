@@ -57,6 +57,12 @@ def test_the_plan_spends_the_budget_on_rungs_that_shrink_by_eta():
     assert plan.rungs[0].seconds >= 150 * 0.1  # every first slice trains at least 150 steps
     two = plan_tournament(1800, step_s=0.1, workers=2)
     assert sum(r.candidates * r.seconds for r in two.rungs[:-1]) > explored  # two workers explore more
+    # what a slice spends besides training (scoring above all, measured) comes out of its training time
+    costly = plan_tournament(1800, step_s=0.1, slice_overhead_s=4.0)
+    assert [r.candidates for r in costly.rungs] == counts
+    assert [a.seconds - b.seconds for a, b in zip(plan.rungs[:-1], costly.rungs[:-1])] == pytest.approx(
+        [3.0] * (len(counts) - 1)
+    )
 
 
 def test_a_budget_with_room_for_one_rung_only_trains_the_default_unless_told_to_search():
