@@ -55,6 +55,13 @@ RUNGS_JSON = "rungs.json"  # in the final model's folder: the survivor's rungs
 _POLL_S = 1.0
 
 
+# Seconds kept free at the end for the final evaluation and save, and per exploration slice for building,
+# loading and checkpointing a candidate; scoring it is measured (`measure_score_s`) and kept on top. With a
+# fixed 1 s for all of it, a 30-minute Bible tournament's 29 s slices took 36-38 s and its final rung got 67%
+# of the budget, not the planned 70% (scoring 65,536 characters with the default model alone: 2.3 s).
+END_MARGIN_S, SLICE_OVERHEAD_S = 5.0, 1.0
+
+
 @dataclass
 class Rung:
     candidates: int
@@ -71,7 +78,7 @@ class Plan:
     started: float  # wall clock (time.time) when the tournament began
     step_s: float  # measured seconds a step of the default model
     note: str = ""  # why there is no search, when there is none
-    slice_overhead_s: float = 1.0  # kept per exploration slice for what is not training (scoring, loading)
+    slice_overhead_s: float = SLICE_OVERHEAD_S  # kept per exploration slice for what is not training (scoring, loading)
 
     @property
     def deadline(self) -> float:
@@ -94,13 +101,6 @@ class Plan:
             return self.note or "no search: the default configuration trains for all of the budget"
         parts = [f"{r.candidates} x {r.seconds:.0f}s" for r in self.rungs[:-1]] + ["1 x the rest"]
         return f"{len(self.rungs)} rungs: " + ", then ".join(parts)
-
-
-# Seconds kept free at the end for the final evaluation and save, and per exploration slice for building,
-# loading and checkpointing a candidate; scoring it is measured (`measure_score_s`) and kept on top. With a
-# fixed 1 s for all of it, a 30-minute Bible tournament's 29 s slices took 36-38 s and its final rung got 67%
-# of the budget, not the planned 70% (scoring 65,536 characters with the default model alone: 2.3 s).
-END_MARGIN_S, SLICE_OVERHEAD_S = 5.0, 1.0
 
 
 def plan_tournament(
@@ -352,15 +352,10 @@ def _dedupe(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenT
 
 
 def _claim_waiting(study: optuna.Study) -> optuna.Trial | None:
-    """A waiting trial, now RUNNING for this worker; None when there is none. Unlike `study.ask`, never
-    creates a trial: another worker may take the last waiting one between the look and the claim."""
-    for waiting in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if study._storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
-                return optuna.Trial(study, waiting._trial_id)
-        except optuna.exceptions.UpdateFinishedTrialError:  # finished (failed as stale) since the look
-            continue
-    return None
+    """A waiting trial, now RUNNING for this worker; None when there is none. `study.ask` would create a
+    trial when another worker took the last waiting one between a look and the claim; its pop does not."""
+    trial_id = study._pop_waiting_trial_id()
+    return None if trial_id is None else optuna.Trial(study, trial_id)
 
 
 def run_tournament(

@@ -354,9 +354,9 @@ class ClaimOnceRDBStorage(optuna.storages.RDBStorage):
     """RDBStorage on which two workers cannot both pop one waiting (enqueued) trial.
 
     Optuna claims a waiting trial by reading its state and then writing RUNNING, relying on SELECT ... FOR
-    UPDATE, which SQLite ignores: two workers asking at once both read WAITING and both ran the trial (2 of
-    100 enqueued trials went to both of two processes here; a tournament's candidate trained twice into one
-    folder). The claim here is one conditional UPDATE, atomic on every database."""
+    UPDATE, which SQLite ignores: two workers asking at once both read WAITING and both ran the trial (2-12
+    of 200 enqueued trials went to both of two processes here; a tournament's candidate trained twice into
+    one folder). The claim here is one conditional UPDATE, atomic on every database."""
 
     def set_trial_state_values(self, trial_id: int, state: optuna.trial.TrialState, values: Any = None) -> bool:
         if state != optuna.trial.TrialState.RUNNING or values is not None:
