@@ -156,7 +156,7 @@ class SearchSpace:
             n_head=Choice((4,)),
             head_size=Choice((32, 48, 64)),
             batch_size=Choice((12, 16, 24)),
-            block_size=Choice((64, 128)),
+            block_size=Choice((64, 128, 256)),
             lr=FloatRange(5e-4, 3e-3, log=True),
             muon_lr=FloatRange(0.01, 0.04, log=True),
         )
@@ -224,6 +224,31 @@ class SearchSpace:
         if not isinstance(data, dict):
             raise TuningError(f"{path} must hold a JSON object of field: range")
         return cls.from_json(data, base)
+
+    def allows(self, name: str, value: Any) -> bool:
+        """Whether field `name` of this space can take `value`."""
+        spec = getattr(self, name)
+        if isinstance(spec, (IntRange, FloatRange)):
+            return spec.low <= value <= spec.high and (
+                isinstance(spec, FloatRange) or (value - spec.low) % spec.step == 0
+            )
+        if isinstance(spec, Choice):
+            return value in spec.options
+        return value == spec
+
+    def searched_values(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        """The values of the searched fields in a full set of `params` (what a trial of this space records),
+        or None when one lies outside the space."""
+        values = params | {"head_size": params["n_embd"] // params["n_head"]}
+        searched = [
+            f.name
+            for f in dataclasses.fields(self)
+            if isinstance(spec := getattr(self, f.name), (IntRange, FloatRange))
+            or (isinstance(spec, Choice) and len(spec.options) > 1)
+        ]
+        if not all(name in values and self.allows(name, values[name]) for name in searched):
+            return None
+        return {name: values[name] for name in searched}
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Draw one set of parameters; fixed fields are recorded but not searched."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -12,8 +13,8 @@ import time
 import optuna
 import pytest
 
-from core.tournament import plan_tournament
-from core.tuning import TuningError, make_storage, open_study
+from core.tournament import candidate_configs, default_params, first_candidates, plan_tournament
+from core.tuning import SearchSpace, TuneConfig, TuningError, make_storage, open_study
 from tests.helpers import APP, APP_ENV, TINY_MODEL_FLAGS, run_app
 
 BUDGET_S = 30
@@ -63,6 +64,39 @@ def test_the_plan_spends_the_budget_on_rungs_that_shrink_by_eta():
     assert [a.seconds - b.seconds for a, b in zip(plan.rungs[:-1], costly.rungs[:-1])] == pytest.approx(
         [3.0] * (len(counts) - 1)
     )
+
+
+def test_the_first_rung_is_the_default_then_its_neighbours_in_the_space_then_a_seeded_draw():
+    space = SearchSpace.for_budget("cpu")
+    candidates = first_candidates(space, 9, seed=0)
+    params = [p for p, _ in candidates]
+    assert len(params) == 9 and params[0] == default_params()
+    shapes = [(p["n_layer"], p["block_size"]) for p in params]
+    assert shapes[1:3] == [(4, 128), (3, 128)]  # longer contexts first, as measured
+    assert len({json.dumps(p, sort_keys=True) for p in params}) == 9
+    for p, values in candidates[1:]:  # the values recorded for the dashboard give back the candidate
+        drawn = space.suggest(optuna.trial.FixedTrial(values))
+        assert {k: drawn[k] for k in p.keys() & drawn.keys()} == {k: p[k] for k in p.keys() & drawn.keys()}
+    assert first_candidates(space, 9, seed=0) == candidates
+    other = first_candidates(space, 9, seed=1)
+    assert other[:6] == candidates[:6] and other[6:] != candidates[6:]  # only the drawn ones follow the seed
+    # a space that fixes the context (a user's space file) gets no neighbour outside it
+    narrow = first_candidates(dataclasses.replace(space, block_size=64), 9, seed=0)
+    assert {p["block_size"] for p, _ in narrow} == {64} and len(narrow) == 9
+    # the user's flags win: neighbours they turn back into the default are not repeated
+    flagged = first_candidates(space, 4, seed=0, overrides={"block_size": 64, "n_layer": 4})
+    assert [p["block_size"] for p, _ in flagged] == [64] * 4
+    assert len({json.dumps(p, sort_keys=True) for p, _ in flagged}) == 4
+
+
+def test_candidates_warm_up_over_the_default_s_tokens_unless_the_user_sets_warmup():
+    def warmup(change, overrides=None):
+        config = TuneConfig(overrides=overrides or {})
+        return candidate_configs(default_params(overrides) | change, config, 1, 65)[1].warmup_iters
+
+    assert warmup({}) == 100
+    assert warmup({"block_size": 256}) == 25 and warmup({"block_size": 128, "batch_size": 24}) == 25
+    assert warmup({"block_size": 256}, {"warmup_iters": 40}) == 40
 
 
 def test_a_budget_with_room_for_one_rung_only_trains_the_default_unless_told_to_search():
