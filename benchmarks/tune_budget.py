@@ -32,7 +32,7 @@ METHODS = ("a_default", "b_trials_then_train", "c_budget")
 
 
 def command(method: str, budget_s: float, seed: int, data_dir: Path, work: Path) -> list[str]:
-    storage = f"sqlite:///{work}/studies.db"
+    storage = storage_url(work)
     common = ["--data-dir", str(data_dir), "--name", method, "--models-dir", str(work / "models")]
     if method == "a_default":
         return ["train", *common, "--max-minutes", f"{budget_s / 60:.4f}", "--max-iters", "0", "--seed", str(seed)]
@@ -58,7 +58,28 @@ def run(method: str, budget_s: float, seed: int, data_dir: Path) -> dict:
         val = split_loss(loaded.model, Dataset(data_dir).tokens["val"])
         shape = {k: loaded.info["model"].get(k) for k in ("n_layer", "n_embd", "block_size")}
         return {"method": method, "seed": seed, "val": val, "wall_s": wall, "budget_s": budget_s, **shape,
-                "log_tail": done.stderr[-1500:]}  # fmt: skip
+                "trials": study_summary(storage_url(work), method), "log_tail": done.stderr[-1500:]}  # fmt: skip
+
+
+def storage_url(work: Path) -> str:
+    return f"sqlite:///{work}/studies.db"
+
+
+def study_summary(storage: str, method: str) -> list[dict]:
+    """What each trial of a tuning method tried and scored (a tournament's rungs included), for reading a
+    result afterwards; empty for the default, which runs no study."""
+    if method == "a_default":
+        return []
+    import optuna
+
+    study = optuna.load_study(study_name=method[0], storage=storage)
+    keys = ("n_layer", "n_embd", "block_size", "batch_size", "lr", "muon_lr")
+    return [
+        {"trial": t.number, "state": t.state.name, "value": t.value,
+         **{k: t.user_attrs[k] for k in ("candidate", "rung", "seconds", "steps") if k in t.user_attrs},
+         **{k: (t.user_attrs.get("params") or t.params).get(k) for k in keys}}
+        for t in study.trials
+    ]  # fmt: skip
 
 
 def main() -> None:

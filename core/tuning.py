@@ -850,6 +850,11 @@ def list_studies(storage: str = DEFAULT_STORAGE) -> list[StudySummary]:
     return summaries
 
 
+# Set for a worker given a share of this machine's cores: the threads the whole machine has, for work that
+# runs alone while the other local workers wait (a tournament's final rung).
+MACHINE_THREADS_ENV = "CHARGPT_MACHINE_THREADS"
+
+
 def worker_env(worker: int, workers: int) -> dict[str, str]:
     """Environment for worker `worker` of `workers`: its own GPU when there are several, else a share of cores."""
     env = dict(os.environ)
@@ -858,4 +863,5 @@ def worker_env(worker: int, workers: int) -> dict[str, str]:
         env["CUDA_VISIBLE_DEVICES"] = str(worker % gpus)
     else:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+        env[MACHINE_THREADS_ENV] = str(os.cpu_count() or 1)
     return env

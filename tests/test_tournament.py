@@ -12,9 +12,10 @@ import time
 
 import optuna
 import pytest
+import torch
 
-from core.tournament import candidate_configs, default_params, first_candidates, plan_tournament
-from core.tuning import SearchSpace, TuneConfig, TuningError, make_storage, open_study
+from core.tournament import _machine_threads, candidate_configs, default_params, first_candidates, plan_tournament
+from core.tuning import MACHINE_THREADS_ENV, SearchSpace, TuneConfig, TuningError, make_storage, open_study, worker_env
 from tests.helpers import APP, APP_ENV, TINY_MODEL_FLAGS, run_app
 
 BUDGET_S = 30
@@ -229,3 +230,18 @@ def test_two_workers_share_a_budgeted_study(tmp_path, dataset_dir):
             per_rung.setdefault(t.user_attrs["rung"], set()).add(t.user_attrs["candidate"])
     assert len(per_rung[max(per_rung)]) == 1  # one survivor, trained once
     assert (tmp_path / "models" / "winner" / "model.safetensors").is_file()
+    if (os.cpu_count() or 1) > 1:  # each worker had half of the cores; the final rung, run alone, takes them all
+        assert f"final rung on {os.cpu_count()} threads" in result.stderr
+
+
+def test_the_final_rung_takes_the_machine_s_threads_only_from_a_share_of_them(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setenv(MACHINE_THREADS_ENV, str(before + 1))
+    with _machine_threads():
+        assert torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before
+    monkeypatch.delenv(MACHINE_THREADS_ENV)  # not a worker of `--workers N`: what the user set stays
+    with _machine_threads():
+        assert torch.get_num_threads() == before
+    if not torch.cuda.is_available():
+        assert worker_env(0, 2)[MACHINE_THREADS_ENV] == str(os.cpu_count() or 1)
