@@ -126,8 +126,9 @@ def plan_tournament(
     slice_overhead_s: float = SLICE_OVERHEAD_S,
 ) -> Plan:
     """Rungs for a budget: the most rungs whose first slice still trains `min_steps` steps at `step_s`
-    seconds a step (the measured speed of the default model here); exploration rungs each cost the same
-    compute, shared by `workers`, and the final rung gets the rest, at least `final_share` of the budget.
+    seconds a step (the measured speed of the default model here); exploration rungs each take the same wall
+    time, their slices run by `workers` at once (a rung of 3 on 2 workers takes two slices' time, not 1.5),
+    and the final rung gets the rest, at least `final_share` of the budget.
 
     A search needs `search_rungs` exploration rungs: with one, every candidate but the winner is judged on a
     single short slice and its time is lost, which cost more than the best neighbour of the default gained
@@ -151,9 +152,9 @@ def plan_tournament(
         )  # fmt: skip
 
     for rungs in range(max_rungs, 1, -1):
-        per_rung = explore_s * workers / (rungs - 1)
+        per_rung = explore_s / (rungs - 1)  # wall time: `workers` slices run at once, in ceil(n / workers) rounds
         counts = [eta ** (rungs - 1 - k) for k in range(rungs - 1)]
-        slices = [per_rung / n - slice_overhead_s for n in counts]
+        slices = [per_rung / math.ceil(n / workers) - slice_overhead_s for n in counts]
         if slices[0] >= min_slice:
             if rungs - 1 < search_rungs:
                 needed = math.ceil(
@@ -176,10 +177,10 @@ def plan_tournament(
 
 
 def _smallest_budget(search_rungs: int, eta: int, slice_s: float, workers: int, final_share: float) -> float:
-    """The budget whose exploration share holds `search_rungs` rungs of equal compute, the first of
-    eta**search_rungs candidates of `slice_s` seconds each (overhead included)."""
-    per_rung = eta**search_rungs * slice_s
-    return search_rungs * per_rung / workers / (1 - final_share) + END_MARGIN_S
+    """The budget whose exploration share holds `search_rungs` rungs of equal wall time, the first of
+    eta**search_rungs candidates of `slice_s` seconds each (overhead included), `workers` at a time."""
+    per_rung = math.ceil(eta**search_rungs / workers) * slice_s
+    return search_rungs * per_rung / (1 - final_share) + END_MARGIN_S
 
 
 def measure_step_s(config: TuneConfig, dataset: Dataset, steps: int = 11) -> float:

@@ -14,7 +14,15 @@ import optuna
 import pytest
 import torch
 
-from core.tournament import _machine_threads, candidate_configs, default_params, first_candidates, plan_tournament
+from core.tournament import (
+    END_MARGIN_S,
+    SLICE_OVERHEAD_S,
+    _machine_threads,
+    candidate_configs,
+    default_params,
+    first_candidates,
+    plan_tournament,
+)
 from core.tuning import MACHINE_THREADS_ENV, SearchSpace, TuneConfig, TuningError, make_storage, open_study, worker_env
 from tests.helpers import APP, APP_ENV, TINY_MODEL_FLAGS, run_app
 
@@ -59,6 +67,9 @@ def test_the_plan_spends_the_budget_on_rungs_that_shrink_by_eta():
     assert plan.rungs[0].seconds >= 150 * 0.1  # every first slice trains at least 150 steps
     two = plan_tournament(1800, step_s=0.1, workers=2)
     assert sum(r.candidates * r.seconds for r in two.rungs[:-1]) > explored  # two workers explore more
+    # ... in rounds of two slices at once: an odd rung's last round leaves a worker idle, within the same share
+    rounds = sum(math.ceil(r.candidates / 2) * (r.seconds + SLICE_OVERHEAD_S) for r in two.rungs[:-1])
+    assert rounds == pytest.approx(0.3 * (1800 - END_MARGIN_S))
     # what a slice spends besides training (scoring above all, measured) comes out of its training time
     costly = plan_tournament(1800, step_s=0.1, slice_overhead_s=4.0)
     assert [r.candidates for r in costly.rungs] == counts
