@@ -8,7 +8,8 @@ slice eta times longer, and so on; the survivor of the last rung trains until th
 as `models/<name>/`, so the compute spent on it is kept. Candidates train with a warmup-stable-decay
 schedule held at the stable rate, so a checkpoint can be continued; each exploration slice ends with a short
 cooldown *branch* (a copy, discarded) that gives the score, so rungs compare candidates as they would be
-after their decay. The configuration `train` uses by default is always a candidate.
+after their decay. The configuration `train` uses by default is always a candidate, and so are its
+`neighbours` that the search space allows; a seeded draw of the space fills the rest.
 
 Every rung of every candidate is a trial of one Optuna study (user attributes `candidate`, `rung`,
 `parent`), so storages, heartbeats, optuna-dashboard and `train --from-study` keep working. Work is handed
