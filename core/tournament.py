@@ -296,9 +296,9 @@ def first_candidates(
     chosen = [default]
     for change in neighbours(default):
         params = default | change | (overrides or {})
-        changed = {"head_size" if k == "n_embd" else k: params[k] for k in change}
-        changed["head_size"] = params["n_embd"] // params["n_head"]
-        in_space = space.searched_values(params) is not None and all(space.allows(k, v) for k, v in changed.items())
+        values = params | {"head_size": params["n_embd"] // params["n_head"]}  # the space draws width as head size
+        changed = ["head_size" if k == "n_embd" else k for k in change]
+        in_space = space.searched_values(params) is not None and all(space.allows(k, values[k]) for k in changed)
         if in_space and params not in chosen:
             chosen.append(params)
     out = [(params, (space.searched_values(params) if k else None) or {}) for k, params in enumerate(chosen)]
