@@ -296,7 +296,7 @@ def first_candidates(
     chosen = [default]
     for change in neighbours(default):
         params = default | change | (overrides or {})
-        values = params | {"head_size": params["n_embd"] // params["n_head"]}  # the space draws width as head size
+        values = space.in_space_terms(params)
         changed = ["head_size" if k == "n_embd" else k for k in change]
         in_space = space.searched_values(params) is not None and all(space.allows(k, values[k]) for k in changed)
         if in_space and params not in chosen:

@@ -236,10 +236,15 @@ class SearchSpace:
             return value in spec.options
         return value == spec
 
+    @staticmethod
+    def in_space_terms(params: dict[str, Any]) -> dict[str, Any]:
+        """`params` with the width as the space draws it: `head_size`, beside n_embd and n_head."""
+        return params | {"head_size": params["n_embd"] // params["n_head"]}
+
     def searched_values(self, params: dict[str, Any]) -> dict[str, Any] | None:
         """The values of the searched fields in a full set of `params` (what a trial of this space records),
         or None when one lies outside the space."""
-        values = params | {"head_size": params["n_embd"] // params["n_head"]}
+        values = self.in_space_terms(params)
         searched = [
             f.name
             for f in dataclasses.fields(self)
