@@ -83,15 +83,15 @@ def test_the_first_rung_is_the_default_then_its_neighbours_in_the_space_then_a_s
     candidates = first_candidates(space, 9, seed=0)
     params = [p for p, _ in candidates]
     assert len(params) == 9 and params[0] == default_params()
-    shapes = [(p["n_layer"], p["block_size"]) for p in params]
-    assert shapes[1:3] == [(4, 128), (3, 128)]  # longer contexts first, as measured
+    shapes = [(p["n_layer"], p["block_size"], p["muon_lr"]) for p in params]
+    assert shapes[1:5] == [(3, 128, 0.01), (3, 128, 0.005), (3, 128, 0.02), (4, 128, 0.02)]  # the measured best first
     assert len({json.dumps(p, sort_keys=True) for p in params}) == 9
     for p, values in candidates[1:]:  # the values recorded for the dashboard give back the candidate
         drawn = space.suggest(optuna.trial.FixedTrial(values))
         assert {k: drawn[k] for k in p.keys() & drawn.keys()} == {k: p[k] for k in p.keys() & drawn.keys()}
     assert first_candidates(space, 9, seed=0) == candidates
     other = first_candidates(space, 9, seed=1)
-    assert other[:6] == candidates[:6] and other[6:] != candidates[6:]  # only the drawn ones follow the seed
+    assert other[:7] == candidates[:7] and other[7:] != candidates[7:]  # only the drawn ones follow the seed
     # a space that fixes the context (a user's space file) gets no neighbour outside it
     narrow = first_candidates(dataclasses.replace(space, block_size=64), 9, seed=0)
     assert {p["block_size"] for p, _ in narrow} == {64} and len(narrow) == 9
