@@ -296,15 +296,14 @@ def first_candidates(
     that the space allows, then a seeded random sample of the space (the random start-up phase of a seeded
     TPE sampler). A candidate the space cannot express records no values (the default, often)."""
     default = default_params(overrides)
-    chosen = [default]
+    out: list[tuple[dict[str, Any], dict[str, Any]]] = [(default, {})]
     for change in neighbours(default):
         params = default | change | (overrides or {})
-        values = space.in_space_terms(params)
+        values, searched = space.in_space_terms(params), space.searched_values(params)
         changed = ["head_size" if k == "n_embd" else k for k in change]
-        in_space = space.searched_values(params) is not None and all(space.allows(k, values[k]) for k in changed)
-        if in_space and params not in chosen:
-            chosen.append(params)
-    out = [(params, (space.searched_values(params) if k else None) or {}) for k, params in enumerate(chosen)]
+        in_space = searched is not None and all(space.allows(k, values[k]) for k in changed)
+        if in_space and all(params != p for p, _ in out):
+            out.append((params, searched))
     draw = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
     while len(out) < count:
         trial = draw.ask()
