@@ -181,8 +181,10 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        all_positions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits for every position (or the last only, when generating with a cache) and the loss."""
+        """Logits for every position (with a cache, the last only unless `all_positions`: a speculative
+        decoding step checks each of its guesses) and the loss."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -199,7 +201,7 @@ class GPT(nn.Module):
         if cache is not None:
             cache.length += T
         if targets is None:
-            return self.head(x[:, -1:, :] if cache is not None else x), None
+            return self.head(x[:, -1:, :] if cache is not None and not all_positions else x), None
         logits = self.head(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss

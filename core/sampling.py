@@ -1,4 +1,5 @@
-"""Turning logits into text: a pure `sample_next` and a streaming generator over a model's KV cache.
+"""Turning logits into text: a pure `sample_next` and a streaming generator over a model's KV cache that
+checks guessed characters (speculative decoding) without changing what it generates.
 
 The CLI chat, the workbench's Chat tab and the samples printed during training all call `stream`.
 """
@@ -13,6 +14,9 @@ import torch
 from core.model import GPT, KVCache
 from core.vocab import Vocab
 
+REPETITION_WINDOW = 64
+MAX_DRAFT_TOKENS = 16
+
 
 @dataclass
 class SamplingConfig:
@@ -22,6 +26,10 @@ class SamplingConfig:
     repetition_penalty: float = field(default=1.0, metadata={"help": "> 1 discourages recent characters"})
     max_new_tokens: int = field(default=300, metadata={"help": "characters to generate at most"})
     seed: int = field(default=-1, metadata={"help": "random seed (-1 = not seeded)"})
+    draft_tokens: int = field(
+        default=4,
+        metadata={"help": "guessed characters the model checks per call: faster, the same output (0 = off)"},
+    )
 
     def validate(self) -> SamplingConfig:
         if self.temperature < 0:
@@ -34,12 +42,11 @@ class SamplingConfig:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if not 0 <= self.draft_tokens <= MAX_DRAFT_TOKENS:
+            raise ValueError(f"draft_tokens must be in [0, {MAX_DRAFT_TOKENS}], got {self.draft_tokens}")
         if not -1 <= self.seed < 2**63:
             raise ValueError(f"seed must be -1 (not seeded) or in [0, 2**63), got {self.seed}")
         return self
-
-
-REPETITION_WINDOW = 64
 
 
 def sample_next(
@@ -70,6 +77,35 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
+class Drafts:
+    """Guesses of the next characters by prompt lookup: the longest recent run of characters (up to
+    `MAX_ORDER`) that occurred before in the text, and what followed it there. Free to compute, often right
+    in a character model's text (names, common words, the turns of a chat), and only ever a guess: the model
+    checks every one (`generate_ids`)."""
+
+    MAX_ORDER, MIN_ORDER = 6, 2
+
+    def __init__(self, history: list[int]):
+        self.history: list[int] = []
+        self.follows: dict[tuple[int, ...], int] = {}  # an n-gram -> where the token after its latest occurrence is
+        for token in history:
+            self.append(token)
+
+    def append(self, token: int) -> None:
+        history = self.history
+        for n in range(self.MIN_ORDER, min(self.MAX_ORDER, len(history)) + 1):
+            self.follows[tuple(history[-n:])] = len(history)
+        history.append(token)
+
+    def guess(self, count: int) -> list[int]:
+        history = self.history
+        for n in range(min(self.MAX_ORDER, len(history)), self.MIN_ORDER - 1, -1):
+            at = self.follows.get(tuple(history[-n:]))
+            if at is not None:
+                return history[at : at + count]
+        return []
+
+
 @torch.inference_mode()
 def generate_ids(
     model: GPT,
@@ -82,6 +118,12 @@ def generate_ids(
 
     With the cache, when the context fills up the last 3/4 of it is re-encoded at its new positions and
     generation continues from there (learned positions make a sliding cache impossible).
+
+    Speculative decoding with the cache: a step feeds the model the last token and up to `config.draft_tokens`
+    guesses (`Drafts`) at once, which costs about as much as feeding one on a CPU (the weights are read once,
+    the ops dispatched once); each position's token is then picked exactly as one step at a time would pick it
+    (the same `sample_next`, the same random draws in the same order), and the guesses are kept while they
+    equal what was picked. The output is that of plain decoding; only the number of model calls changes.
     """
     config.validate()
     device = next(model.parameters()).device
@@ -89,26 +131,40 @@ def generate_ids(
     generator = None
     if config.seed >= 0:
         generator = torch.Generator(device=device).manual_seed(config.seed)
+    penalised = config.repetition_penalty != 1.0
     was_training = model.training
     model.eval()
     try:
-        ids = torch.tensor([prompt_ids or [0]], dtype=torch.long, device=device)
+        history = list(prompt_ids or [0])
+        drafts = Drafts(history) if use_cache and config.draft_tokens > 0 else None
         cache = None
-        for _ in range(config.max_new_tokens):
+        left = config.max_new_tokens
+        while left > 0:
+            guesses: list[int] = []
             if not use_cache:
-                logits, _ = model(ids[:, -block:])
-                logits = logits[:, -1, :]
+                rows = model(torch.tensor([history[-block:]], device=device))[0][0, -1:]
+            elif cache is None or cache.length >= block:
+                keep = history[-(block * 3 // 4 if cache is not None else block) :]
+                cache = KVCache.empty(model.config, 1, device, model.wte.weight.dtype)
+                rows = model(torch.tensor([keep], device=device), cache=cache)[0][0]
             else:
-                if cache is None or cache.length >= block:
-                    keep = ids[:, -(block * 3 // 4 if cache is not None else block) :]
-                    cache = KVCache.empty(model.config, 1, device, model.wte.weight.dtype)
-                    logits, _ = model(keep, cache=cache)
-                else:
-                    logits, _ = model(ids[:, -1:], cache=cache)
-                logits = logits[:, -1, :]
-            next_id = sample_next(logits, config, ids[:, -REPETITION_WINDOW:], generator)
-            ids = torch.cat([ids, next_id], dim=1)
-            yield int(next_id)
+                room = min(config.draft_tokens, block - cache.length - 1, left - 1)
+                guesses = drafts.guess(room) if drafts is not None and room > 0 else []
+                feed = torch.tensor([history[-1:] + guesses], device=device)
+                rows = model(feed, cache=cache, all_positions=bool(guesses))[0][0]
+            fed = cache.length if cache is not None else 0
+            for row, guess in enumerate([*guesses, None]):
+                recent = torch.tensor([history[-REPETITION_WINDOW:]], device=device) if penalised else None
+                token = int(sample_next(rows[row : row + 1], config, recent, generator))
+                history.append(token)
+                if drafts is not None:
+                    drafts.append(token)
+                left -= 1
+                yield token
+                if token != guess:
+                    break
+            if guesses:  # the cache keeps the fed tokens up to the last guess that was right
+                cache.length = fed - len(guesses) + row
     finally:
         model.train(was_training)
 

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from core.config import ModelConfig
 from core.model import GPT
-from core.sampling import SamplingConfig, generate_ids, sample_next, stream
+from core.sampling import Drafts, SamplingConfig, generate_ids, sample_next, stream
 from core.vocab import Vocab
 
 
@@ -35,7 +37,7 @@ def test_repetition_penalty_discourages_recent_tokens():
 
 
 def test_bad_settings_are_rejected():
-    for bad in (dict(temperature=-1), dict(top_p=0), dict(top_k=-2), dict(max_new_tokens=-1)):
+    for bad in (dict(temperature=-1), dict(top_p=0), dict(top_k=-2), dict(max_new_tokens=-1), dict(draft_tokens=-1)):
         with pytest.raises(ValueError):
             SamplingConfig(**bad).validate()
 
@@ -93,3 +95,33 @@ def test_skip_leading_drops_only_the_first_run_of_those_characters(model_and_voc
     skipped = "".join(stream(model, vocab, "a", settings, skip_leading=lead))
     assert not skipped.startswith(lead)
     assert full.lstrip(lead).startswith(skipped) and len(skipped) <= len(full.lstrip(lead))
+
+
+def test_drafts_guess_what_followed_the_longest_recent_match():
+    assert Drafts([2, 3, 5, 2, 3, 7, 9, 2, 3]).guess(2) == [7, 9]  # the latest occurrence of "2 3"
+    drafts = Drafts([1, 2, 3, 4, 9, 9, 1, 2, 3])
+    assert drafts.guess(3) == [4, 9, 9]  # the longest match ("1 2 3") wins over a shorter, later one
+    assert Drafts([1, 2, 3]).guess(4) == []  # nothing repeats yet
+    drafts.append(4)
+    assert drafts.guess(1) == [9]
+
+
+@pytest.mark.parametrize("pos_encoding", ["learned", "rope"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        SamplingConfig(temperature=0, max_new_tokens=120),
+        SamplingConfig(temperature=0.8, max_new_tokens=120, seed=3),
+        SamplingConfig(temperature=1.0, top_k=3, top_p=0.9, repetition_penalty=1.3, max_new_tokens=120, seed=5),
+    ],
+)
+def test_speculative_decoding_gives_plain_decodings_output_in_fewer_model_calls(pos_encoding, settings):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=48, vocab_size=5, pos_encoding=pos_encoding))
+    prompt = [0, 1, 2, 3] * 6  # repeats, so guesses are there from the start and the context fills up
+    calls = []
+    model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[1]))
+    plain = list(generate_ids(model.eval(), prompt, dataclasses.replace(settings, draft_tokens=0)))
+    plain_calls, calls[:] = len(calls), []
+    assert list(generate_ids(model, prompt, settings)) == plain
+    assert max(calls) > 1 and len(calls) < plain_calls  # guesses were checked, and some were right

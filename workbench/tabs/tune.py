@@ -174,8 +174,8 @@ def build_tune(
     project: Project, jobs: JobManager, reader: StudyReader, dashboard_url: str | None = None
 ) -> dict[str, Any]:
     gr.Markdown(
-        "Each trial trains a small model for a short budget and reports its validation loss; weak trials are "
-        "pruned early. Studies are saved in "
+        "Give a total time and press **Start**: candidates race, the best are continued, and the winner is saved "
+        "as a model the Chat tab lists. Every rung of every candidate is a trial of one study, saved in "
         f"`{html.escape(project.storage.split('///')[-1].removeprefix(str(project.root) + '/'))}` and can be "
         "continued later by starting the same study name again."
     )
