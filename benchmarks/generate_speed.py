@@ -9,11 +9,15 @@ Time to first token is the time until `generate_ids` yields its first id, for pr
 characters (256 fills the context: the whole prefill). Targets: cache >= 10x faster, first token < 100 ms.
 
 The chat path: characters/s of a real reply through `core.chat.ChatSession` (what `python app.py chat`
-prints), for the classic and the modern architecture at the same shape, measured as a long minus a short
-seeded reply (so the prompt's prefill and the first character cancel out). Target (issue 16): >= 400/s.
+prints), measured as a long minus a short seeded reply (so the prompt's prefill and the first character
+cancel out), with speculative decoding off (`draft_tokens=0`) and on (the default), for random models of
+the classic and the modern architecture at the same shape (guesses are rarely right in random text: the
+cost of checking them) and for trained models given with `--model` (what the guesses gain, and how many
+characters each model call yields). Target (issue 16): >= 400/s.
 
-    python benchmarks/generate_speed.py            # 500 new tokens, 3 repeats
-    python benchmarks/generate_speed.py --quick    # 100 new tokens, 1 repeat
+    python benchmarks/generate_speed.py                            # 500 new tokens, 3 repeats
+    python benchmarks/generate_speed.py --quick                    # 100 new tokens, 1 repeat
+    python benchmarks/generate_speed.py --model models/shakespeare # and the chat path of a trained model
 
 Prints a table and writes benchmarks/results/generate_speed.json.
 """
@@ -29,7 +33,7 @@ import torch
 from common import print_table, timed_repeats, wait_for_quiet, write_results
 
 from core.chat import ChatSession
-from core.checkpoint import LoadedModel
+from core.checkpoint import LoadedModel, load_model
 from core.config import ModelConfig, recipe_configs, replace_known
 from core.model import GPT
 from core.sampling import SamplingConfig, generate_ids
@@ -41,6 +45,7 @@ SHAPE = {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "vocab_siz
 CONFIG = ModelConfig(**SHAPE)
 CHAT_REPLIES = (100, 600)  # characters of the short and the long reply
 CHAT_TARGET = 400  # characters/s through the CLI chat
+CHAT_MESSAGE = "To be, or not to be: that is the question."
 
 
 def generate(model: GPT, prompt: list[int], new_tokens: int, use_cache: bool, temperature: float = 0.8) -> list[int]:
@@ -59,42 +64,67 @@ def first_token_s(model: GPT, prompt: list[int], use_cache: bool, repeats: int) 
     return statistics.median(times)
 
 
-def chat_reply_s(loaded: LoadedModel, length: int, repeats: int) -> tuple[float, int]:
-    """Median seconds of one seeded chat reply of at most `length` characters, and its length."""
+def chat_reply_s(loaded: LoadedModel, length: int, repeats: int, draft_tokens: int) -> tuple[float, int, int]:
+    """Median seconds of one seeded chat reply of at most `length` characters, its length, and the model
+    calls it took."""
     reply: list[str] = []
+    calls: list[int] = []
+    hook = loaded.model.register_forward_hook(lambda module, args, out: calls.append(1))
 
     def once() -> None:
-        session = ChatSession(loaded, SamplingConfig(temperature=0.8, max_new_tokens=length, seed=0))
-        reply[:] = list(session.reply("To be, or not to be: that is the question."))
+        settings = SamplingConfig(temperature=0.8, max_new_tokens=length, seed=0, draft_tokens=draft_tokens)
+        calls.clear()
+        reply[:] = list(ChatSession(loaded, settings).reply(CHAT_MESSAGE))
 
-    once()  # warm-up
-    return timed_repeats(once, repeats)["median_s"], len("".join(reply))
+    try:
+        once()  # warm-up
+        return timed_repeats(once, repeats)["median_s"], len("".join(reply)), len(calls)
+    finally:
+        hook.remove()
 
 
-def chat_rows(repeats: int) -> list[dict]:
+def chat_row(label: str, loaded: LoadedModel, repeats: int, draft_tokens: int) -> dict:
+    (short_s, short_n, _), (long_s, long_n, calls) = (
+        chat_reply_s(loaded, n, repeats, draft_tokens) for n in CHAT_REPLIES
+    )
+    return {
+        "model": label,
+        "draft_tokens": draft_tokens,
+        "short_chars": short_n,
+        "long_chars": long_n,
+        "short_s": short_s,
+        "long_s": long_s,
+        "chars_per_call": long_n / calls,
+        "chars_per_s": (long_n - short_n) / (long_s - short_s),
+    }
+
+
+def chat_rows(repeats: int, trained: list[str]) -> list[dict]:
+    """The chat path of random models of both recipes (their text never repeats, so guesses are rarely right:
+    what speculative decoding costs at worst) and of trained models (what it gains)."""
     vocab = Vocab([chr(c) for c in range(32, 32 + VOCAB - 1)] + ["\n"])
-    rows = []
+    models = []
     for recipe in ("classic", "modern"):
         torch.manual_seed(0)
         model = GPT(replace_known(recipe_configs(recipe)[0], SHAPE)).eval()
-        loaded = LoadedModel(model, vocab, {}, Path(recipe))
-        (short_s, short_n), (long_s, long_n) = (chat_reply_s(loaded, n, repeats) for n in CHAT_REPLIES)
-        rows.append(
-            {
-                "recipe": recipe,
-                "short_chars": short_n,
-                "long_chars": long_n,
-                "short_s": short_s,
-                "long_s": long_s,
-                "chars_per_s": (long_n - short_n) / (long_s - short_s),
-            }
-        )
-    return rows
+        models.append((f"random {recipe}", LoadedModel(model, vocab, {}, Path(recipe))))
+    for path in trained:
+        loaded = load_model(path)
+        shape = loaded.model.config
+        models.append((f"{Path(path).name} ({shape.n_layer}x{shape.n_embd})", loaded))
+    return [
+        chat_row(label, loaded, repeats, draft_tokens)
+        for label, loaded in models
+        for draft_tokens in (0, SamplingConfig.draft_tokens)
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100 new tokens, one repeat")
+    parser.add_argument(
+        "--model", action="append", default=[], help="a trained model's folder: its chat path too (repeatable)"
+    )
     args = parser.parse_args()
     new_tokens = 100 if args.quick else 500
     repeats = 1 if args.quick else 3
@@ -145,9 +175,12 @@ def main() -> None:
         + f" (target >= 10); worst cached time to first token {worst_ttft:.1f} ms"
     )
     print(f"greedy output identical with and without the cache (100 tokens within the context): {greedy_same}")
-    chat = chat_rows(repeats)
+    chat = chat_rows(repeats, args.model)
     print(f"\nthe CLI chat's path (ChatSession.reply), {CHAT_REPLIES[1]} minus {CHAT_REPLIES[0]} characters")
-    print_table(chat, ["recipe", "short_chars", "long_chars", "short_s", "long_s", "chars_per_s"])
+    print_table(
+        chat,
+        ["model", "draft_tokens", "short_chars", "long_chars", "short_s", "long_s", "chars_per_call", "chars_per_s"],
+    )
     print(f"target: >= {CHAT_TARGET} characters/s")
     write_results(
         "generate_speed",
@@ -164,7 +197,7 @@ def main() -> None:
             "chat": chat,
             "targets": {"speedup": 10, "ttft_ms": 100, "chat_chars_per_s": CHAT_TARGET},
             "ok": speedup >= 10 and worst_ttft < 100,
-            "chat_ok": all(row["chars_per_s"] >= CHAT_TARGET for row in chat),
+            "chat_ok": all(row["chars_per_s"] >= CHAT_TARGET for row in chat if row["draft_tokens"]),
         },
     )
 

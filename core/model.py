@@ -28,16 +28,26 @@ class KVCache:
         return cls(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype))
 
 
+FEW_ROWS = 8  # up to this many rows (a decoding step and its guesses), `project` picks its own product
+
+
 def project(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)`, faster for the single row of a CPU decoding step.
+    """`layer(x)`, faster for the few rows of a CPU decoding step.
 
     For one row, MKL's fp32 matrix-vector product runs on one thread (~11 GB/s of weights on this 2-core
     machine). Split into a batch of row blocks, the same product runs on every thread (~40 GB/s), which
     makes a 6x384 model's cached decoding step about 2x faster (benchmarks/generate_speed.py). The
     column's strides (0, 1, in_features) matter: a contiguous column takes a path as slow as the GEMV.
+    For 2-8 rows (a speculative step's guesses), `weight @ x.T` reads the weights once on every thread:
+    the 24 products of a 6x384 model took 1.8 ms for 2 rows and 2.9 ms for 4, against 7.1 and 8.0 ms
+    through `F.linear`, whose small-M GEMM is slower than one row at a time.
     """
-    if x.numel() != x.shape[-1] or x.device.type != "cpu" or torch.is_grad_enabled():
+    rows = x.numel() // x.shape[-1]
+    if rows > FEW_ROWS or x.device.type != "cpu" or torch.is_grad_enabled():
         return layer(x)  # training and batched forwards: the normal path, nothing computed for them
+    if rows > 1:
+        y = torch.mm(layer.weight, x.reshape(rows, -1).t()).t().reshape(x.shape[:-1] + (layer.out_features,))
+        return y + layer.bias if layer.bias is not None else y
     parts = math.gcd(layer.out_features, torch.get_num_threads())
     if parts < 2:
         return layer(x)

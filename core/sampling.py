@@ -16,6 +16,7 @@ from core.vocab import Vocab
 
 REPETITION_WINDOW = 64
 MAX_DRAFT_TOKENS = 16
+GREEDY_DRAFT_TOKENS = 4
 
 
 @dataclass
@@ -27,8 +28,11 @@ class SamplingConfig:
     max_new_tokens: int = field(default=300, metadata={"help": "characters to generate at most"})
     seed: int = field(default=-1, metadata={"help": "random seed (-1 = not seeded)"})
     draft_tokens: int = field(
-        default=4,
-        metadata={"help": "guessed characters the model checks per call: faster, the same output (0 = off)"},
+        default=-1,
+        metadata={
+            "help": "guessed characters the model checks per call, the same output (0 = off, -1 = auto: "
+            f"{GREEDY_DRAFT_TOKENS} when greedy, where guesses are often right, else 0)"
+        },
     )
 
     def validate(self) -> SamplingConfig:
@@ -42,11 +46,20 @@ class SamplingConfig:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if not 0 <= self.draft_tokens <= MAX_DRAFT_TOKENS:
-            raise ValueError(f"draft_tokens must be in [0, {MAX_DRAFT_TOKENS}], got {self.draft_tokens}")
+        if not -1 <= self.draft_tokens <= MAX_DRAFT_TOKENS:
+            raise ValueError(f"draft_tokens must be -1 (auto) or in [0, {MAX_DRAFT_TOKENS}], got {self.draft_tokens}")
         if not -1 <= self.seed < 2**63:
             raise ValueError(f"seed must be -1 (not seeded) or in [0, 2**63), got {self.seed}")
         return self
+
+    @property
+    def guesses(self) -> int:
+        """Guesses checked per model call. Auto: only when greedy. With prompt lookup a 6x384 model's guessing
+        call costs about 1.7x a plain one on 2 CPU cores, and at temperature 0.8 a call yielded 1.2-1.4
+        characters (a loss), greedy 3.1 (benchmarks/generate_speed.py)."""
+        if self.draft_tokens >= 0:
+            return self.draft_tokens
+        return GREEDY_DRAFT_TOKENS if self.temperature == 0 else 0
 
 
 def sample_next(
@@ -119,11 +132,12 @@ def generate_ids(
     With the cache, when the context fills up the last 3/4 of it is re-encoded at its new positions and
     generation continues from there (learned positions make a sliding cache impossible).
 
-    Speculative decoding with the cache: a step feeds the model the last token and up to `config.draft_tokens`
-    guesses (`Drafts`) at once, which costs about as much as feeding one on a CPU (the weights are read once,
-    the ops dispatched once); each position's token is then picked exactly as one step at a time would pick it
-    (the same `sample_next`, the same random draws in the same order), and the guesses are kept while they
-    equal what was picked. The output is that of plain decoding; only the number of model calls changes.
+    Speculative decoding with the cache: a step feeds the model the last token and up to `config.guesses`
+    guesses (`Drafts`) at once, reading the weights once for all of them; each position's token is then
+    picked exactly as one step at a time would pick it (the same `sample_next`, the same random draws in the
+    same order), and the guesses are kept while they equal what was picked. The output is that of plain
+    decoding, up to the rounding of the few-row products (~1e-6, which can tip a near-tie); only the number
+    of model calls changes.
     """
     config.validate()
     device = next(model.parameters()).device
@@ -136,7 +150,7 @@ def generate_ids(
     model.eval()
     try:
         history = list(prompt_ids or [0])
-        drafts = Drafts(history) if use_cache and config.draft_tokens > 0 else None
+        drafts = Drafts(history) if use_cache and config.guesses > 0 else None
         cache = None
         left = config.max_new_tokens
         while left > 0:
@@ -148,7 +162,7 @@ def generate_ids(
                 cache = KVCache.empty(model.config, 1, device, model.wte.weight.dtype)
                 rows = model(torch.tensor([keep], device=device), cache=cache)[0][0]
             else:
-                room = min(config.draft_tokens, block - cache.length - 1, left - 1)
+                room = min(config.guesses, block - cache.length - 1, left - 1)
                 guesses = drafts.guess(room) if drafts is not None and room > 0 else []
                 feed = torch.tensor([history[-1:] + guesses], device=device)
                 rows = model(feed, cache=cache, all_positions=bool(guesses))[0][0]

@@ -37,7 +37,7 @@ def test_repetition_penalty_discourages_recent_tokens():
 
 
 def test_bad_settings_are_rejected():
-    for bad in (dict(temperature=-1), dict(top_p=0), dict(top_k=-2), dict(max_new_tokens=-1), dict(draft_tokens=-1)):
+    for bad in (dict(temperature=-1), dict(top_p=0), dict(top_k=-2), dict(max_new_tokens=-1), dict(draft_tokens=-2)):
         with pytest.raises(ValueError):
             SamplingConfig(**bad).validate()
 
@@ -110,9 +110,11 @@ def test_drafts_guess_what_followed_the_longest_recent_match():
 @pytest.mark.parametrize(
     "settings",
     [
-        SamplingConfig(temperature=0, max_new_tokens=120),
-        SamplingConfig(temperature=0.8, max_new_tokens=120, seed=3),
-        SamplingConfig(temperature=1.0, top_k=3, top_p=0.9, repetition_penalty=1.3, max_new_tokens=120, seed=5),
+        SamplingConfig(temperature=0, max_new_tokens=120),  # auto: guesses when greedy
+        SamplingConfig(temperature=0.8, max_new_tokens=120, seed=3, draft_tokens=4),
+        SamplingConfig(
+            temperature=1.0, top_k=3, top_p=0.9, repetition_penalty=1.3, max_new_tokens=120, seed=5, draft_tokens=2
+        ),
     ],
 )
 def test_speculative_decoding_gives_plain_decodings_output_in_fewer_model_calls(pos_encoding, settings):
