@@ -176,7 +176,11 @@ def test_the_survivor_is_continued_saved_and_the_budget_kept(tmp_path, dataset_d
     assert trials[0].user_attrs["params"]["n_layer"] == 1  # the default candidate, with the user's flags
     final = [t for t in trials if t.user_attrs["rung"] == len(rungs) - 1]
     assert final[0].user_attrs["parent"] is not None
-    assert json.loads((folder / "best_params.json").read_text())["trial"] == final[0].number
+    best = json.loads((folder / "best_params.json").read_text())
+    assert best["trial"] == final[0].number
+    # the final rung trains at twice the survivor's batch, and says so
+    saved_batch = json.loads((folder / "config.json").read_text())["train"]["batch_size"]
+    assert saved_batch == best["final_batch_size"] == 2 * final[0].user_attrs["params"]["batch_size"]
     assert not (tmp_path / "runs" / "race").exists()  # candidates' checkpoints are cleared at the end
     again = run_app("train", "--from-study", "race", "--storage", f"sqlite:///{tmp_path}/race.db", "--name", "again",
                     "--data-dir", str(dataset_dir), "--max-iters", "5", "--eval-iters", "1", cwd=tmp_path)  # fmt: skip
