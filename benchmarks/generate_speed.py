@@ -191,7 +191,17 @@ def main() -> None:
     print(f"\nthe CLI chat's path (ChatSession.reply), {CHAT_REPLIES[1]} minus {CHAT_REPLIES[0]} characters")
     print_table(
         chat,
-        ["model", "draft_tokens", "short_chars", "long_chars", "short_s", "long_s", "chars_per_call", "chars_per_s"],
+        [
+            "model",
+            "temperature",
+            "draft_tokens",
+            "short_chars",
+            "long_chars",
+            "short_s",
+            "long_s",
+            "chars_per_call",
+            "chars_per_s",
+        ],  # fmt: skip
     )
     print(f"target: >= {CHAT_TARGET} characters/s")
     write_results(
