@@ -54,9 +54,9 @@ class SamplingConfig:
 
     @property
     def guesses(self) -> int:
-        """Guesses checked per model call. Auto: only when greedy. With prompt lookup a 6x384 model's guessing
-        call costs about 1.7x a plain one on 2 CPU cores, and at temperature 0.8 a call yielded 1.2-1.4
-        characters (a loss), greedy 3.1 (benchmarks/generate_speed.py)."""
+        """Guesses checked per model call. Auto: only when greedy. On 2 CPU cores a 6x384 model's call with
+        guesses costs 1.65-1.8x a plain one, and with prompt lookup a trained 3x128 model's calls yielded
+        1.2-1.4 characters at temperature 0.8 (a loss) and 3.1-3.4 greedy (benchmarks/generate_speed.py)."""
         if self.draft_tokens >= 0:
             return self.draft_tokens
         return GREEDY_DRAFT_TOKENS if self.temperature == 0 else 0
@@ -99,16 +99,20 @@ class Drafts:
     MAX_ORDER, MIN_ORDER = 6, 2
 
     def __init__(self, history: list[int]):
-        self.history: list[int] = []
+        """Index `history`, which becomes this object's: extend it through `append` from now on."""
+        self.history = history
         self.follows: dict[tuple[int, ...], int] = {}  # an n-gram -> where the token after its latest occurrence is
-        for token in history:
-            self.append(token)
+        for end in range(1, len(history)):
+            self._index(end)
+
+    def _index(self, end: int) -> None:
+        """Record the n-grams that end just before position `end` as followed by the token there."""
+        for n in range(self.MIN_ORDER, min(self.MAX_ORDER, end) + 1):
+            self.follows[tuple(self.history[end - n : end])] = end
 
     def append(self, token: int) -> None:
-        history = self.history
-        for n in range(self.MIN_ORDER, min(self.MAX_ORDER, len(history)) + 1):
-            self.follows[tuple(history[-n:])] = len(history)
-        history.append(token)
+        self.history.append(token)
+        self._index(len(self.history) - 1)
 
     def guess(self, count: int) -> list[int]:
         history = self.history
@@ -170,9 +174,10 @@ def generate_ids(
             for row, guess in enumerate([*guesses, None]):
                 recent = torch.tensor([history[-REPETITION_WINDOW:]], device=device) if penalised else None
                 token = int(sample_next(rows[row : row + 1], config, recent, generator))
-                history.append(token)
                 if drafts is not None:
-                    drafts.append(token)
+                    drafts.append(token)  # its history is this one
+                else:
+                    history.append(token)
                 left -= 1
                 yield token
                 if token != guess:
