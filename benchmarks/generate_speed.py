@@ -38,6 +38,7 @@ from common import print_table, timed_repeats, wait_for_quiet, write_results
 from core.chat import ChatSession
 from core.checkpoint import LoadedModel, load_model
 from core.config import ModelConfig, recipe_configs, replace_known
+from core.decoding import Decoder
 from core.model import GPT
 from core.sampling import GREEDY_DRAFT_TOKENS, SamplingConfig, generate_ids, stream
 from core.vocab import Vocab
@@ -75,7 +76,9 @@ def chat_reply_s(
     line or two: too short to time)."""
     reply: list[str] = []
     calls: list[int] = []
-    hook = loaded.model.register_forward_hook(lambda module, args, out: calls.append(1))
+    hook = loaded.model.register_forward_hook(lambda module, args, out: calls.append(1))  # prompts, refills
+    decode_step = Decoder.__call__  # decoding steps
+    Decoder.__call__ = lambda self, ids, cache: calls.append(1) or decode_step(self, ids, cache)
     settings = dataclasses.replace(settings, max_new_tokens=length, seed=0)
 
     def once() -> None:
@@ -90,6 +93,7 @@ def chat_reply_s(
         return timed_repeats(once, repeats)["median_s"], len("".join(reply)), len(calls)
     finally:
         hook.remove()
+        Decoder.__call__ = decode_step
 
 
 def chat_row(label: str, loaded: LoadedModel, repeats: int, settings: SamplingConfig, whole: bool) -> dict:

@@ -32,7 +32,16 @@ FEW_ROWS = 8  # up to this many rows (a decoding step and its guesses), `project
 
 
 def project(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)`, faster for the few rows of a CPU decoding step.
+    """`layer(x)`, faster for the few rows of a CPU decoding step (`few_rows_product`)."""
+    rows = x.numel() // x.shape[-1]
+    if rows > FEW_ROWS or x.device.type != "cpu" or torch.is_grad_enabled():
+        return layer(x)  # training and batched forwards: the normal path, nothing computed for them
+    y = few_rows_product(layer.weight, x.reshape(rows, -1)).reshape(x.shape[:-1] + (layer.out_features,))
+    return y + layer.bias if layer.bias is not None else y
+
+
+def few_rows_product(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`x @ weight.T` for the rows of x (T, in) on CPU, each way measured fastest for its number of rows.
 
     For one row, MKL's fp32 matrix-vector product runs on one thread (~11 GB/s of weights on this 2-core
     machine). Split into a batch of row blocks, the same product runs on every thread (~40 GB/s), which
@@ -42,19 +51,17 @@ def project(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     the 24 products of a 6x384 model took 1.8 ms for 2 rows and 2.9 ms for 4, against 7.1 and 8.0 ms
     through `F.linear`, whose small-M GEMM is slower than one row at a time.
     """
-    rows = x.numel() // x.shape[-1]
-    if rows > FEW_ROWS or x.device.type != "cpu" or torch.is_grad_enabled():
-        return layer(x)  # training and batched forwards: the normal path, nothing computed for them
+    rows, (out_features, in_features) = x.shape[0], weight.shape
+    if rows > FEW_ROWS:
+        return F.linear(x, weight)
     if rows > 1:
-        y = torch.mm(layer.weight, x.reshape(rows, -1).t()).t().reshape(x.shape[:-1] + (layer.out_features,))
-        return y + layer.bias if layer.bias is not None else y
-    parts = math.gcd(layer.out_features, torch.get_num_threads())
+        return torch.mm(weight, x.t()).t()
+    parts = math.gcd(out_features, torch.get_num_threads())
     if parts < 2:
-        return layer(x)
-    blocks = layer.weight.view(parts, layer.out_features // parts, layer.in_features)
-    column = x.reshape(-1).as_strided((parts, layer.in_features, 1), (0, 1, layer.in_features))
-    y = torch.bmm(blocks, column).view(x.shape[:-1] + (layer.out_features,))
-    return y + layer.bias if layer.bias is not None else y
+        return F.linear(x, weight)
+    blocks = weight.view(parts, out_features // parts, in_features)
+    column = x.reshape(-1).as_strided((parts, in_features, 1), (0, 1, in_features))
+    return torch.bmm(blocks, column).view(1, out_features)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -191,10 +198,9 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
-        all_positions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits for every position (with a cache, the last only unless `all_positions`: a speculative
-        decoding step checks each of its guesses) and the loss."""
+        """Logits for every position (with a cache, the last only: a prompt's; decoding steps after it go
+        through `core.decoding.Decoder`) and the loss."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -211,7 +217,7 @@ class GPT(nn.Module):
         if cache is not None:
             cache.length += T
         if targets is None:
-            return self.head(x[:, -1:, :] if cache is not None and not all_positions else x), None
+            return self.head(x[:, -1:, :] if cache is not None else x), None
         logits = self.head(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss

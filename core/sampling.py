@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from core.decoding import decoder_for
 from core.model import GPT, KVCache
 from core.vocab import Vocab
 
@@ -154,6 +155,7 @@ def generate_ids(
     model.eval()
     try:
         history = list(prompt_ids or [0])
+        step = decoder_for(model) if use_cache else None
         drafts = Drafts(history) if use_cache and config.guesses > 0 else None
         cache = None
         left = config.max_new_tokens
@@ -168,8 +170,7 @@ def generate_ids(
             else:
                 room = min(config.guesses, block - cache.length - 1, left - 1)
                 guesses = drafts.guess(room) if drafts is not None and room > 0 else []
-                feed = torch.tensor([history[-1:] + guesses], device=device)
-                rows = model(feed, cache=cache, all_positions=bool(guesses))[0][0]
+                rows = step(history[-1:] + guesses, cache)
             fed = cache.length if cache is not None else 0
             for row, guess in enumerate([*guesses, None]):
                 recent = torch.tensor([history[-REPETITION_WINDOW:]], device=device) if penalised else None

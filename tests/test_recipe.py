@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.config import ConfigError, ModelConfig, TrainConfig, recipe_configs
+from core.decoding import Decoder
 from core.model import GPT, KVCache
 from core.muon import Muon
 from core.trainer import TrainHooks, lr_at, train
@@ -78,6 +79,12 @@ def test_kv_cache_matches_full_forward_for_every_option(combination):
     for t in range(5, 16):
         step, _ = model(idx[:, t : t + 1], cache=cache)
         assert torch.allclose(step[:, -1], full[:, t], atol=1e-5)
+    decode = Decoder(model)  # the chat's decoding step: one token, then several at once (a token and its guesses)
+    cache = KVCache.empty(model.config, 1, torch.device("cpu"), torch.float32)
+    model(idx[:1, :5], cache=cache)
+    for start, stop in ((5, 6), (6, 7), (7, 11), (11, 16)):
+        assert torch.allclose(decode(idx[0, start:stop].tolist(), cache), full[0, start:stop], atol=1e-5)
+    assert cache.length == 16
 
 
 @pytest.mark.parametrize("settings", [{"optimizer": "muon"}, {"schedule": "wsd", "optimizer": "adamw"}], ids=str)
