@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.model import GPT, KVCache, few_rows_product
+from core.model import GPT, KVCache, few_rows_product, rotate
 
 
 @dataclass
@@ -110,9 +110,7 @@ class Decoder:
             if self.qk_norm:
                 qk = F.rms_norm(qk, (D,))
             if self.wpe is None:
-                half = D // 2
-                a, b = qk[..., :half], qk[..., half:]
-                qk = torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1)
+                qk = rotate(qk, cos, sin)
             q, k = qk.unbind(0)
             cache.keys[index, 0, :, positions] = k
             cache.values[index, 0, :, positions] = qkv[2]
