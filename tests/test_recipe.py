@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from core.config import ConfigError, ModelConfig, TrainConfig, recipe_configs
 from core.decoding import Decoder
 from core.model import GPT, KVCache
-from core.muon import Muon
+from core.muon import Muon, orthogonalize
 from core.trainer import TrainHooks, lr_at, train
 from tests.helpers import run_app
 
@@ -206,9 +206,9 @@ def test_fp16_trains_with_a_grad_scaler_whose_state_is_checkpointed(
     assert first + second == pytest.approx(full, abs=1e-6)
 
 
-def _muon_runs(make, steps: int = 4) -> tuple[list[torch.Tensor], dict]:
+def _muon_runs(make, steps: int = 4, shapes=((24, 8), (8, 32))) -> tuple[list[torch.Tensor], dict]:
     torch.manual_seed(0)
-    weights = [torch.nn.Parameter(torch.randn(24, 8)), torch.nn.Parameter(torch.randn(8, 32))]
+    weights = [torch.nn.Parameter(torch.randn(*shape)) for shape in shapes]
     optimizer = make(weights)
     for _ in range(steps):
         optimizer.zero_grad()
@@ -226,6 +226,24 @@ def test_muon_in_bf16_is_torchs_and_in_fp32_the_same_update_more_precisely():
     loaded = Muon([torch.nn.Parameter(w.clone()) for w in precise], lr=0.02, ns_dtype=torch.float32)
     loaded.load_state_dict(reference_state)  # checkpoints move between the two
     assert precise_state["state"].keys() == reference_state["state"].keys()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_muon_orthogonalises_same_shape_matrices_together_as_it_would_one_by_one(dtype):
+    torch.manual_seed(0)
+    grads = torch.randn(3, 24, 8)
+    args = ((3.4445, -4.7750, 2.0315), 5, 1e-7, dtype)
+    together = orthogonalize(grads, *args)
+    one_by_one = torch.stack([orthogonalize(g, *args) for g in grads])
+    assert together.shape == grads.shape
+    assert torch.allclose(together.float(), one_by_one.float(), atol=1e-5 if dtype == torch.float32 else 2e-2)
+    # a whole step: several same-shape matrices (as a model's layers) train as torch's Muon trains them
+    shapes = [(24, 8)] * 3 + [(8, 32)]
+    initial, _ = _muon_runs(lambda w: torch.optim.SGD(w, lr=0.0), shapes=shapes)
+    reference, _ = _muon_runs(lambda w: torch.optim.Muon(w, lr=0.02), shapes=shapes)
+    batched, _ = _muon_runs(lambda w: Muon(w, lr=0.02, ns_dtype=dtype), shapes=shapes)
+    assert all((a - w).abs().max() > 1e-2 for a, w in zip(reference, initial))  # the steps moved every matrix
+    assert all(torch.allclose(a, b, atol=2e-3) for a, b in zip(reference, batched))
 
 
 @pytest.mark.parametrize("native", [True, False])
