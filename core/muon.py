@@ -61,11 +61,12 @@ class Muon(torch.optim.Muon):
             by_shape: dict[torch.Size, list[int]] = {}
             for index, update in enumerate(updates):
                 by_shape.setdefault(update.shape, []).append(index)
+            ns = (group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
             for shape, indices in by_shape.items():
-                stacked = updates[indices[0]] if len(indices) == 1 else torch.stack([updates[i] for i in indices])
-                ortho = orthogonalize(stacked, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
+                same = [updates[i] for i in indices]  # a lone matrix goes through torch's 2-D operations
+                orthos = [orthogonalize(same[0], *ns)] if len(same) == 1 else orthogonalize(torch.stack(same), *ns)
                 rate = _adjust_lr(lr, group["adjust_lr_fn"], shape)
-                for position, index in enumerate(indices):
+                for index, ortho in zip(indices, orthos):
                     params[index].mul_(1 - lr * decay)
-                    params[index].add_(ortho if len(indices) == 1 else ortho[position], alpha=-rate)
+                    params[index].add_(ortho, alpha=-rate)
         return loss
