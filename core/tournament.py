@@ -541,6 +541,7 @@ def _run_rung(
 ) -> None:
     attrs = trial.user_attrs
     rung, candidate = attrs["rung"], attrs["candidate"]
+    trial.set_user_attr("worker", worker)
     siblings = [
         t
         for t in study.get_trials(deepcopy=False)
@@ -558,7 +559,6 @@ def _run_rung(
         space.suggest(trial)  # records the enqueued values as the trial's params, for the dashboard
     final = rung == len(plan.rungs) - 1
     folder = runs_root / f"candidate-{candidate:03d}"
-    trial.set_user_attr("worker", worker)
     started = time.time()
     emit(
         RungEvent(

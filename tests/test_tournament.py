@@ -8,6 +8,7 @@ import math
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import optuna
@@ -17,7 +18,10 @@ import torch
 from core.tournament import (
     END_MARGIN_S,
     SLICE_OVERHEAD_S,
+    _claim_waiting,
     _machine_threads,
+    _run_rung,
+    _rung_trials,
     candidate_configs,
     default_params,
     first_candidates,
@@ -234,8 +238,11 @@ def test_two_workers_share_a_budgeted_study(tmp_path, dataset_dir):
     assert result.returncode == 0, result.stderr
     trials = rung_trials(tmp_path)
     assert {t.user_attrs.get("worker") for t in trials} == {0, 1}
+    # both workers may promote a finished rung at once; the second promotion of a candidate is pruned unrun
+    duplicates = [t for t in trials if t.user_attrs.get("reason", "").startswith("duplicate of")]
+    assert all(t.state == optuna.trial.TrialState.PRUNED and "seconds" not in t.user_attrs for t in duplicates)
     # each rung of a candidate ran once: no worker popped a trial the other was running, none was retried
-    runs = [(t.user_attrs["rung"], t.user_attrs["candidate"]) for t in trials]
+    runs = [(t.user_attrs["rung"], t.user_attrs["candidate"]) for t in trials if t not in duplicates]
     assert len(runs) == len(set(runs)) and not [t for t in trials if "failed_trial" in t.system_attrs]
     everything = open_study("race", f"sqlite:///{tmp_path}/race.db").trials
     assert not [t for t in everything if t.state == optuna.trial.TrialState.FAIL]  # no trial made and thrown away
@@ -247,6 +254,19 @@ def test_two_workers_share_a_budgeted_study(tmp_path, dataset_dir):
     assert (tmp_path / "models" / "winner" / "model.safetensors").is_file()
     if (os.cpu_count() or 1) > 1:  # each worker had half of the cores; the final rung, run alone, takes them all
         assert f"final rung on {os.cpu_count()} threads" in result.stderr
+
+
+def test_a_second_promotion_of_a_candidate_is_pruned_unrun_and_the_first_counts():
+    study = optuna.create_study()
+    for _ in range(2):  # two workers promoted the same finished rung at once
+        study.enqueue_trial({}, user_attrs={"rung": 1, "candidate": 3, "params": {}})
+    first, second = _claim_waiting(study), _claim_waiting(study)
+    idle = threading.Event()
+    _run_rung(study, second, None, None, None, None, None, None, idle, lambda event: None, worker=1)
+    pruned = study.trials[second.number]
+    assert pruned.state == optuna.trial.TrialState.PRUNED and pruned.user_attrs["worker"] == 1
+    assert pruned.user_attrs["reason"] == f"duplicate of trial {first.number}"
+    assert [t.number for t in _rung_trials(study, 1)] == [first.number]
 
 
 def test_the_final_rung_takes_the_machine_s_threads_only_from_a_share_of_them(monkeypatch):
