@@ -8,7 +8,14 @@ step (a token and its guesses); prompts and refills still go through the model. 
 a 6x384 model's module-by-module step spends more time in Python and in dispatching ~250 small ops than in
 reading its 42 MB of weights: this path makes ~40% fewer calls into torch and skips the modules' Python
 (2.0 ms a step against 2.5 ms for the modern 6x384 model, 1.6 against 2.1 ms for classic, on 2 AVX512 cores;
-benchmarks/generate_speed.py). Float16 or bfloat16 weights were measured too and did not help: 2.0 and 4.0 ms.
+benchmarks/generate_speed.py).
+
+With `half` (sampled replies without guesses, by default; `--exact` turns it off) a one-row step on a CPU
+multiplies float16 copies of the weights: half the bytes to read; each product, rounded to float16, goes on in
+float32; logits within ~1e-3 of float32's (6x384, random weights). On a 2-core AVX512-BF16 EPYC the 24 one-row
+products of a 6x384 model took 0.7-1.3 ms against 1.9-2.2 ms (bfloat16: 2.4-2.6 ms, its one-row kernel is slow
+there; float16 for 2-5 rows is no faster than float32; an earlier AVX2 machine gained nothing from float16).
+Everything else stays float32: norms, attention, the cache, and steps of several rows.
 """
 
 from __future__ import annotations
@@ -46,10 +53,22 @@ class _Norm:
 class _Linear:
     weight: torch.Tensor
     bias: torch.Tensor | None
+    half: torch.Tensor | None = None  # a float16 copy of the weight, for one-row products on a CPU
+
+    @classmethod
+    def of(cls, module: nn.Linear, half: bool) -> _Linear:
+        weight = module.weight.detach()
+        half = half and weight.device.type == "cpu" and weight.dtype == torch.float32
+        return cls(weight, module.bias, weight.half() if half else None)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x @ weight.T (+ bias) for the rows of x (T, in)."""
-        y = few_rows_product(self.weight, x) if x.device.type == "cpu" else F.linear(x, self.weight)
+        if self.half is not None and x.shape[0] == 1:  # half the bytes to read
+            y = F.linear(x.half(), self.half).float()
+        elif x.device.type == "cpu":
+            y = few_rows_product(self.weight, x)
+        else:
+            y = F.linear(x, self.weight)
         return y if self.bias is None else y + self.bias
 
 
@@ -67,13 +86,13 @@ class Decoder:
     """The decoding step of one model, its weights captured when it was built (`decoder_for` rebuilds it
     when they change)."""
 
-    def __init__(self, model: GPT):
+    def __init__(self, model: GPT, half: bool = False):
         cfg = model.config
         self.n_head, self.head_size = cfg.n_head, cfg.n_embd // cfg.n_head
         self.qk_norm, self.relu2, self.softcap = cfg.qk_norm, cfg.mlp == "relu2", cfg.logit_softcap
 
         def linear(module: nn.Linear) -> _Linear:
-            return _Linear(module.weight.detach(), module.bias)
+            return _Linear.of(module, half)
 
         self.layers = [
             _Layer(
@@ -87,10 +106,25 @@ class Decoder:
         self.rope = (model.rope_cos, model.rope_sin) if self.wpe is None else None
         self.norm_f, self.head = _Norm.of(model.ln_f), linear(model.lm_head)
 
+    @property
+    def half(self) -> bool:
+        return self.head.half is not None
+
     @torch.inference_mode()
     def __call__(self, ids: list[int], cache: KVCache) -> torch.Tensor:
         """Logits (len(ids), vocab) of the tokens `ids` fed after the cache's; each row sees the cache and
-        the rows before it."""
+        the rows before it. A half-precision step whose logits overflow is taken again in float32, and so
+        are all later ones."""
+        logits = self._step(ids, cache)
+        if self.half and not bool(torch.isfinite(logits).all()):
+            for linear in [self.head, *(lin for layer in self.layers for lin in vars(layer).values())]:
+                if isinstance(linear, _Linear):
+                    linear.half = None
+            cache.length -= len(ids)
+            logits = self._step(ids, cache)
+        return logits
+
+    def _step(self, ids: list[int], cache: KVCache) -> torch.Tensor:
         T, start = len(ids), cache.length
         if start + T > cache.keys.size(3):
             raise ValueError(f"sequence of {start + T} exceeds the context of {cache.keys.size(3)}")
@@ -130,12 +164,12 @@ class Decoder:
 _decoders: weakref.WeakKeyDictionary[GPT, tuple[tuple, Decoder]] = weakref.WeakKeyDictionary()
 
 
-def decoder_for(model: GPT) -> Decoder:
+def decoder_for(model: GPT, half: bool = False) -> Decoder:
     """The model's `Decoder`, built once and rebuilt after its weights change (training steps between the
-    samples of a run; each version counter moves on every in-place update)."""
-    key = tuple((p.device, p.dtype, 0 if p.is_inference() else p._version) for p in model.parameters())
+    samples of a run; each version counter moves on every in-place update) or when `half` does."""
+    key = (half, *((p.device, p.dtype, 0 if p.is_inference() else p._version) for p in model.parameters()))
     kept = _decoders.get(model)
     if kept is None or kept[0] != key:
-        kept = (key, Decoder(model))
+        kept = (key, Decoder(model, half))
         _decoders[model] = kept
     return kept[1]

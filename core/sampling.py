@@ -35,6 +35,14 @@ class SamplingConfig:
             f"{GREEDY_DRAFT_TOKENS} when greedy, where guesses are often right, else 0)"
         },
     )
+    exact: bool = field(
+        default=False,
+        metadata={
+            "help": "decode with the float32 weights only (the model's own arithmetic); off, a CPU's "
+            "one-character steps without guesses (sampled replies) read float16 copies of the weights: "
+            "~25%% faster, logits within ~1e-3"
+        },
+    )
 
     def validate(self) -> SamplingConfig:
         if self.temperature < 0:
@@ -155,7 +163,9 @@ def generate_ids(
     model.eval()
     try:
         history = list(prompt_ids or [0])
-        step = decoder_for(model) if use_cache else None
+        # Guessing steps stay float32: several rows are not faster in float16, and a guess must be checked
+        # with the arithmetic of the step it replaces.
+        step = decoder_for(model, half=not config.exact and config.guesses == 0) if use_cache else None
         drafts = Drafts(history) if use_cache and config.guesses > 0 else None
         cache = None
         left = config.max_new_tokens

@@ -85,6 +85,25 @@ def test_kv_cache_matches_full_forward_for_every_option(combination):
     for start, stop in ((5, 6), (6, 7), (7, 11), (11, 16)):
         assert torch.allclose(decode(idx[0, start:stop].tolist(), cache), full[0, start:stop], atol=1e-5)
     assert cache.length == 16
+    half = Decoder(model, half=True)  # the chat's default on a CPU: float16 weights for one-row steps
+    cache = KVCache.empty(model.config, 1, torch.device("cpu"), torch.float32)
+    model(idx[:1, :5], cache=cache)
+    for t in range(5, 16):
+        assert torch.allclose(half([int(idx[0, t])], cache), full[0, t : t + 1], atol=1e-2)
+
+
+def test_a_half_precision_step_that_overflows_is_taken_again_in_float32():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=8, vocab_size=11, dropout=0.0)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1e6)  # logits far beyond float16's 65504
+    full, _ = model(torch.tensor([[1, 2, 3]]))
+    half = Decoder(model, half=True)
+    assert half.half
+    cache = KVCache.empty(model.config, 1, torch.device("cpu"), torch.float32)
+    logits = torch.cat([half([token], cache) for token in (1, 2, 3)])
+    assert not half.half and cache.length == 3  # float32 from the overflow on, the cache written once per token
+    assert torch.allclose(logits, full[0], rtol=1e-4)
 
 
 @pytest.mark.parametrize("settings", [{"optimizer": "muon"}, {"schedule": "wsd", "optimizer": "adamw"}], ids=str)

@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+from core import sampling
 from core.config import ModelConfig
 from core.decoding import Decoder
 from core.model import GPT
@@ -129,3 +130,17 @@ def test_speculative_decoding_gives_plain_decodings_output_in_fewer_model_calls(
     plain_calls, calls[:] = len(calls), []
     assert list(generate_ids(model, prompt, settings)) == plain
     assert max(calls) > 1 and len(calls) < plain_calls  # guesses were checked, and some were right
+
+
+def test_sampled_replies_step_in_half_precision_unless_exact_and_greedy_ones_never(model_and_vocab, monkeypatch):
+    model, vocab = model_and_vocab
+    built: list[bool] = []
+    real = sampling.decoder_for
+    monkeypatch.setattr(sampling, "decoder_for", lambda m, half: built.append(half) or real(m, half))
+    prompt = vocab.encode("ab c")
+    for settings in (SamplingConfig(seed=1), SamplingConfig(seed=1, exact=True), SamplingConfig(temperature=0)):
+        out = list(generate_ids(model, prompt, dataclasses.replace(settings, max_new_tokens=5)))
+        assert len(out) == 5
+    assert built == [True, False, False]
+    exact = SamplingConfig(seed=1, exact=True, max_new_tokens=5)  # float32 throughout: as if uncached
+    assert list(generate_ids(model, prompt, exact)) == list(generate_ids(model, prompt, exact, use_cache=False))
