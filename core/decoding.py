@@ -161,15 +161,15 @@ class Decoder:
         return logits if self.softcap is None else self.softcap * torch.tanh(logits / self.softcap)
 
 
-_decoders: weakref.WeakKeyDictionary[GPT, tuple[tuple, Decoder]] = weakref.WeakKeyDictionary()
+_decoders: weakref.WeakKeyDictionary[GPT, dict[bool, tuple[tuple, Decoder]]] = weakref.WeakKeyDictionary()
 
 
 def decoder_for(model: GPT, half: bool = False) -> Decoder:
-    """The model's `Decoder`, built once and rebuilt after its weights change (training steps between the
-    samples of a run; each version counter moves on every in-place update) or when `half` does."""
-    key = (half, *((p.device, p.dtype, 0 if p.is_inference() else p._version) for p in model.parameters()))
-    kept = _decoders.get(model)
-    if kept is None or kept[0] != key:
-        kept = (key, Decoder(model, half))
-        _decoders[model] = kept
-    return kept[1]
+    """The model's `Decoder` (float32 or `half`: both are kept, for chats that use both), built once and
+    rebuilt after its weights change (training steps between the samples of a run; each version counter
+    moves on every in-place update)."""
+    key = tuple((p.device, p.dtype, 0 if p.is_inference() else p._version) for p in model.parameters())
+    kept = _decoders.setdefault(model, {})
+    if half not in kept or kept[half][0] != key:
+        kept[half] = (key, Decoder(model, half))
+    return kept[half][1]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from core.decoding import decoder_for
+from core.device import autocast, has_native_bf16
 from core.model import GPT, KVCache
 from core.vocab import Vocab
 
@@ -165,7 +166,11 @@ def generate_ids(
         history = list(prompt_ids or [0])
         # Guessing steps stay float32: several rows are not faster in float16, and a guess must be checked
         # with the arithmetic of the step it replaces.
-        step = decoder_for(model, half=not config.exact and config.guesses == 0) if use_cache else None
+        half = not config.exact and config.guesses == 0
+        step = decoder_for(model, half=half) if use_cache else None
+        # The prompt and each refill of a full context (192 rows for a context of 256) are matrix products
+        # that bf16 runs ~3x faster where the device has it natively.
+        fill = autocast(device, torch.bfloat16 if half and has_native_bf16(device) else torch.float32)
         drafts = Drafts(history) if use_cache and config.guesses > 0 else None
         cache = None
         left = config.max_new_tokens
@@ -176,7 +181,8 @@ def generate_ids(
             elif cache is None or cache.length >= block:
                 keep = history[-(block * 3 // 4 if cache is not None else block) :]
                 cache = KVCache.empty(model.config, 1, device, model.wte.weight.dtype)
-                rows = model(torch.tensor([keep], device=device), cache=cache)[0][0]
+                with fill:
+                    rows = model(torch.tensor([keep], device=device), cache=cache)[0][0].float()
             else:
                 room = min(config.guesses, block - cache.length - 1, left - 1)
                 guesses = drafts.guess(room) if drafts is not None and room > 0 else []
