@@ -39,9 +39,9 @@ class SamplingConfig:
     exact: bool = field(
         default=False,
         metadata={
-            "help": "decode with the float32 weights only (the model's own arithmetic); off, a CPU's "
-            "one-character steps without guesses (sampled replies) read float16 copies of the weights: "
-            "~25%% faster, logits within ~1e-3"
+            "help": "decode in float32 only (the model's own arithmetic); off, a reply without guesses (a "
+            "sampled one) on a CPU steps with float16 copies of the weights and re-encodes a full context in "
+            "bf16 where native: faster, logits within ~1e-3"
         },
     )
 
