@@ -41,9 +41,9 @@ from core.checkpoint import LoadedModel, load_model
 from core.config import ModelConfig, recipe_configs, replace_known
 from core.data import Dataset
 from core.decoding import Decoder
-from core.device import autocast, has_native_bf16
+from core.device import autocast
 from core.model import GPT, KVCache
-from core.sampling import GREEDY_DRAFT_TOKENS, SamplingConfig, generate_ids, stream
+from core.sampling import GREEDY_DRAFT_TOKENS, SamplingConfig, fill_dtype, generate_ids, stream
 from core.vocab import Vocab
 
 VOCAB = 80  # the default corpus has 80 characters
@@ -130,17 +130,16 @@ def half_precision_rows(trained: list[str], data_dir: str, windows: int = 32) ->
     for path in trained:
         model = load_model(path).model.eval()
         block = model.config.block_size
-        filled = block * 3 // 4
+        filled, device = block * 3 // 4, model.wte.weight.device
         losses, picks = {}, {}
         for half in (False, True):
             step, total, picked = Decoder(model, half), 0.0, []
-            device = model.wte.weight.device
-            fill = autocast(device, torch.bfloat16 if half and has_native_bf16(device) else torch.float32)
+            fill = autocast(device, fill_dtype(device, half))
             for window in range(windows):
                 ids = [int(t) for t in val[window * 5000 : window * 5000 + block + 1]]
-                cache = KVCache.empty(model.config, 1, torch.device("cpu"), torch.float32)
+                cache = KVCache.empty(model.config, 1, device, torch.float32)
                 with torch.inference_mode(), fill:
-                    model(torch.tensor([ids[: filled - 1]]), cache=cache)
+                    model(torch.tensor([ids[: filled - 1]], device=device), cache=cache)
                 for t in range(filled - 1, block):
                     logits = step([ids[t]], cache)[0].double()
                     total -= torch.log_softmax(logits, -1)[ids[t + 1]].item()

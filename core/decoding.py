@@ -91,8 +91,11 @@ class Decoder:
         self.n_head, self.head_size = cfg.n_head, cfg.n_embd // cfg.n_head
         self.qk_norm, self.relu2, self.softcap = cfg.qk_norm, cfg.mlp == "relu2", cfg.logit_softcap
 
+        self.linears: list[_Linear] = []
+
         def linear(module: nn.Linear) -> _Linear:
-            return _Linear.of(module, half)
+            self.linears.append(_Linear.of(module, half))
+            return self.linears[-1]
 
         self.layers = [
             _Layer(
@@ -117,9 +120,8 @@ class Decoder:
         are all later ones."""
         logits = self._step(ids, cache)
         if self.half and not bool(torch.isfinite(logits).all()):
-            for linear in [self.head, *(lin for layer in self.layers for lin in vars(layer).values())]:
-                if isinstance(linear, _Linear):
-                    linear.half = None
+            for linear in self.linears:
+                linear.half = None
             cache.length -= len(ids)
             logits = self._step(ids, cache)
         return logits

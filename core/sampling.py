@@ -133,6 +133,12 @@ class Drafts:
         return []
 
 
+def fill_dtype(device: torch.device, half: bool) -> torch.dtype:
+    """The precision of encoding a prompt or refilling a full context (192 rows for a context of 256): matrix
+    products that bf16 runs ~3x faster where the device has it natively."""
+    return torch.bfloat16 if half and has_native_bf16(device) else torch.float32
+
+
 @torch.inference_mode()
 def generate_ids(
     model: GPT,
@@ -168,9 +174,7 @@ def generate_ids(
         # with the arithmetic of the step it replaces.
         half = not config.exact and config.guesses == 0
         step = decoder_for(model, half=half) if use_cache else None
-        # The prompt and each refill of a full context (192 rows for a context of 256) are matrix products
-        # that bf16 runs ~3x faster where the device has it natively.
-        fill = autocast(device, torch.bfloat16 if half and has_native_bf16(device) else torch.float32)
+        fill = autocast(device, fill_dtype(device, half))
         drafts = Drafts(history) if use_cache and config.guesses > 0 else None
         cache = None
         left = config.max_new_tokens
