@@ -134,6 +134,7 @@ def main() -> None:
         help="also: classic for this many steps, and the default's wall time to reach its val loss (0 = skip)",
     )
     parser.add_argument("--gpu", action="store_true", help="the GPU shape (6x384, context 256, batch 64)")
+    parser.add_argument("--out", default="", help="results name under benchmarks/results (default: recipe[_gpu])")
     args = parser.parse_args()
     shape = GPU_SHAPE if args.gpu else CPU_SHAPE
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -164,7 +165,7 @@ def main() -> None:
         print(f"\nval loss on the whole validation split after {args.seconds:g} s of training, seeds {seeds}:")
         print_table(rows, list(rows[0]))
     write_results(
-        "recipe" + ("_gpu" if args.gpu else ""),
+        args.out or "recipe" + ("_gpu" if args.gpu else ""),
         {"args": vars(args), "rows": rows, "runs": runs, "matmul_peak_flops": peak},
     )
 

@@ -109,6 +109,9 @@ class TrainConfig:
     optimizer: str = _help("adamw, or muon (Muon for hidden matrices, AdamW for the rest)", default="muon")
     muon_lr: float = _help("muon: learning rate of the hidden matrices", default=0.02)
     weight_decay: float = _help("AdamW weight decay, applied to matrices only", default=0.1)
+    muon_weight_decay: float = _help(
+        "muon: decoupled weight decay of the hidden matrices (each step shrinks them by muon_lr x this)", default=0.0
+    )
     beta1: float = _help("AdamW beta1", default=0.9)
     beta2: float = _help("AdamW beta2", default=0.99)
     grad_clip: float = _help("clip gradient norm to this value (0 = off)", default=1.0)
@@ -158,8 +161,8 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.min_lr > self.lr:
             raise ConfigError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
-        if min(self.weight_decay, self.grad_clip, self.max_minutes, self.eval_seconds) < 0:
-            raise ConfigError("weight_decay, grad_clip, max_minutes and eval_seconds must be >= 0")
+        if min(self.weight_decay, self.muon_weight_decay, self.grad_clip, self.max_minutes, self.eval_seconds) < 0:
+            raise ConfigError("weight_decay, muon_weight_decay, grad_clip, max_minutes and eval_seconds must be >= 0")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):

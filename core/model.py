@@ -235,6 +235,7 @@ class GPT(nn.Module):
         device: torch.device,
         kind: str = "adamw",
         muon_lr: float = 0.02,
+        muon_weight_decay: float = 0.0,
     ) -> torch.optim.Optimizer | CombinedOptimizer:
         """AdamW with weight decay on matrices only (not biases, norms or anything 1-D); with `kind="muon"`,
         Muon for the hidden matrices of the blocks and AdamW for embeddings, head and gains.
@@ -259,9 +260,11 @@ class GPT(nn.Module):
         if kind != "muon":
             return adamw
         matrices = [p for p in params if id(p) in hidden]
-        # No decay on Muon's matrices: decoupled decay scales with its ~20x larger learning rate.
+        # Muon's matrices get their own decay: decoupled decay scales with its ~20x larger learning rate.
         ns_dtype = torch.bfloat16 if has_native_bf16(device) else torch.float32
-        muon = Muon([{"params": matrices, "peak_lr": muon_lr}], lr=muon_lr, weight_decay=0.0, ns_dtype=ns_dtype)
+        muon = Muon(
+            [{"params": matrices, "peak_lr": muon_lr}], lr=muon_lr, weight_decay=muon_weight_decay, ns_dtype=ns_dtype
+        )
         return CombinedOptimizer([adamw, muon])
 
 

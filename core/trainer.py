@@ -33,6 +33,8 @@ from core.model import GPT
 from core.sampling import SamplingConfig, complete
 
 log = logging.getLogger(__name__)
+# Param-group fields a run takes from its config even when it resumes a checkpoint saved with others.
+_CONFIGURED_GROUP_KEYS = ("peak_lr", "weight_decay")
 
 
 class LossDiverged(RuntimeError):
@@ -212,6 +214,7 @@ def train(
         device,
         kind=train_config.optimizer,
         muon_lr=train_config.muon_lr,
+        muon_weight_decay=train_config.muon_weight_decay,
     )
     # fp16 autocast (GPUs without bf16) needs loss scaling, or small gradients underflow to zero.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -233,7 +236,11 @@ def train(
                 "train under a new --name, or prepare the same data again"
             )
         ckpt.load_weights(model, checkpoint.weights, checkpoint.path)
+        configured = [{k: g[k] for k in _CONFIGURED_GROUP_KEYS} for g in optimizer.param_groups]
         optimizer.load_state_dict(checkpoint.optimizer)
+        # The run's config wins over the checkpoint's: a continued run may change its rates or decay.
+        for group, values in zip(optimizer.param_groups, configured):
+            group.update(values)
         if "grad_scaler" in checkpoint.state:
             scaler.load_state_dict(checkpoint.state["grad_scaler"])
         torch.set_rng_state(checkpoint.rng["torch"])
