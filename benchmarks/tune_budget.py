@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--corpora", default="shakespeare,bible")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--out", default="tune_budget", help="results name under benchmarks/results")
     args = parser.parse_args()
     rows, runs = [], []
     for corpus in args.corpora.split(","):
@@ -106,7 +107,7 @@ def main() -> None:
                 })  # fmt: skip
                 print_table(rows[-1:], list(rows[-1]))
                 sys.stdout.flush()
-                write_results("tune_budget", {"args": vars(args), "rows": rows, "runs": runs})  # a row a half-hour
+                write_results(args.out, {"args": vars(args), "rows": rows, "runs": runs})  # a row a half-hour
     print(f"\nval loss on the whole validation split, seeds {args.seeds}:")
     print_table(rows, list(rows[0]))
 
