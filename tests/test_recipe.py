@@ -130,7 +130,9 @@ def test_resume_equals_an_uninterrupted_run(settings, tmp_path, tiny_model_confi
     assert len(first) == 25 and first + second == pytest.approx(full, abs=1e-6)
 
 
-def test_a_resumed_run_takes_its_rates_and_decay_from_its_config_not_the_checkpoint(tmp_path, tiny_model_config, tiny_train_config):
+def test_a_resumed_run_takes_its_rates_and_decay_from_its_config_not_the_checkpoint(
+    tmp_path, tiny_model_config, tiny_train_config
+):
     config = dataclasses.replace(tiny_train_config, optimizer="muon", max_iters=10, checkpoint_interval=10)
     train(tiny_model_config, config, out_dir=tmp_path)
     changed = dataclasses.replace(config, max_iters=20, muon_lr=0.005, muon_weight_decay=0.5, weight_decay=0.02)
@@ -147,7 +149,11 @@ def test_muon_weight_decay_shrinks_the_hidden_matrices_only(tiny_model_config, t
     norms = {}
     for decay in (0.0, 1e10):  # lr x decay = 1e-2 a step at the peak rate; the updates themselves ~0
         models: list[GPT] = []
-        train(tiny_model_config, dataclasses.replace(config, muon_weight_decay=decay), hooks=TrainHooks(on_finish=models.append))
+        train(
+            tiny_model_config,
+            dataclasses.replace(config, muon_weight_decay=decay),
+            hooks=TrainHooks(on_finish=models.append),
+        )
         norms[decay] = (models[0].blocks[0].mlp.fc.weight.norm().item(), models[0].wte.weight.norm().item())
     assert norms[1e10][0] < 0.95 * norms[0.0][0]
     assert norms[1e10][1] == pytest.approx(norms[0.0][1], rel=1e-6)
