@@ -189,6 +189,8 @@ def test_muon_without_hidden_matrices_is_refused():
         model.optimizer(1e-3, 0.1, (0.9, 0.99), torch.device("cpu"), kind="muon")
     with pytest.raises(ConfigError, match="optimizer must be one of"):
         TrainConfig(optimizer="sgd").validate()
+    with pytest.raises(ConfigError, match="muon_weight_decay, grad_clip"):
+        TrainConfig(muon_weight_decay=-0.1).validate()
 
 
 def test_classic_fixture_loads_and_replies_exactly_as_before(tmp_path):
