@@ -71,7 +71,7 @@ _POLL_S = 1.0
 # fixed 1 s for all of it, a 30-minute Bible tournament's 29 s slices took 36-38 s and its final rung got 67%
 # of the budget, not the planned 70% (scoring 65,536 characters with the default model alone: 2.3 s).
 END_MARGIN_S, SLICE_OVERHEAD_S = 5.0, 1.0
-FINAL_BATCH_SCALE = 2
+FINAL_TOKEN_SCALE = 2
 
 
 @dataclass
@@ -91,9 +91,11 @@ class Plan:
     step_s: float  # measured seconds a step of the default model
     note: str = ""  # why there is no search, when there is none
     slice_overhead_s: float = SLICE_OVERHEAD_S  # kept per exploration slice for what is not training (scoring, loading)
-    # The survivor's batch in the final rung, as a multiple of its own: short slices favour small batches, long
-    # runs larger ones (3x128 at context 128, Shakespeare, 30 min, seed 1: batch 12 1.319, 24 1.306, 48 1.306).
-    final_batch_scale: int = FINAL_BATCH_SCALE
+    # The survivor's tokens a step in the final rung, as a multiple of its own: short slices favour small steps,
+    # long runs larger ones (3x128 at context 128, Shakespeare, 30 min, seed 1: batch 12 1.319, 24 1.306, 48
+    # 1.306). Taken as a longer context where the model can read one (`final_shape`), else as a larger batch.
+    final_token_scale: int = FINAL_TOKEN_SCALE
+    final_longer_context: bool = True
 
     @property
     def deadline(self) -> float:
@@ -104,7 +106,10 @@ class Plan:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:
-        old = {"final_batch_scale": 1}  # a plan recorded before the final rung scaled its batch goes on as it began
+        # a plan recorded by earlier code goes on as it began: a final rung at the survivor's own shape, or at a
+        # larger batch (its scale then named final_batch_scale)
+        data = dict(data)
+        old = {"final_token_scale": data.pop("final_batch_scale", 1), "final_longer_context": False}
         return cls(**{**old, **data, "rungs": [Rung(**r) for r in data["rungs"]]})
 
     @property
@@ -115,7 +120,8 @@ class Plan:
     def describe(self) -> str:
         if not self.searches:
             return self.note or "no search: the default configuration trains for all of the budget"
-        final = "1 x the rest" + (f" at {self.final_batch_scale}x its batch" if self.final_batch_scale > 1 else "")
+        grown = "context (or batch)" if self.final_longer_context else "batch"
+        final = "1 x the rest" + (f" at {self.final_token_scale}x its {grown}" if self.final_token_scale > 1 else "")
         parts = [f"{r.candidates} x {r.seconds:.0f}s" for r in self.rungs[:-1]] + [final]
         return f"{len(self.rungs)} rungs: " + ", then ".join(parts)
 
@@ -582,6 +588,9 @@ def _run_rung(
             model_config, train_config = candidate_configs(params, config, candidate, len(dataset.vocab))
             dataset.check_block_size(model_config.block_size)
             if final:
+                model_config, train_config = final_shape(
+                    plan, space, model_config, train_config, dataset, rung, fixed=set(config.overrides or {})
+                )
                 score = _final_rung(trial, plan, model_config, train_config, dataset, folder, final_dir, owned, rung)
             else:
                 score = _exploration_rung(plan, rung, model_config, train_config, dataset, folder, owned)
@@ -693,6 +702,32 @@ def _machine_threads():
         torch.set_num_threads(kept)
 
 
+def final_shape(
+    plan: Plan,
+    space: SearchSpace,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    dataset: Dataset,
+    rung: int,
+    fixed: set[str] = frozenset(),
+) -> tuple[ModelConfig, TrainConfig]:
+    """The survivor's configs for the final rung: `plan.final_token_scale` times its tokens a step. A longer
+    context where the model reads positions it was not trained at (rotary: its attention sees only relative
+    ones), the space allows that context, the user did not fix it and the data hold it; else a larger batch. On Shakespeare (3x128,
+    Muon 0.01, 40% cooldown, 20 minutes, seed 2, side by side) context 256 at batch 12 reached 1.299 where
+    context 128 at batch 24 reached 1.313: the same tokens a step, and a char model reads further back.
+    A plan without search (rung 0 is final) trains the default as it is."""
+    scale = plan.final_token_scale
+    if rung == 0 or scale == 1:
+        return model_config, train_config
+    longer = model_config.block_size * scale
+    fits = all(len(tokens) > longer + 1 for tokens in dataset.tokens.values())
+    readable = model_config.pos_encoding == "rope" and space.allows("block_size", longer) and "block_size" not in fixed
+    if plan.final_longer_context and readable and fits:
+        return replace_known(model_config, {"block_size": longer}).validate(), train_config
+    return model_config, replace_known(train_config, {"batch_size": train_config.batch_size * scale}).validate()
+
+
 def _final_rung(trial, plan, model_config, train_config, dataset, folder: Path, final_dir: Path, stop, rung) -> float:
     """Continue the survivor in the final model's folder until the budget ends, decaying over its last part."""
     if not (final_dir / ckpt.CHECKPOINT_DIR).is_dir() and rung > 0:
@@ -702,24 +737,24 @@ def _final_rung(trial, plan, model_config, train_config, dataset, folder: Path, 
         final_dir.mkdir(parents=True, exist_ok=True)
         shutil.copytree(latest.path, final_dir / ckpt.CHECKPOINT_DIR / latest.path.name)
     seconds = max(1.0, plan.deadline - time.time() - END_MARGIN_S)
-    scale = plan.final_batch_scale if rung > 0 else 1  # a plan without search trains the default as it is
     final_config = replace_known(
         train_config,
         {
-            "batch_size": train_config.batch_size * scale,
             "max_minutes": seconds / 60,
             "cooldown_fraction": plan.final_cooldown,
             "eval_seconds": max(5.0, seconds / 10),
             "eval_iters": 20,
             "sample_chars": 200,
-            "checkpoint_interval": max(20, int(30 / max(plan.step_s * scale, 1e-3))),  # about every 30 s
+            "checkpoint_interval": max(20, int(30 / max(plan.step_s * plan.final_token_scale, 1e-3))),  # ~ every 30 s
         },
     )
     scores: list[float] = []
     source = {"study": trial.study.study_name, "trial": trial.number, "tournament": True}
     record = {
         "params": trial.user_attrs["params"],
-        "final_batch_size": final_config.batch_size,  # the last rung's; the earlier rungs trained at params' batch
+        # the last rung's shape; the earlier rungs trained at the params' batch and context
+        "final_batch_size": final_config.batch_size,
+        "final_block_size": model_config.block_size,
         "study": trial.study.study_name,
         "trial": trial.number,
     }

@@ -15,19 +15,33 @@ import optuna
 import pytest
 import torch
 
+from core import checkpoint as ckpt
+from core.data import Dataset
 from core.tournament import (
     END_MARGIN_S,
     SLICE_OVERHEAD_S,
+    Plan,
     _claim_waiting,
     _machine_threads,
     _run_rung,
     _rung_trials,
     candidate_configs,
     default_params,
+    final_shape,
     first_candidates,
     plan_tournament,
 )
-from core.tuning import MACHINE_THREADS_ENV, SearchSpace, TuneConfig, TuningError, make_storage, open_study, worker_env
+from core.trainer import TrainHooks, train
+from core.tuning import (
+    MACHINE_THREADS_ENV,
+    Choice,
+    SearchSpace,
+    TuneConfig,
+    TuningError,
+    make_storage,
+    open_study,
+    worker_env,
+)
 from tests.helpers import APP, APP_ENV, TINY_MODEL_FLAGS, run_app
 
 BUDGET_S = 30
@@ -127,6 +141,44 @@ def test_a_budget_with_room_for_one_rung_only_trains_the_default_unless_told_to_
     assert forced.searches and [r.candidates for r in forced.rungs] == [3, 1]
 
 
+def test_the_final_rung_doubles_the_context_where_the_model_can_read_it_else_the_batch(dataset_dir):
+    dataset, space, plan = Dataset(dataset_dir), SearchSpace.for_budget("cpu"), plan_tournament(1800, step_s=0.1)
+    model, run = candidate_configs(default_params() | {"block_size": 64}, TuneConfig(), 1, len(dataset.vocab))
+    batch = run.batch_size
+
+    def shape(plan=plan, model=model, space=space, rung=2, fixed=frozenset()):
+        model_config, train_config = final_shape(plan, space, model, run, dataset, rung, fixed)
+        return model_config.block_size, train_config.batch_size
+
+    assert shape() == (128, batch)  # rotary positions: a longer context, the same batch
+    assert shape(model=dataclasses.replace(model, pos_encoding="learned")) == (64, 2 * batch)  # no table for 65+
+    assert shape(space=dataclasses.replace(space, block_size=Choice((64,)))) == (64, 2 * batch)  # beyond the space
+    assert shape(fixed={"block_size"}) == (64, 2 * batch)  # the user's --block-size stands
+    huge = dataclasses.replace(space, block_size=Choice((64, 2 * len(dataset.tokens["val"]))))
+    assert shape(model=dataclasses.replace(model, block_size=len(dataset.tokens["val"])),
+                 space=huge)[1] == 2 * batch  # the data cannot hold it  # fmt: skip
+    assert shape(rung=0) == (64, batch)  # no search: the default as it is
+    # a plan recorded by earlier code goes on as it began
+    recorded = {k: v for k, v in plan.to_json().items() if k not in ("final_token_scale", "final_longer_context")}
+    assert shape(plan=Plan.from_json(recorded | {"final_batch_scale": 2})) == (64, 2 * batch)
+    assert shape(plan=Plan.from_json(recorded)) == (64, batch)
+
+
+def test_a_rotary_survivor_continues_at_twice_its_context_from_where_it_was(tmp_path, tiny_model_config,
+                                                                          tiny_train_config):  # fmt: skip
+    short = dataclasses.replace(tiny_model_config, pos_encoding="rope", block_size=16)
+    before: list[float] = []
+    train(short, tiny_train_config, out_dir=tmp_path / "m", hooks=TrainHooks(on_step=lambda e: before.append(e.loss)))
+    after: list[float] = []
+    longer = dataclasses.replace(short, block_size=32)
+    result = train(longer, dataclasses.replace(tiny_train_config, max_iters=64), out_dir=tmp_path / "m", resume=True,
+                   hooks=TrainHooks(on_step=lambda e: after.append(e.loss)))  # fmt: skip
+    assert result.iters == 64 and len(after) == 4
+    vocab = len(Dataset(tiny_train_config.data_dir).vocab)
+    assert max(after) < sum(before[-5:]) / 5 + 0.2 < math.log(vocab) - 0.5  # continued, not a fresh start
+    assert ckpt.load_model(tmp_path / "m").model.config.block_size == 32
+
+
 def test_a_default_only_plan_trains_and_saves_the_default(tmp_path, dataset_dir):
     result = run_app(*budget_command(tmp_path, dataset_dir, search_rungs=2), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -182,7 +234,7 @@ def test_the_survivor_is_continued_saved_and_the_budget_kept(tmp_path, dataset_d
     assert final[0].user_attrs["parent"] is not None
     best = json.loads((folder / "best_params.json").read_text())
     assert best["trial"] == final[0].number
-    # the final rung trains at twice the survivor's batch, and says so
+    # the final rung trains at twice the survivor's batch (its context is the user's), and says so
     saved_batch = json.loads((folder / "config.json").read_text())["train"]["batch_size"]
     assert saved_batch == best["final_batch_size"] == 2 * final[0].user_attrs["params"]["batch_size"]
     assert not (tmp_path / "runs" / "race").exists()  # candidates' checkpoints are cleared at the end
