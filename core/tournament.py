@@ -713,9 +713,9 @@ def final_shape(
 ) -> tuple[ModelConfig, TrainConfig]:
     """The survivor's configs for the final rung: `plan.final_token_scale` times its tokens a step. A longer
     context where the model reads positions it was not trained at (rotary: its attention sees only relative
-    ones), the space allows that context, the user did not fix it and the data hold it; else a larger batch. On Shakespeare (3x128,
-    Muon 0.01, 40% cooldown, 20 minutes, seed 2, side by side) context 256 at batch 12 reached 1.299 where
-    context 128 at batch 24 reached 1.313: the same tokens a step, and a char model reads further back.
+    ones), the space allows that context, the user did not fix it and the data hold it; else a larger batch.
+    On Shakespeare (3x128, Muon 0.01, 40% cooldown, 20 minutes, seed 2, side by side) context 256 at batch 12
+    reached 1.299 where context 128 at batch 24 reached 1.313: the same tokens a step, read further back.
     A plan without search (rung 0 is final) trains the default as it is."""
     scale = plan.final_token_scale
     if rung == 0 or scale == 1:
