@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import optuna
 import pytest
 
 from core.data import DataError
@@ -109,3 +110,23 @@ def test_an_unreadable_journal_is_ignored(tmp_path):
     journal = tmp_path / "jobs.json"
     journal.write_text("{torn")
     assert JobManager(journal).get("train") is None
+
+
+def test_the_trials_table_shows_what_a_candidate_trains_not_the_draw_its_user_flags_replaced():
+    from workbench.tabs.tune import trial_rows
+
+    drawn = {"n_layer": 5, "head_size": 32, "lr": 0.002}
+    trains = {"n_layer": 1, "n_head": 2, "n_embd": 16, "lr": 0.002, "batch_size": 4}  # the user fixed the shape
+    trial = optuna.trial.create_trial(
+        params=drawn,
+        distributions={
+            "n_layer": optuna.distributions.IntDistribution(3, 6),
+            "head_size": optuna.distributions.CategoricalDistribution((32, 48)),
+            "lr": optuna.distributions.FloatDistribution(5e-4, 3e-3, log=True),
+        },
+        value=1.5,
+        user_attrs={"params": trains, "rung": 0, "candidate": 1},
+    )
+    default = optuna.trial.create_trial(value=1.6, user_attrs={"params": trains, "rung": 0, "candidate": 0})
+    assert trial_rows([trial])[0][5] == "head_size=8 lr=0.002 n_layer=1"
+    assert "batch_size=4" in trial_rows([default])[0][5]  # the default candidate drew nothing: all of it

@@ -116,6 +116,19 @@ def _fmt_value(value: Any) -> str:
     return str(value)
 
 
+def _shown_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The searched values a trial trains with. A tournament candidate records what it trains (`params`): its
+    draw with the user's fixed fields over it, so those win over the draw Optuna recorded; the default
+    candidate samples nothing and shows all of it."""
+    trained = trial.user_attrs.get("params")
+    if not trained:
+        return trial.params
+    if not trial.params:
+        return trained
+    actual = SearchSpace.in_space_terms(trained)
+    return {k: actual.get(k, v) for k, v in trial.params.items()}
+
+
 def trial_rows(trials: list[optuna.trial.FrozenTrial]) -> list[list[Any]]:
     rows = []
     now = time.time()
@@ -127,7 +140,7 @@ def trial_rows(trials: list[optuna.trial.FrozenTrial]) -> list[list[Any]]:
             seconds = now - t.datetime_start.timestamp()
         else:
             seconds = 0.0
-        shown = t.params or t.user_attrs.get("params", {})  # a tournament's default candidate samples nothing
+        shown = _shown_params(t)
         params = " ".join(f"{k}={_fmt_value(v)}" for k, v in sorted(shown.items()))
         rows.append(
             [
