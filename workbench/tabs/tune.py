@@ -123,10 +123,8 @@ def _shown_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     trained = trial.user_attrs.get("params")
     if not trained:
         return trial.params
-    if not trial.params:
-        return trained
-    actual = SearchSpace.in_space_terms(trained)
-    return {k: actual.get(k, v) for k, v in trial.params.items()}
+    actual = SearchSpace.in_space_terms(trained)  # the head size of its width, not of the draw
+    return {k: actual.get(k, v) for k, v in trial.params.items()} if trial.params else actual
 
 
 def trial_rows(trials: list[optuna.trial.FrozenTrial]) -> list[list[Any]]:
