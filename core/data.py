@@ -398,6 +398,10 @@ class Dataset:
             if len(tokens) == 0:
                 raise DataError(f"{self.data_dir / SPLITS[split]} is empty; run `python app.py prepare` again")
 
+    def holds(self, block_size: int) -> bool:
+        """Whether every split has a window of `block_size` characters and its next one."""
+        return all(len(tokens) > block_size + 1 for tokens in self.tokens.values())
+
     def check_block_size(self, block_size: int) -> None:
         for split, tokens in self.tokens.items():
             if len(tokens) <= block_size + 1:

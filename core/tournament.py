@@ -721,9 +721,8 @@ def final_shape(
     if rung == 0 or scale == 1:
         return model_config, train_config
     longer = model_config.block_size * scale
-    fits = all(len(tokens) > longer + 1 for tokens in dataset.tokens.values())
     readable = model_config.pos_encoding == "rope" and space.allows("block_size", longer) and "block_size" not in fixed
-    if plan.final_longer_context and readable and fits:
+    if plan.final_longer_context and readable and dataset.holds(longer):
         return replace_known(model_config, {"block_size": longer}).validate(), train_config
     return model_config, replace_known(train_config, {"batch_size": train_config.batch_size * scale}).validate()
 
