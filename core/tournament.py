@@ -385,7 +385,7 @@ def prepare_tournament(
         slice_overhead_s=SLICE_OVERHEAD_S + measure_score_s(config, dataset),
     )
     plan.started = started
-    plan = init_tournament(study, plan, space, config.seed, config.overrides)
+    plan = init_tournament(study, plan, space.fixing(config.overrides), config.seed, config.overrides)
     log.info(
         "tournament plan (default model at %.0f ms/step, %.1f s a slice besides training): %s",
         step_s * 1000, plan.slice_overhead_s, plan.describe(),
@@ -447,7 +447,8 @@ def run_tournament(
     final_dir = ckpt.model_dir(name, models_dir)
     emit = on_event or (lambda event: None)
     final_rung = len(plan.rungs) - 1
-    space = SearchSpace.from_json(study.user_attrs.get("search_space", space.to_json()), base=space)
+    recorded_space = study.user_attrs.get("search_space") or space.fixing(config.overrides).to_json()
+    space = SearchSpace.from_json(recorded_space, base=space)
     emit(RungEvent("plan", 0, alive=plan.rungs[0].candidates, time_left_s=plan.deadline - time.time(),
                    message=plan.describe()))  # fmt: skip
 

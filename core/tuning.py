@@ -236,6 +236,19 @@ class SearchSpace:
             return value in spec.options
         return value == spec
 
+    def fixing(self, values: dict[str, Any]) -> SearchSpace:
+        """This space with the fields the user fixed (`values`: model and training fields) no longer searched,
+        so trials neither draw nor record them. A fixed width fixes the head size where the head count is
+        fixed too."""
+        names = {f.name for f in dataclasses.fields(self)}
+        fixed = {k: v for k, v in values.items() if k in names}
+        heads = fixed.get("n_head", self.n_head)
+        if isinstance(heads, Choice) and len(heads.options) == 1:
+            heads = heads.options[0]
+        if "n_embd" in values and isinstance(heads, int) and not isinstance(heads, bool):
+            fixed["head_size"] = values["n_embd"] // heads
+        return dataclasses.replace(self, **fixed)
+
     @staticmethod
     def in_space_terms(params: dict[str, Any]) -> dict[str, Any]:
         """`params` with the width as the space draws it: `head_size`, beside n_embd and n_head."""

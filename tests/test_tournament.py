@@ -14,6 +14,7 @@ import time
 import optuna
 import pytest
 import torch
+from optuna.trial import TrialState
 
 from core import checkpoint as ckpt
 from core.data import Dataset
@@ -30,6 +31,7 @@ from core.tournament import (
     final_shape,
     first_candidates,
     plan_tournament,
+    prepare_tournament,
 )
 from core.trainer import TrainHooks, train
 from core.tuning import (
@@ -332,3 +334,23 @@ def test_the_final_rung_takes_the_machine_s_threads_only_from_a_share_of_them(mo
         assert torch.get_num_threads() == before
     if not torch.cuda.is_available():
         assert worker_env(0, 2)[MACHINE_THREADS_ENV] == str(os.cpu_count() or 1)
+
+
+def test_fields_the_user_fixed_are_not_drawn_or_recorded_by_the_candidates(tmp_path, dataset_dir):
+    """What optuna-dashboard shows of a candidate is what it trains: the user's fixed fields are no search."""
+    space = SearchSpace.for_budget("cpu")
+    fixed = {"n_layer": 1, "n_embd": 16, "block_size": 32}
+    narrowed = space.fixing(fixed)
+    assert (narrowed.n_layer, narrowed.head_size, narrowed.block_size) == (1, 4, 32)
+    assert narrowed.lr == space.lr and space.n_layer != 1  # the rest is searched as before; the space is unchanged
+    drawn = narrowed.suggest(optuna.trial.FixedTrial({"lr": 1e-3, "batch_size": 12, "muon_lr": 0.01}))
+    assert (drawn["n_layer"], drawn["n_embd"], drawn["block_size"]) == (1, 16, 32)
+    config = TuneConfig(
+        study="fixed", storage=f"sqlite:///{tmp_path}/s.db", data_dir=str(dataset_dir), budget=60.0, overrides=fixed
+    )
+    study, plan = prepare_tournament(config, space)
+    waiting = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
+    assert len(waiting) == plan.rungs[0].candidates
+    for trial in waiting:  # what each will record as its params when a worker takes it
+        assert not {"n_layer", "head_size", "block_size"} & trial.system_attrs["fixed_params"].keys()
+        assert {k: trial.user_attrs["params"][k] for k in fixed} == fixed
