@@ -159,6 +159,44 @@ def half_precision_rows(trained: list[str], data_dir: str, windows: int = 32) ->
     return rows
 
 
+def long_text_rows(trained: list[str], data_dir: str, stretches: int = 8, length: int = 1024) -> list[dict]:
+    """What a long reply reads once the context is full, for trained models with rotary positions: the
+    teacher-forced loss of the characters after the first context of each of `stretches` stretches of the
+    validation split (`length` characters, 5,000 apart), fed one at a time in float32 (`--exact`), when a
+    full cache slides (the default for rotary positions) against when its last 3/4 is encoded again (what
+    learned positions need) and against the model reading each character's whole context afresh."""
+    val = Dataset(data_dir).tokens["val"]
+    rows = []
+    for path in trained:
+        model = load_model(path).model.eval()
+        if model.config.pos_encoding != "rope":
+            continue
+        block, device = model.config.block_size, model.wte.weight.device
+        totals = {"slide": 0.0, "encode_again": 0.0, "fresh": 0.0}
+        counted = 0
+        for stretch in range(stretches):
+            ids = [int(t) for t in val[stretch * 5000 : stretch * 5000 + length + 1]]
+            scored = range(block, length)
+            for policy in totals:
+                step, cache = Decoder(model), KVCache.empty(model.config, 1, device, torch.float32)
+                for t in range(length):
+                    with torch.inference_mode():
+                        if policy == "fresh" and t >= block:
+                            logits = model(torch.tensor([ids[t - block + 1 : t + 1]], device=device))[0][0, -1]
+                        elif cache.length >= block and policy == "encode_again":
+                            cache = KVCache.empty(model.config, 1, device, torch.float32)
+                            logits = model(torch.tensor([ids[t - block * 3 // 4 + 1 : t + 1]]), cache=cache)[0][0, -1]
+                        else:
+                            if cache.length >= block:
+                                cache.slide(block // 4, model.rope_cos, model.rope_sin)
+                            logits = step([ids[t]], cache)[0]
+                    if t in scored:
+                        totals[policy] -= torch.log_softmax(logits.double(), -1)[ids[t + 1]].item()
+            counted += len(scored)
+        rows.append({"model": Path(path).name, "characters": counted, **{k: v / counted for k, v in totals.items()}})
+    return rows
+
+
 def chat_rows(repeats: int, trained: list[str]) -> list[dict]:
     """The chat path of random models of both recipes (their text never repeats, so guesses are rarely right:
     what checking them costs at worst) and of trained models given with --model (what guesses gain, sampled
@@ -263,6 +301,10 @@ def main() -> None:
     if half:
         print("\nthe default precision against --exact after a refill: teacher-forced loss on validation text")
         print_table(half, ["model", "characters", "loss_exact", "loss_default", "loss_change", "same_top_pick"])
+    long_text = long_text_rows(args.model, args.data_dir) if args.model else []
+    if long_text:
+        print("\nlong replies past the context, rotary models: teacher-forced loss after the first context")
+        print_table(long_text, ["model", "characters", "slide", "encode_again", "fresh"])
     write_results(
         "generate_speed",
         {
@@ -277,6 +319,7 @@ def main() -> None:
             "greedy_same_with_and_without_cache": greedy_same,
             "chat": chat,
             "half_precision": half,
+            "long_text": long_text,
             "targets": {"speedup": 10, "ttft_ms": 100, "chat_chars_per_s": CHAT_TARGET},
             "ok": speedup >= 10 and worst_ttft < 100,
             "chat_ok": all(

@@ -27,6 +27,20 @@ class KVCache:
         shape = (config.n_layer, batch, config.n_head, config.block_size, config.n_embd // config.n_head)
         return cls(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype))
 
+    def slide(self, drop: int, rope_cos: torch.Tensor, rope_sin: torch.Tensor) -> None:
+        """Forget the oldest `drop` tokens and move the rest to the front, for a model with rotary positions
+        (`rope_cos`, `rope_sin`: its (block, D/2) tables). Their keys turn back by `drop` positions: scores
+        depend only on the distance between a query's position and a key's, so every kept key scores as
+        before, and new tokens take the positions freed at the end. (Learned positions are absolute: such a
+        cache cannot slide; its tokens are encoded again.)"""
+        if not 0 < drop <= self.length:
+            raise ValueError(f"cannot drop {drop} of {self.length} cached tokens")
+        kept = self.length - drop
+        cos, sin = rope_cos[drop].to(self.keys.dtype), rope_sin[drop].to(self.keys.dtype)
+        self.keys[:, :, :, :kept] = rotate(self.keys[:, :, :, drop : self.length], cos, -sin)  # a new tensor
+        self.values[:, :, :, :kept] = self.values[:, :, :, drop : self.length].clone()  # the ranges overlap
+        self.length = kept
+
 
 FEW_ROWS = 8  # up to this many rows (a decoding step and its guesses), `project` picks its own product
 

@@ -149,8 +149,11 @@ def generate_ids(
 ) -> Iterator[int]:
     """Yield new token ids one at a time. Without a cache, each step re-reads the whole context.
 
-    With the cache, when the context fills up the last 3/4 of it is re-encoded at its new positions and
-    generation continues from there (learned positions make a sliding cache impossible).
+    With the cache, when the context fills up, the oldest quarter is dropped. With rotary positions the
+    cache slides (`KVCache.slide`): the kept tokens' keys and values stay, so the model reads the last 3/4
+    to all of its context at every step at no cost; a kept token's values still carry what it read of the
+    dropped ones, as in the steps before. With learned positions the last 3/4 is encoded again at its new
+    positions (~25 ms for a 6x384 model's 192 characters in bf16 on 2 CPU cores, every 64 characters).
 
     Speculative decoding with the cache: a step feeds the model the last token and up to `config.guesses`
     guesses (`Drafts`) at once, reading the weights once for all of them; each position's token is then
@@ -177,9 +180,12 @@ def generate_ids(
         fill = autocast(device, fill_dtype(device, half))
         drafts = Drafts(history) if use_cache and config.guesses > 0 else None
         cache = None
+        slides = model.config.pos_encoding == "rope"  # a full cache slides on; else it is encoded again
         left = config.max_new_tokens
         while left > 0:
             guesses: list[int] = []
+            if slides and cache is not None and cache.length >= block:
+                cache.slide(block // 4, model.rope_cos, model.rope_sin)
             if not use_cache:
                 rows = model(torch.tensor([history[-block:]], device=device))[0][0, -1:]
             elif cache is None or cache.length >= block:
