@@ -110,13 +110,13 @@ class Decoder:
         self.wpe = model.wpe.weight.detach() if model.wpe is not None else None
         self.rope = (model.rope_cos, model.rope_sin) if self.wpe is None else None
         if self.rope is not None:  # x @ (diag(cos) + half_turn * sin) rotates x as `rotate` does
-            D = self.head_size
-            self.rope_full = tuple(torch.cat((r, r), dim=-1) for r in self.rope)  # (block, D)
-            self.half_turn = torch.zeros(D, D, device=self.wte.device)
+            D, like = self.head_size, {"device": self.wte.device, "dtype": self.wte.dtype}
+            self.rope_full = tuple(torch.cat((r, r), dim=-1).to(**like) for r in self.rope)  # (block, D)
+            self.half_turn = torch.zeros(D, D, **like)
             self.half_turn[D // 2 :, : D // 2] = -torch.eye(D // 2)
             self.half_turn[: D // 2, D // 2 :] = torch.eye(D // 2)
             # queries' rows scaled by 1/sqrt(D), keys' not: the attention's scale folded into the rotation
-            self.qk_scale = torch.tensor([D**-0.5, 1.0], device=self.wte.device).view(2, 1, 1)
+            self.qk_scale = torch.tensor([D**-0.5, 1.0], **like).view(2, 1, 1)
         self.norm_f, self.head = _Norm.of(model.ln_f), linear(model.lm_head)
         self._cache_views: tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
@@ -160,7 +160,7 @@ class Decoder:
         elif T == 1:
             turn = self._rotation(start)  # (2, D, D)
         else:
-            cos, sin = (r[start:end] for r in self.rope)
+            cos, sin = (r[start:end].to(x.dtype) for r in self.rope)
         mask = None
         if T > 1:  # row i sees the cache and rows <= i
             mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(diagonal=start).logical_not()
