@@ -117,9 +117,10 @@ def _fmt_value(value: Any) -> str:
 
 
 def _shown_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """The searched values a trial trains with. A tournament candidate records what it trains (`params`): its
-    draw with the user's fixed fields over it, so those win over the draw Optuna recorded; the default
-    candidate samples nothing and shows all of it."""
+    """The searched values a trial trains with. A tournament candidate records what it trains (`params`), which
+    a waiting one shows, and which wins over what Optuna recorded in a study begun before the user's fixed
+    fields left the search space (`SearchSpace.fixing`); the default candidate samples nothing and shows all
+    of it."""
     trained = trial.user_attrs.get("params")
     if not trained:
         return trial.params
