@@ -118,7 +118,6 @@ class Decoder:
             # queries' rows scaled by 1/sqrt(D), keys' not: the attention's scale folded into the rotation
             self.qk_scale = torch.tensor([D**-0.5, 1.0], **like).view(2, 1, 1)
         self.norm_f, self.head = _Norm.of(model.ln_f), linear(model.lm_head)
-        self._cache_views: tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
     @property
     def half(self) -> bool:
@@ -136,12 +135,6 @@ class Decoder:
             cache.length -= len(ids)
             logits = self._step(ids, cache)
         return logits
-
-    def _layer_caches(self, cache: KVCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Each layer's (keys, values) of the cache's one sequence, (H, block, D): views made once per cache."""
-        if self._cache_views is None or self._cache_views[0] is not cache.keys:
-            self._cache_views = (cache.keys, list(zip(cache.keys[:, 0].unbind(0), cache.values[:, 0].unbind(0))))
-        return self._cache_views[1]
 
     def _rotation(self, position: int) -> torch.Tensor:
         """(2, D, D): the rotary turn of `position` for a query (scaled by 1/sqrt(D)) and a key. One product
@@ -165,7 +158,7 @@ class Decoder:
         if T > 1:  # row i sees the cache and rows <= i
             mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(diagonal=start).logical_not()
         H, D = self.n_head, self.head_size
-        for layer, (keys, values) in zip(self.layers, self._layer_caches(cache)):
+        for layer, (keys, values) in zip(self.layers, cache.first_rows()):
             qkv = layer.qkv(layer.norm_1(x)).view(T, 3, H, D).permute(1, 2, 0, 3)  # (3, H, T, D)
             qk = qkv[:2]
             if self.qk_norm:

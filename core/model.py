@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -21,11 +21,19 @@ class KVCache:
     keys: torch.Tensor  # (n_layer, B, n_head, block_size, head_dim)
     values: torch.Tensor
     length: int = 0
+    _first_rows: list[tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def empty(cls, config: ModelConfig, batch: int, device: torch.device, dtype: torch.dtype) -> KVCache:
         shape = (config.n_layer, batch, config.n_head, config.block_size, config.n_embd // config.n_head)
         return cls(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype))
+
+    def first_rows(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's (keys, values) of the first sequence, (n_head, block_size, head_dim): views made once,
+        for the decoding step of one sequence."""
+        if self._first_rows is None:
+            self._first_rows = list(zip(self.keys[:, 0].unbind(0), self.values[:, 0].unbind(0)))
+        return self._first_rows
 
     def slide(self, drop: int, rope_cos: torch.Tensor, rope_sin: torch.Tensor) -> None:
         """Forget the oldest `drop` tokens and move the rest to the front, for a model with rotary positions

@@ -175,3 +175,19 @@ def test_past_the_context_rotary_models_slide_and_learned_positions_encode_again
     assert len(out) == 60 and all(0 <= t < 7 for t in out)
     assert encodings == ([3] if pos_encoding == "rope" else [3] + [12] * len(encodings[1:]))
     assert pos_encoding == "rope" or len(encodings) > 3
+
+
+def test_one_decoder_serves_several_caches_at_once():
+    """The Chat tab's sessions share a model's decoder: steps of two conversations, interleaved, each give
+    what they give alone."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=7, pos_encoding="rope")).eval()
+    step = Decoder(model)
+    streams = ([1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1])
+    alone = []
+    for ids in streams:
+        cache = KVCache.empty(model.config, 1, torch.device("cpu"), torch.float32)
+        alone.append([step([t], cache) for t in ids])
+    caches = [KVCache.empty(model.config, 1, torch.device("cpu"), torch.float32) for _ in streams]
+    for t, (a, b) in enumerate(zip(*streams)):
+        assert torch.equal(step([a], caches[0]), alone[0][t]) and torch.equal(step([b], caches[1]), alone[1][t])
