@@ -185,7 +185,9 @@ def long_text_rows(trained: list[str], data_dir: str, stretches: int = 8, length
                             logits = model(torch.tensor([ids[t - block + 1 : t + 1]], device=device))[0][0, -1]
                         elif cache.length >= block and policy == "encode_again":
                             cache = KVCache.empty(model.config, 1, device, torch.float32)
-                            logits = model(torch.tensor([ids[t - block * 3 // 4 + 1 : t + 1]]), cache=cache)[0][0, -1]
+                            logits = model(
+                                torch.tensor([ids[t - block * 3 // 4 + 1 : t + 1]], device=device), cache=cache
+                            )[0][0, -1]
                         else:
                             if cache.length >= block:
                                 cache.slide(block // 4, model.rope_cos, model.rope_sin)
