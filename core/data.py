@@ -305,6 +305,29 @@ def prepare(
     return stats
 
 
+DEFAULT_DATA_DIR = "dataset"
+
+
+def has_dataset(data_dir: str | Path) -> bool:
+    return (Path(data_dir) / "vocab.txt").is_file()
+
+
+def require_dataset(data_dir: str | Path) -> None:
+    """The one message for a missing dataset, whichever front end asks."""
+    if not has_dataset(data_dir):
+        raise DataError("there is no dataset yet; prepare one in the Dataset tab or with `python app.py prepare` first")
+
+
+def ensure_default_dataset(data_dir: str | Path) -> PrepareStats | None:
+    """Prepare the default corpus when the default dataset folder is empty (first run)."""
+    if has_dataset(data_dir) or Path(data_dir) != Path(DEFAULT_DATA_DIR):
+        return None
+    log.info("no dataset in %s/ yet: preparing the default corpus (Shakespeare)", data_dir)
+    stats = prepare(None, data_dir)
+    log.info("%s", stats.summary())
+    return stats
+
+
 def _bin_name(split: str) -> str:
     return SPLITS[split].replace(".txt", ".bin")
 

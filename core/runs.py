@@ -18,6 +18,16 @@ from core import checkpoint as ckpt
 from core.config import ModelConfig, TrainConfig, recipe_configs, replace_known
 
 
+class ModelTaken(ckpt.ModelError):
+    """A run would write over a saved model; each front end says how to resume, overwrite or rename."""
+
+    def __init__(self, out_dir: Path, hint: str = "resume to continue it, overwrite to replace it"):
+        self.out_dir, self.free = out_dir, free_name(out_dir)
+        super().__init__(
+            f"{shown_model(out_dir)} already holds a model; {hint}, or choose another name ({self.free} is free)"
+        )
+
+
 def run_configs(
     out_dir: Path | None = None,
     *,
@@ -46,10 +56,22 @@ def claim_model_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
     if not (out_dir.exists() and any(out_dir.iterdir())) or resume:
         return
     if not overwrite:
-        raise ckpt.ModelError(
-            f"{out_dir} already holds a model; resume to continue it, overwrite to replace it, or choose another name"
-        )
+        raise ModelTaken(out_dir)
     shutil.rmtree(out_dir)
+
+
+def shown_model(out_dir: Path) -> str:
+    """A model folder as messages name it: models/NAME, never the server's absolute path."""
+    return f"{out_dir.parent.name}/{out_dir.name}"
+
+
+def free_name(out_dir: Path) -> str:
+    """The first NAME-2, NAME-3, ... with no model folder beside `out_dir`."""
+    stem = out_dir.name.rsplit("-", 1)[0] if out_dir.name.rsplit("-", 1)[-1].isdigit() else out_dir.name
+    number = 2
+    while (candidate := out_dir.parent / f"{stem}-{number}").exists() and any(candidate.iterdir()):
+        number += 1
+    return candidate.name
 
 
 def record_source(out_dir: Path, tuned: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -42,9 +42,11 @@ from optuna.trial import TrialState
 
 from core import checkpoint as ckpt
 from core.config import ModelConfig, TrainConfig, recipe_configs, replace_known, to_dict
-from core.data import Dataset
+from core.data import Dataset, require_dataset
 from core.device import pick_device
+from core.fileio import atomic_write_text
 from core.model import GPT
+from core.runs import claim_model_dir
 from core.trainer import TrainHooks, split_loss, train
 from core.tuning import (
     MACHINE_THREADS_ENV,
@@ -53,6 +55,7 @@ from core.tuning import (
     TuningError,
     apply_params,
     create_study,
+    open_study,
     write_best_params,
 )
 
@@ -63,6 +66,8 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 PLAN_ATTR = "tournament"
 SCORE_CHARS = 65_536  # validation characters scored per candidate: the same evenly spread windows for all
 RUNGS_JSON = "rungs.json"  # in the final model's folder: the survivor's rungs
+STOPPED_REASON = "stopped by the user"
+REPORT_EVERY_S = 2.0  # between step events of a running rung
 _POLL_S = 1.0
 
 
@@ -125,6 +130,24 @@ class Plan:
         parts = [f"{r.candidates} x {r.seconds:.0f}s" for r in self.rungs[:-1]] + [final]
         return f"{len(self.rungs)} rungs: " + ", then ".join(parts)
 
+    def summary(self) -> str:
+        """The plan in a user's words: who trains for how long."""
+        if not self.searches:
+            return self.describe()
+        rounds = [math.ceil(r.candidates / self.workers) for r in self.rungs[:-1]]
+        explore = sum(n * (r.seconds + self.slice_overhead_s) for n, r in zip(rounds, self.rungs[:-1]))
+        final_s = max(0.0, self.budget_s - explore - END_MARGIN_S)
+        first, *rest = self.rungs[:-1]
+        parts = [f"{first.candidates} candidates train {_clock(first.seconds)} each"]
+        parts += [f"the best {r.candidates} go on for {_clock(r.seconds)} more" for r in rest]
+        grown = " at twice its context" if self.final_token_scale > 1 and self.final_longer_context else ""
+        return ", then ".join(parts) + f"; the winner trains for the last {_clock(final_s)}{grown} and is saved"
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds}s"
+
 
 def plan_tournament(
     budget_s: float,
@@ -157,11 +180,13 @@ def plan_tournament(
         raise TuningError(f"search_rungs must be in [1, {max_rungs - 1}], got {search_rungs}")
     min_slice = max(2.0, min_steps * step_s)
     explore_s = (1 - final_share) * (budget_s - END_MARGIN_S)
+    least = budget_minimums(step_s, workers=workers, eta=eta, final_share=final_share, min_steps=min_steps,
+                            search_rungs=search_rungs, slice_overhead_s=slice_overhead_s)  # fmt: skip
 
-    def plan(rungs: list[Rung]) -> Plan:
+    def plan(rungs: list[Rung], note: str = "") -> Plan:
         return Plan(
             budget_s, workers, rungs, score_fraction=0.2, final_cooldown=0.4, started=time.time(), step_s=step_s,
-            slice_overhead_s=slice_overhead_s,
+            slice_overhead_s=slice_overhead_s, note=note,
         )  # fmt: skip
 
     for rungs in range(max_rungs, 1, -1):
@@ -170,22 +195,45 @@ def plan_tournament(
         slices = [per_rung / math.ceil(n / workers) - slice_overhead_s for n in counts]
         if slices[0] >= min_slice:
             if rungs - 1 < search_rungs:
-                needed = math.ceil(
-                    _smallest_budget(search_rungs, eta, min_slice + slice_overhead_s, workers, final_share)
-                )
-                default_only = plan([Rung(1, 0.0)])
-                default_only.note = (
-                    f"no search: {budget_s:.0f}s holds {rungs - 1} exploration rung(s) and a search that pays needs "
-                    f"{search_rungs} (give at least {needed}s, or --search-rungs 1); the default configuration "
-                    "trains for all of it"
-                )
-                return default_only
+                return plan([Rung(1, 0.0)], _no_search_note(budget_s, least, f"holds {rungs - 1} exploration rung(s)"))
             return plan([Rung(n, s) for n, s in zip(counts, slices)] + [Rung(1, 0.0)])
-    smallest = _smallest_budget(1, eta, min_slice + slice_overhead_s, workers, final_share)
+    if budget_s >= least.run_s:
+        return plan([Rung(1, 0.0)], _no_search_note(budget_s, least, "is too short for a search"))
     raise TuningError(
-        f"a budget of {budget_s:.0f}s is too small for one rung of {eta} candidates of {min_slice:.0f}s each "
-        f"({min_steps} steps at the measured {step_s * 1000:.0f} ms/step) and a final training; "
-        f"give at least {math.ceil(smallest)}s"
+        f"a budget of {budget_s:.0f}s is too short to train even the default model ({min_steps} steps at the "
+        f"measured {step_s * 1000:.0f} ms/step, then its evaluation and save); give at least {math.ceil(least.run_s)}s"
+    )
+
+
+@dataclass
+class Minimums:
+    """The smallest budgets, in seconds: one that trains the default model, one that searches."""
+
+    run_s: float
+    search_s: float
+
+
+def budget_minimums(
+    step_s: float,
+    *,
+    workers: int = 1,
+    eta: int = 3,
+    final_share: float = 0.7,
+    min_steps: int = 150,
+    search_rungs: int = 2,
+    slice_overhead_s: float = SLICE_OVERHEAD_S,
+) -> Minimums:
+    slice_s = max(2.0, min_steps * step_s) + slice_overhead_s
+    return Minimums(
+        run_s=math.ceil(slice_s + END_MARGIN_S),
+        search_s=math.ceil(_smallest_budget(search_rungs, eta, slice_s, workers, final_share)),
+    )
+
+
+def _no_search_note(budget_s: float, least: Minimums, why: str) -> str:
+    return (
+        f"no search: {budget_s:.0f}s {why}, and a search that pays needs at least {least.search_s:.0f}s "
+        "; the default configuration trains for all of it"
     )
 
 
@@ -348,7 +396,7 @@ def init_tournament(
 class RungEvent:
     """What a running tournament reports: a rung of a candidate started or ended, or a promotion."""
 
-    kind: str  # plan, start, end, promote, done
+    kind: str  # plan, start, step (every few seconds inside a rung), end, promote, done
     rung: int
     candidate: int | None = None
     trial: int | None = None
@@ -357,6 +405,21 @@ class RungEvent:
     alive: int = 0
     time_left_s: float = 0.0
     message: str = ""
+    step: int = 0  # the candidate's training steps so far (its earlier rungs included)
+    loss: float | None = None  # its latest training loss (step events)
+
+    def text(self) -> str:
+        """One line for a person: the CLI prints it, the Tune tab shows it."""
+        if self.kind == "step":
+            return f"rung {self.rung}: candidate {self.candidate} at step {self.step:,}, loss {self.loss:.3f}"
+        if self.kind == "start":
+            return f"rung {self.rung} ({self.alive} alive): training candidate {self.candidate}"
+        if self.kind == "end":
+            score = f"val {self.score:.4f}" if self.score is not None else self.message
+            return (
+                f"rung {self.rung}: candidate {self.candidate} (trial {self.trial}) {score} after {self.seconds:.0f}s"
+            )
+        return self.message
 
 
 def prepare_tournament(
@@ -374,33 +437,129 @@ def prepare_tournament(
     if recorded:
         return study, Plan.from_json(recorded)
     dataset = dataset or Dataset(config.data_dir)
-    step_s = measure_step_s(config, dataset)
-    plan = plan_tournament(
-        config.budget,
-        step_s,
-        workers=workers,
-        eta=config.eta,
-        final_share=config.final_share,
-        search_rungs=config.search_rungs,
-        slice_overhead_s=SLICE_OVERHEAD_S + measure_score_s(config, dataset),
-    )
+    plan = plan_for(config, measured_speed(config, dataset), workers=workers)
     plan.started = started
     plan = init_tournament(study, plan, space.fixing(config.overrides), config.seed, config.overrides)
     log.info(
         "tournament plan (default model at %.0f ms/step, %.1f s a slice besides training): %s",
-        step_s * 1000, plan.slice_overhead_s, plan.describe(),
+        plan.step_s * 1000, plan.slice_overhead_s, plan.describe(),
     )  # fmt: skip
     return study, plan
 
 
+@dataclass
+class Speed:
+    """What the plan of a budget rests on, measured with the default model on this device and dataset."""
+
+    step_s: float  # seconds a training step
+    score_s: float  # seconds scoring a candidate at the end of a slice
+
+
+SPEED_FILE = ".tournament_speed.json"  # in the dataset folder: one measurement per device and default model
+
+
+def measured_speed(config: TuneConfig, dataset: Dataset) -> Speed:
+    """The default model's speed here, measured once per dataset, device and fixed fields and then read from
+    the dataset folder, so that the minimum budget the page shows is the one Start applies."""
+    key = json.dumps(
+        [str(pick_device(config.device)), torch.get_num_threads(), len(dataset.vocab), config.overrides],
+        sort_keys=True, default=str,
+    )  # fmt: skip
+    path = Path(config.data_dir) / SPEED_FILE
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if isinstance(known.get(key), dict):
+        with contextlib.suppress(TypeError):
+            return Speed(**known[key])
+    speed = Speed(measure_step_s(config, dataset), measure_score_s(config, dataset))
+    with contextlib.suppress(OSError):  # a read-only dataset measures again next time
+        atomic_write_text(path, json.dumps({**known, key: asdict(speed)}, indent=2) + "\n")
+    return speed
+
+
+def plan_for(config: TuneConfig, speed: Speed, workers: int = 1) -> Plan:
+    return plan_tournament(
+        config.budget,
+        speed.step_s,
+        workers=workers,
+        eta=config.eta,
+        final_share=config.final_share,
+        search_rungs=config.search_rungs,
+        slice_overhead_s=SLICE_OVERHEAD_S + speed.score_s,
+    )
+
+
+@dataclass
+class Preview:
+    """What a budget will do, said before it starts: the plan, or why there is none, and the minimums."""
+
+    minimums: Minimums
+    plan: Plan | None
+    error: str = ""
+    continuing: bool = False
+
+    def text(self) -> str:
+        if self.error:
+            return self.error
+        verb = "continues its recorded plan: " if self.continuing else ""
+        return verb + self.plan.summary()
+
+
+def preview(config: TuneConfig, workers: int = 1) -> Preview:
+    """The plan a budget gets (the recorded one when the study already holds a tournament), without starting."""
+    dataset = Dataset(config.data_dir)
+    speed = measured_speed(config, dataset)
+    least = budget_minimums(speed.step_s, workers=workers, eta=config.eta, final_share=config.final_share,
+                            search_rungs=config.search_rungs, slice_overhead_s=SLICE_OVERHEAD_S + speed.score_s)  # fmt: skip
+    recorded = recorded_plan(config)
+    if recorded is not None:
+        return Preview(least, recorded, continuing=True)
+    try:
+        return Preview(least, plan_for(config, speed, workers))
+    except TuningError as err:
+        return Preview(least, None, error=str(err))
+
+
+def recorded_plan(config: TuneConfig) -> Plan | None:
+    try:
+        recorded = open_study(config.study, config.storage).user_attrs.get(PLAN_ATTR)
+    except TuningError:
+        return None
+    return Plan.from_json(recorded) if recorded else None
+
+
 def has_plan(config: TuneConfig) -> bool:
     """Whether the study of `config` already holds a tournament (a re-run continues it)."""
-    from core.tuning import open_study
+    return recorded_plan(config) is not None
 
-    try:
-        return bool(open_study(config.study, config.storage).user_attrs.get(PLAN_ATTR))
-    except TuningError:
-        return False
+
+def begin_tournament(
+    config: TuneConfig, space: SearchSpace | None, name: str, models_dir: str | Path, *, overwrite: bool = False
+) -> tuple[Path, SearchSpace, bool]:
+    """Check a budgeted run's inputs and claim its model folder, for every front end: (the final model's
+    folder, the search space, whether the study's recorded tournament is continued)."""
+    if not config.budget > 0:
+        raise TuningError("the budget must be a positive duration, e.g. 10m or 1h")
+    config.validate()
+    space = (space or SearchSpace.for_budget(config.device)).validate()
+    require_dataset(config.data_dir)
+    out_dir = ckpt.model_dir(name, models_dir)
+    plan = recorded_plan(config)
+    if plan is not None and _finished(open_study(config.study, config.storage), plan):
+        raise TuningError(
+            f"the tournament of study {config.study} has finished; give another study name to run a new one"
+        )
+    claim_model_dir(out_dir, resume=plan is not None, overwrite=overwrite)
+    return out_dir, space, plan is not None
+
+
+def _finished(study: optuna.Study, plan: Plan) -> bool:
+    final = _rung_trials(study, len(plan.rungs) - 1)
+    return any(t.state == TrialState.COMPLETE for t in final)
 
 
 def _rung_trials(study: optuna.Study, rung: int) -> list[optuna.trial.FrozenTrial]:
@@ -449,8 +608,9 @@ def run_tournament(
     final_rung = len(plan.rungs) - 1
     recorded_space = study.user_attrs.get("search_space") or space.fixing(config.overrides).to_json()
     space = SearchSpace.from_json(recorded_space, base=space)
+    _requeue_stopped(study)
     emit(RungEvent("plan", 0, alive=plan.rungs[0].candidates, time_left_s=plan.deadline - time.time(),
-                   message=plan.describe()))  # fmt: skip
+                   message=plan.summary()))  # fmt: skip
 
     while not stop.is_set():
         optuna.storages.fail_stale_trials(study)  # a killed worker's rung comes back as a waiting trial
@@ -483,6 +643,16 @@ def run_tournament(
         )
         return final_dir
     return None
+
+
+def _requeue_stopped(study: optuna.Study) -> None:
+    """Queue again the rungs a user stopped, once each, so that this run continues them."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        attrs = trial.user_attrs
+        if attrs.get("reason") == STOPPED_REASON and not attrs.get("requeued") and "rung" in attrs:
+            study._storage.set_trial_user_attr(trial._trial_id, "requeued", True)
+            kept = {k: v for k, v in attrs.items() if k not in ("reason", "seconds", "steps", "worker")}
+            study.enqueue_trial(trial.params, user_attrs=kept)
 
 
 def _tournament_state(study: optuna.Study, plan: Plan) -> str | int:
@@ -578,6 +748,7 @@ def _run_rung(
         )
     )
     owned = _Ownership(study, trial, stop)
+    watch = _RungWatch(trial, rung, candidate, plan, emit)
 
     def abandon() -> None:
         message = f"lost: trial {trial.number} was failed as stale (its heartbeats were late); its retry goes on"
@@ -592,9 +763,10 @@ def _run_rung(
                 model_config, train_config = final_shape(
                     plan, space, model_config, train_config, dataset, rung, fixed=set(config.overrides or {})
                 )
-                score = _final_rung(trial, plan, model_config, train_config, dataset, folder, final_dir, owned, rung)
+                score = _final_rung(trial, plan, model_config, train_config, dataset, folder, final_dir, owned, rung,
+                                    watch)  # fmt: skip
             else:
-                score = _exploration_rung(plan, rung, model_config, train_config, dataset, folder, owned)
+                score = _exploration_rung(plan, rung, model_config, train_config, dataset, folder, owned, watch)
         except Exception as err:
             if owned.check():  # its retry may have moved the candidate's files under it: not this worker's error
                 return abandon()
@@ -609,10 +781,11 @@ def _run_rung(
     trial.set_user_attr("seconds", round(time.time() - started, 2))
     latest = ckpt.latest_checkpoint(final_dir if final else folder)
     trial.set_user_attr("steps", latest.step if latest else 0)  # the candidate's training steps so far
-    if stop.is_set():  # a stopped rung is not a result: queue it again for the next run
-        trial.set_user_attr("reason", "stopped by the user")
+    if math.isfinite(score) and latest is not None and not stop.is_set():
+        trial.report(score, latest.step)  # its score among its intermediate values, for optuna-dashboard
+    if stop.is_set():  # a stopped rung is not a result; the next run queues it again (`_requeue_stopped`)
+        trial.set_user_attr("reason", STOPPED_REASON)
         study.tell(trial, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={k: v for k, v in attrs.items()})
         return
     study.tell(trial, score)
     if final:
@@ -622,6 +795,30 @@ def _run_rung(
             "end", rung, candidate, trial.number, score, time.time() - started, time_left_s=plan.deadline - time.time()
         )
     )
+
+
+class _RungWatch:
+    """What a running rung tells: a step event every few seconds (step, loss, time left) and, for the
+    dashboard, each evaluation's loss as an intermediate value of its trial."""
+
+    def __init__(self, trial: optuna.Trial, rung: int, candidate: int, plan: Plan, emit: Callable[[RungEvent], None]):
+        self.trial, self.rung, self.candidate, self.plan, self.emit = trial, rung, candidate, plan, emit
+        self._last = -math.inf
+
+    def on_step(self, event) -> None:
+        now = time.monotonic()
+        if now - self._last < REPORT_EVERY_S:
+            return
+        self._last = now
+        self.emit(RungEvent("step", self.rung, self.candidate, self.trial.number, alive=self.plan.rungs[self.rung].candidates,
+                            time_left_s=self.plan.deadline - time.time(), step=event.step, loss=event.loss))  # fmt: skip
+
+    def on_eval(self, event) -> None:
+        self.trial.report(event.val_loss, event.step)
+
+    def hooks(self, stop, on_finish=None, reports: bool = False) -> TrainHooks:
+        return TrainHooks(on_step=self.on_step, on_eval=self.on_eval if reports else None, should_stop=stop.is_set,
+                          on_finish=on_finish)  # fmt: skip
 
 
 class _Ownership:
@@ -648,14 +845,14 @@ class _Ownership:
         return self.check() if time.monotonic() - self._checked >= self._every_s else self.lost
 
 
-def _continue(folder: Path, model_config, train_config, dataset, stop, on_finish=None):
+def _continue(folder: Path, model_config, train_config, dataset, hooks: TrainHooks):
     return train(
         model_config,
         train_config,
         out_dir=folder,
         resume=ckpt.latest_checkpoint(folder) is not None,
         dataset=dataset,
-        hooks=TrainHooks(should_stop=stop.is_set, on_finish=on_finish),
+        hooks=hooks,
     )
 
 
@@ -663,13 +860,13 @@ def _score(model, dataset: Dataset) -> float:
     return split_loss(model, dataset.tokens["val"], max_chars=SCORE_CHARS)
 
 
-def _exploration_rung(plan, rung, model_config, train_config, dataset, folder: Path, stop) -> float:
+def _exploration_rung(plan, rung, model_config, train_config, dataset, folder: Path, stop, watch: _RungWatch) -> float:
     """Continue the candidate for the stable part of its slice, then score a cooldown branch of it."""
     slice_s = plan.rungs[rung].seconds
     if rung == 0 and folder.exists():  # a retried first slice starts afresh
         shutil.rmtree(folder)
     stable = replace_known(train_config, {"max_minutes": slice_s * (1 - plan.score_fraction) / 60})
-    _continue(folder, model_config, stable, dataset, stop)
+    _continue(folder, model_config, stable, dataset, watch.hooks(stop))
     if stop.is_set():  # stopped, or the trial was lost: no score, and no branch beside a retry's
         return math.nan
     branch = folder.parent / f"{folder.name}.branch"
@@ -682,7 +879,8 @@ def _exploration_rung(plan, rung, model_config, train_config, dataset, folder: P
     )
     scores: list[float] = []
     try:
-        _continue(branch, model_config, cooldown, dataset, stop, on_finish=lambda m: scores.append(_score(m, dataset)))
+        _continue(branch, model_config, cooldown, dataset,
+                  watch.hooks(stop, on_finish=lambda m: scores.append(_score(m, dataset))))  # fmt: skip
     finally:
         shutil.rmtree(branch, ignore_errors=True)
     return scores[0]
@@ -728,7 +926,9 @@ def final_shape(
     return model_config, replace_known(train_config, {"batch_size": train_config.batch_size * scale}).validate()
 
 
-def _final_rung(trial, plan, model_config, train_config, dataset, folder: Path, final_dir: Path, stop, rung) -> float:
+def _final_rung(
+    trial, plan, model_config, train_config, dataset, folder: Path, final_dir: Path, stop, rung, watch: _RungWatch
+) -> float:
     """Continue the survivor in the final model's folder until the budget ends, decaying over its last part."""
     if not (final_dir / ckpt.CHECKPOINT_DIR).is_dir() and rung > 0:
         latest = ckpt.latest_checkpoint(folder)
@@ -767,7 +967,7 @@ def _final_rung(trial, plan, model_config, train_config, dataset, folder: Path, 
             resume=ckpt.latest_checkpoint(final_dir) is not None,  # none: a plan without search starts the default
             dataset=dataset,
             info={"source": source},
-            hooks=TrainHooks(should_stop=stop.is_set, on_finish=lambda m: scores.append(_score(m, dataset))),
+            hooks=watch.hooks(stop, on_finish=lambda m: scores.append(_score(m, dataset)), reports=True),
         )
     if stop.is_set():  # stopped, or the trial was lost: the run that continues it writes the history
         return math.nan
@@ -783,5 +983,5 @@ def _final_rung(trial, plan, model_config, train_config, dataset, folder: Path, 
         if t.user_attrs.get("candidate") == trial.user_attrs["candidate"] and t.number != trial.number
     ]
     history.append({"rung": rung, "trial": trial.number, "seconds": seconds, "score": scores[0], "state": "COMPLETE"})
-    (final_dir / RUNGS_JSON).write_text(json.dumps({"plan": plan.to_json(), "rungs": history}, indent=2) + "\n")
+    atomic_write_text(final_dir / RUNGS_JSON, json.dumps({"plan": plan.to_json(), "rungs": history}, indent=2) + "\n")
     return scores[0]

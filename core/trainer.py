@@ -96,6 +96,14 @@ class TrainResult:
         )
 
 
+def progress_fraction(event: StepEvent, config: TrainConfig) -> float:
+    """How far a run is, 0 to 1: by steps, or by time when a time budget ends it sooner."""
+    fraction = event.step / event.max_iters if event.max_iters else 0.0
+    if config.max_minutes:
+        fraction = max(fraction, event.elapsed_s / (config.max_minutes * 60))
+    return min(1.0, fraction)
+
+
 def lr_at(progress: float, step: int, config: TrainConfig) -> float:
     """Linear warmup, then (cosine) decay to `final_lr` as progress goes 0 -> 1, or (wsd) the peak rate until
     the last `cooldown_fraction` of the run and a linear decay to `final_lr` over it.

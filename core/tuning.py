@@ -618,6 +618,10 @@ class TrialEvent:
     val_loss: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
 
+    def text(self) -> str:
+        value = f"{self.val_loss:.4f}" if self.val_loss is not None else "-"
+        return f"trial {self.trial} {self.state.lower()} at step {self.step}, val {value}"
+
 
 def create_study(config: TuneConfig, worker: int = 0) -> optuna.Study:
     try:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cli.main import main
 
 from core import checkpoint as ckpt
 from core.chat import MAX_MESSAGE_CHARS, ChatSession
-from core.cli import main
 from core.data import DataError, Dataset, prepare
 from core.model import GPT
 from core.sampling import SamplingConfig

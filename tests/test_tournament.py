@@ -26,6 +26,7 @@ from core.tournament import (
     _machine_threads,
     _run_rung,
     _rung_trials,
+    budget_minimums,
     candidate_configs,
     default_params,
     final_shape,
@@ -134,7 +135,8 @@ def test_candidates_warm_up_over_the_default_s_tokens_unless_the_user_sets_warmu
 def test_a_budget_with_room_for_one_rung_only_trains_the_default_unless_told_to_search():
     short = plan_tournament(600, step_s=0.08)  # 10 minutes at the default model's speed on 2 cores
     assert not short.searches and [(r.candidates, r.seconds) for r in short.rungs] == [(1, 0.0)]
-    needed = int(short.note.split("give at least ")[1].split("s")[0])
+    needed = budget_minimums(0.08).search_s
+    assert f"needs at least {needed:.0f}s" in short.note  # the number is said, not only used
     assert plan_tournament(needed, step_s=0.08).searches  # the budget it names is enough for two rungs
     assert (
         len(plan_tournament(needed, step_s=0.08).rungs) == 3 and not plan_tournament(needed - 5, step_s=0.08).searches
@@ -184,7 +186,7 @@ def test_a_rotary_survivor_continues_at_twice_its_context_from_where_it_was(tmp_
 def test_a_default_only_plan_trains_and_saves_the_default(tmp_path, dataset_dir):
     result = run_app(*budget_command(tmp_path, dataset_dir, search_rungs=2), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "no search" in result.stderr and "--search-rungs 1" in result.stderr
+    assert "no search" in result.stderr and "--search-rungs 1 searches even a short budget" in result.stderr
     trials = rung_trials(tmp_path)
     assert len(trials) == 1 and trials[0].state.name == "COMPLETE" and trials[0].user_attrs["candidate"] == 0
     record = json.loads((tmp_path / "models" / "winner" / "rungs.json").read_text())
@@ -194,14 +196,23 @@ def test_a_default_only_plan_trains_and_saves_the_default(tmp_path, dataset_dir)
 
 
 @pytest.mark.parametrize("budget", [0, -5, math.inf, 20])
-def test_a_budget_that_cannot_hold_a_rung_is_refused(budget):
+def test_a_budget_that_cannot_train_the_default_is_refused(budget):
     with pytest.raises(TuningError, match="budget"):
         plan_tournament(budget, step_s=0.1)
 
 
+def test_a_budget_under_one_rung_trains_the_default_and_under_one_run_names_its_minimum():
+    least = budget_minimums(0.1)  # 150 steps of 0.1 s, the slice's overhead and the end margin
+    assert least.run_s == 21 and least.search_s > 600
+    plan = plan_tournament(least.run_s, step_s=0.1)  # far from a rung of 3 candidates: the default, as promised
+    assert not plan.searches and "no search" in plan.note and f"{least.search_s:.0f}s" in plan.note
+    with pytest.raises(TuningError, match=f"give at least {least.run_s:.0f}s"):
+        plan_tournament(least.run_s - 1, step_s=0.1)
+
+
 def test_the_cli_refuses_a_zero_negative_or_too_small_budget(tmp_path, dataset_dir):
-    for budget, message in (("0", "--budget must be a positive duration"), ("-5m", "must be >= 0"),
-                            ("8s", "too small for one rung")):  # fmt: skip
+    for budget, message in (("0", "the budget must be a positive duration"), ("-5m", "must be >= 0"),
+                            ("8s", "too short to train even the default model")):  # fmt: skip
         result = run_app(*budget_command(tmp_path, dataset_dir, budget=budget), cwd=tmp_path)
         assert result.returncode == 2, result.stderr
         assert message in result.stderr

@@ -27,7 +27,6 @@ import plotly.graph_objects as go  # noqa: E402
 import torch._dynamo  # noqa: E402, F401
 from starlette.middleware import Middleware  # noqa: E402
 
-from core.config import DEFAULT_STORAGE  # noqa: E402
 from workbench.dashboard import Dashboard, LoggedInDashboard  # noqa: E402
 from workbench.jobs import JobManager  # noqa: E402
 from workbench.login import ClientKeyMiddleware, LoginGuard  # noqa: E402
@@ -123,13 +122,9 @@ def launch(
         private_files=[Path(auth_file)] if auth_file else [],
     )  # fmt: skip
     if not project.has_dataset():
-        from core.cli import ensure_dataset
         from core.data import prepare
 
-        if project.root == Path.cwd().resolve():
-            ensure_dataset("dataset")
-        else:
-            print(prepare(None, project.data_dir).summary(), file=sys.stderr)
+        print(prepare(None, project.data_dir).summary(), file=sys.stderr)
     board, middleware = None, [Middleware(ClientKeyMiddleware)]
     if dashboard and auth:  # behind the login, read-only, on this server (and so through a share link)
         middleware.append(Middleware(LoggedInDashboard, storage_url=project.storage))
@@ -193,28 +188,8 @@ def launch(
     return demo, jobs, board
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python app.py [serve]", description="Open the chargpt workbench.")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    parser.add_argument("--share", action="store_true", help="ask Gradio for a temporary public link")
-    parser.add_argument("--auth", metavar="USER:PASS", help="require this login")
-    parser.add_argument("--auth-file", metavar="FILE", help="logins, one user:password a line")
-    parser.add_argument("--storage", default="", help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
-    parser.add_argument("--no-dashboard", action="store_true", help="do not start optuna-dashboard")
-    parser.add_argument(
-        "--allow-dir",
-        action="append",
-        default=[],
-        metavar="FOLDER",
-        help="a folder whose text files the Dataset tab may read by path, besides corpora/ and uploads/ (repeatable)",
-    )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def serve(args: argparse.Namespace) -> int:
+    """`python app.py [serve] ...`: the flags come from the one parser in cli.main."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     launch(
         args.host,

@@ -1,0 +1,163 @@
+"""`python app.py`: one parser for the workbench and every command (so no flag is listed twice)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from cli.commands import (
+    CliError,
+    cmd_chat,
+    cmd_compare,
+    cmd_dashboard,
+    cmd_prepare,
+    cmd_proxy,
+    cmd_studies,
+    cmd_train,
+    cmd_tune,
+)
+from cli.flags import add_dataclass_flags
+from core import checkpoint as ckpt
+from core.config import DEFAULT_STORAGE, RECIPES, ConfigError, ModelConfig, TrainConfig
+from core.data import DEFAULT_DATA_DIR, DataError
+from core.sampling import SamplingConfig
+from core.trainer import LossDiverged
+
+# --- parser ----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python app.py",
+        description="Train a character-level GPT on your text, tune it with Optuna, and chat with it. "
+        "Without a command, opens the workbench.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="build dataset/ from text files or folders (default: Shakespeare)")
+    p.add_argument("inputs", nargs="*", help="text files or folders (none: the default corpus)")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="output folder (default: dataset)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of text kept for validation")
+    p.add_argument(
+        "--errors", choices=["strict", "replace"], default="strict", help="undecodable bytes: fail or replace"
+    )
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a model and save it under models/NAME")
+    add_train_arguments(p)
+    p.add_argument("--from-study", metavar="STUDY", help="start from the best params of this study")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="storage of --from-study")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="saved models side by side: configs, curves' best, one prompt continued")
+    p.add_argument("models", nargs="+", help="two or more model names in models/")
+    p.add_argument("--models-dir", default="models", help="where saved models live")
+    p.add_argument("--prompt", default="\\n", help="the text every model continues (\\n for a newline)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every model")
+    p.add_argument("--chars", type=int, default=200, help="characters each model writes")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("chat", help="chat with a saved model in the terminal")
+    p.add_argument("--model", default=None, help="model name in models/ or a folder (default: the newest)")
+    p.add_argument("--models-dir", default="models", help="where saved models live")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_dataclass_flags(p, SamplingConfig, "sampling")
+    p.set_defaults(func=cmd_chat)
+
+    from core.tuning import TuneConfig
+
+    p = sub.add_parser("tune", help="search hyperparameters with Optuna (resumable, shareable by many workers)")
+    add_dataclass_flags(p, TuneConfig, "study")
+    p.add_argument("--space", help="search space JSON file (fields not given keep their defaults)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--create-only", action="store_true", help="create the study and exit (before starting workers)")
+    p.add_argument("--then-train", action="store_true", help="train the final model with the best params")
+    add_train_arguments(p, with_data_dir=False)
+    p.set_defaults(func=cmd_tune, from_study=None)
+
+    p = sub.add_parser("studies", help="list the studies of a storage")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
+    p.set_defaults(func=cmd_studies)
+
+    p = sub.add_parser("proxy", help="serve a storage to many workers through Optuna's gRPC proxy")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="the storage behind the proxy")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for other machines)")
+    p.add_argument("--port", type=int, default=13000)
+    p.add_argument("--heartbeat", type=int, default=10, help="seconds between trial heartbeats")
+    p.set_defaults(func=cmd_proxy)
+
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage (127.0.0.1)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (the dashboard has no login)")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("serve", help="open the workbench (the default without a command)")
+    add_serve_flags(p)
+    add_serve_flags(parser)  # `python app.py --port 8000` opens the workbench too
+    return parser
+
+
+def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    """The workbench's flags: one list, for `python app.py [serve] ...` alike."""
+    group = parser.add_argument_group("workbench (python app.py [serve])")
+    group.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine)")
+    group.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    group.add_argument("--share", action="store_true", help="ask Gradio for a temporary public link")
+    group.add_argument("--auth", metavar="USER:PASS", help="require this login")
+    group.add_argument("--auth-file", metavar="FILE", help="logins, one user:password a line")
+    group.add_argument("--no-dashboard", action="store_true", help="do not start optuna-dashboard")
+    group.add_argument(
+        "--allow-dir", action="append", default=[], metavar="FOLDER",
+        help="a folder whose text files the Dataset tab may read by path, besides corpora/ and uploads/ (repeatable)",
+    )  # fmt: skip
+    group.add_argument("--storage", default="", help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
+
+
+def add_train_arguments(p: argparse.ArgumentParser, with_data_dir: bool = True) -> None:
+    p.add_argument("--name", default="default", help="model name: saved under models/NAME (default: default)")
+    p.add_argument("--models-dir", default="models", help="where saved models live")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of --name")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
+    p.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="modern",
+        help="defaults for the fields you do not set: modern (rotary positions, RMSNorm, QK-norm, ReLU², Muon, "
+        "warmup-stable-decay; measured best per CPU-minute) or classic (nanoGPT 2022, reproduced exactly)",
+    )
+    add_dataclass_flags(p, ModelConfig, "model")
+    skip = () if with_data_dir else ("data_dir", "device", "seed", "eval_interval", "eval_iters")
+    add_dataclass_flags(p, TrainConfig, "final training", skip=skip)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if args.command in (None, "serve"):
+        from workbench.app import serve
+
+        return serve(args)
+    try:
+        return args.func(args)
+    except (CliError, ConfigError, DataError, ckpt.ModelError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except LossDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except (MemoryError, torch.OutOfMemoryError):
+        print("error: out of memory; lower --batch-size, --block-size or the model size", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
