@@ -100,24 +100,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="open the workbench (the default without a command)")
     add_serve_flags(p)
-    add_serve_flags(parser)  # `python app.py --port 8000` opens the workbench too
+    # `python app.py --port 8000` opens the workbench too; absent flags stay absent here, so that no default of
+    # the workbench's lands in a command's namespace (tune's --storage has its own)
+    add_serve_flags(parser, argparse.SUPPRESS)
     return parser
 
 
-def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+def add_serve_flags(parser: argparse.ArgumentParser, absent: object = None) -> None:
     """The workbench's flags: one list, for `python app.py [serve] ...` alike."""
+
+    def default(value: object) -> object:
+        return value if absent is None else absent
+
     group = parser.add_argument_group("workbench (python app.py [serve])")
-    group.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine)")
-    group.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    group.add_argument("--share", action="store_true", help="ask Gradio for a temporary public link")
-    group.add_argument("--auth", metavar="USER:PASS", help="require this login")
-    group.add_argument("--auth-file", metavar="FILE", help="logins, one user:password a line")
-    group.add_argument("--no-dashboard", action="store_true", help="do not start optuna-dashboard")
     group.add_argument(
-        "--allow-dir", action="append", default=[], metavar="FOLDER",
+        "--host", default=default("127.0.0.1"), help="address to bind (default: 127.0.0.1, this machine)"
+    )
+    group.add_argument("--port", type=int, default=default(7860), help="port (default: 7860)")
+    group.add_argument(
+        "--share", action="store_true", default=default(False), help="ask Gradio for a temporary public link"
+    )
+    group.add_argument("--auth", default=default(None), metavar="USER:PASS", help="require this login")
+    group.add_argument("--auth-file", default=default(None), metavar="FILE", help="logins, one user:password a line")
+    group.add_argument(
+        "--no-dashboard", action="store_true", default=default(False), help="do not start optuna-dashboard"
+    )
+    group.add_argument(
+        "--allow-dir", action="append", default=default([]), metavar="FOLDER",
         help="a folder whose text files the Dataset tab may read by path, besides corpora/ and uploads/ (repeatable)",
     )  # fmt: skip
-    group.add_argument("--storage", default="", help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
+    group.add_argument("--storage", default=default(""), help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
 
 
 def add_train_arguments(p: argparse.ArgumentParser, with_data_dir: bool = True) -> None:
@@ -146,7 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in (None, "serve"):
         from workbench.app import serve
 
-        return serve(args)
+        served = argparse.ArgumentParser(prog="python app.py serve")
+        add_serve_flags(served)
+        return serve(served.parse_args([a for a in argv or sys.argv[1:] if a not in ("serve", "-v", "--verbose")]))
     try:
         return args.func(args)
     except (CliError, ConfigError, DataError, ckpt.ModelError, ValueError, OSError) as err:
