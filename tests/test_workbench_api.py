@@ -139,7 +139,7 @@ def test_a_study_interrupted_before_the_flops_setting_existed_resumes(app):
     record = {"title": "study older", "info": {"study": "older", "args": old_args, "target_trials": 2}}
     with restarted_workbench(app.root, {"tune": record}) as client:
         message, _ = client.predict(api_name="/tune_resume")
-        assert "Started study older: 2 trial(s)" in message
+        assert "Started study older: 2 trials" in message
         outputs = poll(client, "/tune_refresh", lambda o: "finished" in str(o[1]), "older")
         assert "2 complete" in outputs[2] and sorted(r[3] for r in outputs[3]["data"]) == [20, 20]
 
@@ -270,19 +270,31 @@ def test_the_workbench_shows_trials_from_workers_on_another_storage(app, tmp_pat
 
 def test_a_budgeted_tournament_runs_from_the_tune_tab_and_saves_its_winner(app):
     fixed = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "batch_size": 4}
-    message, _ = app.client.predict("race", 0, "winner", 0, "{}", 1, api_name="/tune_budget_start")
-    assert "give the total budget" in message
-    message, _ = app.client.predict("race", 0.75, "winner", 0, '{"colour": 1}', 1, api_name="/tune_budget_start")
-    assert "unknown: colour" in message
-    message, view = app.client.predict("race", 0.75, "winner", 0, json.dumps(fixed), 1, api_name="/tune_budget_start")
+
+    def start(study, minutes, fixed_text, overwrite=False):
+        return app.client.predict(study, minutes, "winner", 0, fixed_text, True, overwrite,
+                                  api_name="/tune_budget_start")  # fmt: skip
+
+    assert "give the total budget" in start("race", 0, "{}")[0]
+    assert "unknown: colour" in start("race", 0.75, '{"colour": 1}')[0]
+    plan = app.client.predict("race", 0.75, "winner", 0, json.dumps(fixed), True, False, api_name="/tune_plan")
+    assert "to train the default model here" in plan and "Plan:" in plan  # said before Start
+    message, view, _ = start("race", 0.75, json.dumps(fixed))
     assert "Started tournament race" in message and view["value"] == "race"
     outputs = poll(app.client, "/tune_refresh", lambda o: "finished" in str(o[1]), "race", timeout=120)
     assert "saved models/winner" in outputs[1]
     notes = [row[6] for row in outputs[3]["data"]]
     assert any(note.startswith("rung 0") for note in notes) and any("continues trial" in note for note in notes)
     assert (app.root / "models" / "winner" / "rungs.json").is_file()
-    message, _ = app.client.predict("race2", 0.75, "winner", 0, json.dumps(fixed), 1, api_name="/tune_budget_start")
-    assert "already holds a model" in message
+    # a taken name: no server path, overwrite offered, a free name proposed and filled in
+    message, _, name = start("race2", 0.75, json.dumps(fixed))
+    assert "models/winner already holds a model" in message and str(app.root) not in message
+    assert "Replace a saved model" in message and name["value"] == "winner-2"
+    assert "finished" in start("race", 0.75, json.dumps(fixed))[0]  # a finished tournament is not silently re-run
+    message, _, _ = start("race2", 0.75, json.dumps(fixed), overwrite=True)
+    assert "Started tournament race2" in message
+    app.client.predict(api_name="/tune_stop")
+    poll(app.client, "/tune_refresh", lambda o: "stopped" in str(o[1]), "race2", timeout=120)
 
 
 def test_saved_models_compare_side_by_side(app):

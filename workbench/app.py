@@ -57,7 +57,7 @@ def build_app(
             with gr.Tab("Dataset", id="dataset"):
                 build_dataset(project, jobs)
             with gr.Tab("Tune", id="tune"):
-                build_tune(project, jobs, reader, dashboard_url)
+                on_load = build_tune(project, jobs, reader, dashboard_url)
             with gr.Tab("Train", id="train") as train_tab:
                 train = build_train(project, jobs, reader)
             with gr.Tab("Chat", id="chat") as chat_tab:
@@ -66,6 +66,9 @@ def build_app(
         chat_tab.select(refresh_models, model, model, api_visibility="private")
         refresh_lists, current, lists = train["refresh"]
         train_tab.select(refresh_lists, current, lists, api_visibility="private")
+        # lists filled on every visit, not only when the server started (a restart, a study begun elsewhere)
+        for fn, inputs, outputs in [*on_load, (refresh_lists, current, lists), (refresh_models, model, model)]:
+            demo.load(fn, inputs, outputs, api_visibility="private", show_progress="hidden")
     demo.queue(default_concurrency_limit=4)
     return demo, jobs
 

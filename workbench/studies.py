@@ -50,8 +50,13 @@ class StudyReader:
         except Exception:  # no such study, or a storage that cannot be read: nothing to show
             return None
 
+    def empty_plots(self) -> dict[str, Any]:
+        return {"history": placeholder(HISTORY_WAIT), "curves": placeholder(CURVES_WAIT),
+                "importance": placeholder(IMPORTANCE_WAIT)}  # fmt: skip
+
     def plots(self, study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> tuple[Any, Any, Any]:
-        """Optimization history, intermediate values, parameter importance (None where not yet meaningful)."""
+        """Optimization history, intermediate values, parameter importance (a figure saying why where not yet
+        meaningful)."""
         complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
         key_all = (study.study_name, tuple((t.number, t.state, len(t.intermediate_values)) for t in trials))
         key_done = (study.study_name, tuple(t.number for t in complete))
@@ -68,8 +73,24 @@ class StudyReader:
                 self._plots[key] = make()
             except Exception as err:  # a plot that cannot be drawn yet is left empty
                 log.info("plot %s not drawn: %s", key[0], err)
-                self._plots[key] = None
+                self._plots[key] = placeholder(f"cannot be drawn yet ({err})")
         return self._plots[key]
+
+
+HISTORY_WAIT = "appears when the first trial finishes"
+CURVES_WAIT = "appears when a trial reports its first evaluation"
+IMPORTANCE_WAIT = f"appears after {MIN_TRIALS_FOR_IMPORTANCE} finished trials with searched parameters"
+
+
+def placeholder(text: str):
+    """An empty chart that says why it is empty."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_annotation(text=text, showarrow=False, font={"size": 14}, xref="paper", yref="paper", x=0.5, y=0.5)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, "")
 
 
 def _layout(fig, title: str):
@@ -79,19 +100,19 @@ def _layout(fig, title: str):
 
 def _history(study: optuna.Study, complete: list) -> Any:
     if not complete:
-        return None
+        return placeholder(HISTORY_WAIT)
     return _layout(optuna.visualization.plot_optimization_history(study), "Optimization history (val loss)")
 
 
 def _intermediate(study: optuna.Study, trials: list) -> Any:
     if not any(t.intermediate_values for t in trials):
-        return None
+        return placeholder(CURVES_WAIT)
     fig = optuna.visualization.plot_intermediate_values(study)
     fig.update_layout(showlegend=len(trials) <= 20)
     return _layout(fig, "Val loss at each evaluation, per trial")
 
 
 def _importance(study: optuna.Study, complete: list) -> Any:
-    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
-        return None
+    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE or not any(t.params for t in complete):
+        return placeholder(IMPORTANCE_WAIT)
     return _layout(optuna.visualization.plot_param_importances(study), "Parameter importance")
