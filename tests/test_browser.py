@@ -7,6 +7,7 @@ each tab under artifacts/screenshots/.
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from pathlib import Path
@@ -79,7 +80,8 @@ def test_tune_tab_runs_a_budgeted_tournament_and_saves_its_winner(page):
     # 90 s of the tiny model (5 ms/step idle) hold one rung up to 50 ms/step: on busy cores (CI) 45 s did not
     field(page, "Total budget (minutes)").fill("1.5")
     field(page, "Save the winner as (model name)").fill("browser-winner")
-    field(page, "Rungs a search needs").fill("1")
+    page.get_by_role("button", name="More settings").filter(visible=True).first.click()
+    field(page, "Search even if the budget is short").check()
     page.get_by_label('Keep these fixed in every candidate (JSON, e.g. {"n_layer": 4, "block_size": 128})').filter(
         visible=True
     ).fill(json.dumps(TINY_FIXED))
@@ -94,6 +96,47 @@ def test_tune_tab_runs_a_budgeted_tournament_and_saves_its_winner(page):
     page.get_by_role("gridcell", name="COMPLETE").filter(visible=True).first.wait_for(timeout=60_000)
     shoot(page, "tune-budget-running")
     page.get_by_text("saved models/browser-winner").filter(visible=True).first.wait_for(timeout=120_000)
+
+
+def tournament_bar(page) -> tuple[int, int]:
+    """(seconds left, the running candidate's step) as the Tune tab's progress bar says them."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = " ".join(page.locator(".wb-bar span").filter(visible=True).all_inner_texts())
+        step, left = re.search(r"at step ([\d,]+)", text), re.search(r"(\d+):(\d\d) left", text)
+        if step and left:
+            return int(left[1]) * 60 + int(left[2]), int(step[1].replace(",", ""))
+        time.sleep(0.5)
+    raise AssertionError(f"no step and time left in the bar: {text!r}")
+
+
+def test_a_running_tournament_moves_on_the_page_reload_included(page, server):
+    open_tab(page, "Tune")
+    field(page, "Study name").fill("live")
+    field(page, "Save the winner as (model name)").fill("live-winner")
+    page.get_by_label('Keep these fixed in every candidate (JSON, e.g. {"n_layer": 4, "block_size": 128})').filter(
+        visible=True
+    ).fill(json.dumps(TINY_FIXED))
+    field(page, "Total budget (minutes)").fill("3")
+    page.locator("#tune-plan").get_by_text("Plan:").wait_for(timeout=60_000)  # said before Start
+    assert "to train the default model here" in page.locator("#tune-plan").inner_text()
+    started = time.monotonic()
+    page.get_by_role("button", name="Start", exact=True).click()
+    left, step = tournament_bar(page)
+    time.sleep(5)
+    later_left, later_step = tournament_bar(page)
+    assert later_left < left and later_step > step, (left, step, later_left, later_step)
+    shoot(page, "tune-tournament-running")
+    page.reload()
+    open_tab(page, "Tune")
+    after_left, after_step = tournament_bar(page)
+    assert after_left < later_left and after_step > later_step
+    assert time.monotonic() - started < 45  # within the first 30 s of its run, give or take the page's start
+    assert "Plan:" in page.locator(".wb-status").filter(visible=True).first.inner_text()
+    page.get_by_role("button", name="Stop", exact=True).filter(visible=True).first.click()
+    page.get_by_text("Resume continues the tournament").filter(visible=True).first.wait_for(timeout=60_000)
+    page.get_by_role("gridcell", name="STOPPED").filter(visible=True).first.wait_for(timeout=10_000)
+    shoot(page, "tune-tournament-stopped")
 
 
 def test_tune_tab_runs_a_study_with_live_table_and_plots_and_stays_responsive(page, server):

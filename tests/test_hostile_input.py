@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cli.main import main
 
+from cli.main import main
 from core import checkpoint as ckpt
 from core.chat import MAX_MESSAGE_CHARS, ChatSession
 from core.data import DataError, Dataset, prepare

@@ -67,7 +67,8 @@ def build_app(
         refresh_lists, current, lists = train["refresh"]
         train_tab.select(refresh_lists, current, lists, api_visibility="private")
         # lists filled on every visit, not only when the server started (a restart, a study begun elsewhere)
-        for fn, inputs, outputs in [*on_load, (refresh_lists, current, lists), (refresh_models, model, model)]:
+        loads = [*on_load, *train["load"], (refresh_lists, current, lists), (refresh_models, model, model)]
+        for fn, inputs, outputs in loads:
             demo.load(fn, inputs, outputs, api_visibility="private", show_progress="hidden")
     demo.queue(default_concurrency_limit=4)
     return demo, jobs

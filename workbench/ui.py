@@ -12,15 +12,18 @@ from workbench.jobs import DONE, FAILED, INTERRUPTED, RUNNING, STOPPED, STOPPING
 
 CSS = """
 .wb-bar { background: var(--block-background-fill); border: 1px solid var(--border-color-primary);
-  border-radius: 6px; height: 22px; position: relative; overflow: hidden; }
-.wb-bar > div { height: 100%; background: var(--color-accent); opacity: .75; transition: width .4s; }
-.wb-bar > span { position: absolute; inset: 0; display: flex; align-items: center; padding-left: 8px;
-  font-size: 13px; color: var(--body-text-color); }
+  border-radius: 6px; height: 30px; position: relative; overflow: hidden; }
+.wb-bar > div { height: 100%; background: var(--color-accent); opacity: .3; transition: width .4s; }
+.wb-bar > span { position: absolute; inset: 0; display: flex; align-items: center; padding-left: 10px;
+  font-size: 14px; font-weight: 600; color: var(--body-text-color); white-space: nowrap; overflow: hidden;
+  text-overflow: ellipsis; }
 .wb-status { font-size: 14px; margin: 4px 0; }
 .wb-error { color: #b91c1c; white-space: pre-wrap; }
 .wb-ok { color: #15803d; }
+.wb-continuation pre { white-space: pre-wrap; word-break: break-word; margin: 4px 0 12px; font-size: 13px; }
 """
 
+LOSS_COLOURS = {"train": "#2563eb", "val": "#ea580c"}  # the same on every chart, whichever curves it has
 STATUS_LABEL = {
     RUNNING: "running",
     STOPPING: "stopping",
@@ -85,12 +88,9 @@ def loss_figure(evals: list[dict[str, Any]], steps: list[dict[str, Any]] | None 
             line={"width": 1, "color": "rgba(120,120,120,0.45)"},
         )
     if evals:
-        fig.add_scatter(
-            x=[e["step"] for e in evals], y=[e["train_loss"] for e in evals], mode="lines+markers", name="train"
-        )
-        fig.add_scatter(
-            x=[e["step"] for e in evals], y=[e["val_loss"] for e in evals], mode="lines+markers", name="val"
-        )
+        for key, name in (("train_loss", "train"), ("val_loss", "val")):
+            fig.add_scatter(x=[e["step"] for e in evals], y=[e[key] for e in evals], mode="lines+markers", name=name,
+                            line={"color": LOSS_COLOURS[name]})  # fmt: skip
     fig.update_layout(
         title=title or None,
         xaxis_title="step",
