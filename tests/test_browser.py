@@ -132,7 +132,7 @@ def test_a_running_tournament_moves_on_the_page_reload_included(page, server):
     after_left, after_step = tournament_bar(page)
     assert after_left < later_left and after_step > later_step
     assert time.monotonic() - started < 45  # within the first 30 s of its run, give or take the page's start
-    assert "Plan:" in page.locator(".wb-status").filter(visible=True).first.inner_text()
+    page.locator(".wb-plan").filter(visible=True).get_by_text("Plan:").wait_for(timeout=5_000)
     page.get_by_role("button", name="Stop", exact=True).filter(visible=True).first.click()
     page.get_by_text("Resume continues the tournament").filter(visible=True).first.wait_for(timeout=60_000)
     page.get_by_role("gridcell", name="STOPPED").filter(visible=True).first.wait_for(timeout=10_000)

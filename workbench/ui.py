@@ -20,6 +20,7 @@ CSS = """
 .wb-status { font-size: 14px; margin: 4px 0; }
 .wb-error { color: #b91c1c; white-space: pre-wrap; }
 .wb-ok { color: #15803d; }
+.wb-plan { font-size: 13px; color: var(--body-text-color-subdued); }
 .wb-continuation pre { white-space: pre-wrap; word-break: break-word; margin: 4px 0 12px; font-size: 13px; }
 """
 

@@ -6,6 +6,7 @@ The builder (workbench/tabs/tune.py) only lays out widgets and maps these method
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import logging
 import time
@@ -412,7 +413,7 @@ def job_progress(snap: dict[str, Any], now: float) -> tuple[float, str]:
 def status_html(snap: dict[str, Any]) -> str:
     """The job's line, and while a tournament runs, its plan."""
     plans = [e["message"] for e in snap["events"] if e.get("kind") == "plan"]
-    plan = f"<br><small>Plan: {plans[-1]}</small>" if plans and snap["active"] else ""
+    plan = f'<div class="wb-plan">Plan: {html.escape(plans[-1])}</div>' if plans and snap["active"] else ""
     return job_status_html(snap, "") + plan
 
 
@@ -422,6 +423,8 @@ def live_steps(snap: dict[str, Any]) -> dict[int, int]:
 
 
 def fmt_minutes(seconds: float) -> str:
+    if seconds < 120:
+        return plural(round(seconds), "second")
     minutes = seconds / 60
     return plural(round(minutes, 1) if minutes < 10 else round(minutes), "minute")
 

@@ -1,0 +1,49 @@
+"""The README's everyday commands, run as written (at tiny sizes), so the guide cannot drift from the code."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from cli.main import build_parser
+from tests.helpers import ROOT, TEXT, TINY_MODEL_FLAGS, run_app
+
+# What makes a README command tiny here; the command itself, its flags and their spelling stay as written.
+TINY_SIZES = {"30m": "25s", "10": "0.05"}
+
+
+def readme_commands() -> list[list[str]]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Five everyday commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [shlex.split(line.split("#", 1)[0]) for line in block.strip().splitlines()]
+
+
+def tiny(argv: list[str]) -> list[str]:
+    out = [TINY_SIZES.get(arg, arg) if i and argv[i - 1] in ("--budget", "--max-minutes") else arg
+           for i, arg in enumerate(argv)]  # fmt: skip
+    if out[2] in ("train", "tune"):
+        out += [*TINY_MODEL_FLAGS, "--eval-iters", "2"] if out[2] == "train" else TINY_MODEL_FLAGS
+    if out[2] == "tune":
+        out += ["--search-rungs", "1", "--final-share", "0.5"]
+    return out[2:]
+
+
+def test_the_readme_lists_five_everyday_commands_of_this_program():
+    commands = readme_commands()
+    assert len(commands) == 5 and all(c[:2] == ["python", "app.py"] for c in commands)
+
+
+def test_every_everyday_command_of_the_readme_runs(tmp_path):
+    (tmp_path / "my_books").mkdir()
+    (tmp_path / "my_books" / "verse.txt").write_text(TEXT, encoding="utf-8")
+    (tmp_path / "notes.txt").write_text(TEXT[:2000], encoding="utf-8")
+    (tmp_path / "corpora").mkdir()
+    for argv in readme_commands():
+        if argv[2].startswith("--"):  # the workbench: parsed as typed, not served
+            args = build_parser().parse_args([re.sub(r"^~", str(tmp_path), a) for a in argv[2:]])
+            assert args.command is None and args.allow_dir == [f"{tmp_path}/corpora"] and args.port == 8000
+            continue
+        result = run_app(*tiny(argv), cwd=tmp_path, stdin="To be\nquit\n", timeout=600)
+        assert result.returncode == 0, f"{shlex.join(argv)}:\n{result.stderr[-2000:]}"
+    assert (tmp_path / "models" / "best" / "model.safetensors").is_file()
+    assert (tmp_path / "models" / "mine" / "model.safetensors").is_file()
