@@ -1,4 +1,5 @@
-"""Chat on top of a character model: the transcript is the prompt, each reply ends at a blank line.
+"""Chat on top of a character model: the transcript is the prompt, each reply ends at a blank line once it is
+`min_reply_chars` long.
 
 A character-level GPT has no notion of turns; a chat is a running text to which the user's line is
 appended and the model continues it. The CLI chat and the workbench's Chat tab both use `ChatSession`.
@@ -48,9 +49,8 @@ class ChatSession:
         self.transcript += known.rstrip("\n") + "\n"
         context = self.transcript[-self.loaded.model.config.block_size :]
         parts = []
-        pieces = stream(
-            self.loaded.model, self.loaded.vocab, context, self.settings, stop=(REPLY_END,), skip_leading="\n"
-        )
+        pieces = stream(self.loaded.model, self.loaded.vocab, context, self.settings, stop=(REPLY_END,),
+                        skip_leading="\n", stop_after=self.settings.min_reply_chars)  # fmt: skip
         for piece in pieces:
             parts.append(piece)
             yield piece

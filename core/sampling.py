@@ -28,6 +28,10 @@ class SamplingConfig:
     top_p: float = field(default=1.0, metadata={"help": "keep the smallest set with this total probability"})
     repetition_penalty: float = field(default=1.0, metadata={"help": "> 1 discourages recent characters"})
     max_new_tokens: int = field(default=300, metadata={"help": "characters to generate at most"})
+    min_reply_chars: int = field(
+        default=80,
+        metadata={"help": "chat: a reply ends at a blank line only once it is this long (0 = at the first one)"},
+    )
     seed: int = field(default=-1, metadata={"help": "random seed (-1 = not seeded)"})
     draft_tokens: int = field(
         default=-1,
@@ -50,6 +54,8 @@ class SamplingConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.min_reply_chars < 0:
+            raise ValueError(f"min_reply_chars must be >= 0, got {self.min_reply_chars}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.repetition_penalty <= 0:
@@ -224,23 +230,30 @@ def stream(
     *,
     skip_leading: str = "",
     use_cache: bool = True,
+    stop_after: int = 0,
 ) -> Iterator[str]:
     """Yield generated text piece by piece; stops before any of the `stop` strings.
 
     Text that might be the start of a stop string is held back until it is known not to be one.
     Characters in `skip_leading` are dropped until the first other one, so a reply that starts with
     blank lines is not mistaken for one that ended. Characters of `prompt` that are not in the
-    vocabulary are dropped (see `Vocab.filter_known`).
+    vocabulary are dropped (see `Vocab.filter_known`). The `stop` strings count only once `stop_after`
+    characters were yielded, so that a chat reply is more than its first short line.
     """
     known, _ = vocab.filter_known(prompt)
     stop = tuple(s for s in stop if s)
     held = ""
     started = not skip_leading
+    yielded = 0
     for token in generate_ids(model, vocab.encode(known), config, use_cache=use_cache):
         char = vocab.chars[token]
         if not started and char in skip_leading:
             continue
         started = True
+        if yielded < stop_after:
+            yielded += 1
+            yield char
+            continue
         held += char
         found = [held.index(s) for s in stop if s in held]
         if found:

@@ -83,6 +83,18 @@ def test_stream_stops_before_stop_string(model_and_vocab):
             assert cut == full[: full.index(stop)]
 
 
+def test_a_stop_string_counts_only_after_stop_after_characters(model_and_vocab):
+    model, vocab = model_and_vocab
+    settings = SamplingConfig(temperature=1.5, max_new_tokens=200, seed=3)
+    full = "".join(stream(model, vocab, "a", settings))
+    stop = full[5]  # met early, so a reply would end at character 5 (or sooner)
+    early = "".join(stream(model, vocab, "a", settings, stop=(stop,)))
+    late = "".join(stream(model, vocab, "a", settings, stop=(stop,), stop_after=40))
+    assert len(early) <= 5 and full.startswith(late) and len(late) >= 40
+    rest = full[40:]
+    assert late == full[: 40 + rest.index(stop)] if stop in rest else late == full
+
+
 def test_unknown_prompt_characters_are_dropped(model_and_vocab):
     model, vocab = model_and_vocab
     text = "".join(stream(model, vocab, "aXYZ\x00b", SamplingConfig(max_new_tokens=5, seed=0)))

@@ -113,7 +113,7 @@ def test_an_unreadable_journal_is_ignored(tmp_path):
 
 
 def test_the_trials_table_shows_what_a_candidate_trains_not_the_draw_its_user_flags_replaced():
-    from workbench.tabs.tune import trial_rows
+    from workbench.controllers.tune import trial_rows
 
     drawn = {"n_layer": 5, "head_size": 32, "lr": 0.002}
     trains = {"n_layer": 1, "n_head": 2, "n_embd": 16, "lr": 0.002, "batch_size": 4}  # the user fixed the shape

@@ -166,18 +166,7 @@ def launch(
             f"at http://{host}:{port}",
             file=sys.stderr,
         )
-    if block:
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        print(f"Workbench: http://{shown}:{demo.server_port}/  (Ctrl-C stops it)", file=sys.stderr)
-        if share and getattr(demo, "share_url", None):
-            print(f"Public link (about a week): {demo.share_url}", file=sys.stderr)
-        elif not share:
-            print("A temporary public link: python app.py --share --auth user:password", file=sys.stderr)
-    if board:
-        print(f"optuna-dashboard: {board.url} (this machine only: it has no login)", file=sys.stderr)
-    elif dashboard and auth:
-        print(f"optuna-dashboard: http://{host}:{demo.server_port}/dashboard/ (behind the login, read-only)",
-              file=sys.stderr)  # fmt: skip
+    _announce(host, demo, share=share, block=block, board=board, logged_in=bool(dashboard and auth))
     if block:
         try:
             demo.block_thread()
@@ -190,6 +179,24 @@ def launch(
             if board:
                 board.close()
     return demo, jobs, board
+
+
+def _announce(host: str, demo: gr.Blocks, *, share: bool, block: bool, board: Dashboard | None,
+              logged_in: bool) -> None:  # fmt: skip
+    """Where the workbench and its dashboard can be reached, said once on the terminal."""
+    port = demo.server_port
+    if block:
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        print(f"Workbench: http://{shown}:{port}/  (Ctrl-C stops it)", file=sys.stderr)
+        if share and getattr(demo, "share_url", None):
+            print(f"Public link (about a week): {demo.share_url}", file=sys.stderr)
+        elif not share:
+            print("A temporary public link: python app.py --share --auth user:password", file=sys.stderr)
+    if board:
+        print(f"optuna-dashboard: {board.url} (this machine only: it has no login)", file=sys.stderr)
+    elif logged_in:
+        print(f"optuna-dashboard: http://{host}:{port}/dashboard/ (behind the login, read-only)",
+              file=sys.stderr)  # fmt: skip
 
 
 def serve(args: argparse.Namespace) -> int:

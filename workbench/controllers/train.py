@@ -260,7 +260,7 @@ class TrainController:
             result = compare(list(names or []), self.project.models_dir, prompt or "\n", int(seed or 0))
         except (ckpt.ModelError, ValueError) as err:
             return error_html(str(err)), None, None, None
-        texts = "".join(
+        texts = "<p><b>Each model continues the prompt</b> (same seed)</p>" + "".join(
             f'<div class="wb-continuation"><b>{html.escape(name)}</b><pre>{html.escape(text)}</pre></div>'
             for name, text in result.continuations.items()
         )

@@ -1,0 +1,95 @@
+"""The Dataset tab's work: the corpus in use described, a new one prepared in the background."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+from typing import Any
+
+from core.data import DataError, Dataset, prepare
+from workbench.jobs import JobBusy, JobManager
+from workbench.project import Project
+from workbench.ui import error_html, job_status_html, ok_html, progress_html
+
+DEFAULT, UPLOAD, PATH = "Default corpus (Shakespeare)", "Upload text files", "Files or folders on the server"
+SAMPLE_CHARS = 600
+KEEP = object()  # a view field the page keeps as it is
+
+
+def corpus_overview(project: Project) -> tuple[str, str]:
+    """Markdown with the prepared dataset's statistics, and a sample of its training text."""
+    if not project.has_dataset():
+        return "**No dataset yet.** Prepare one below (the default corpus takes a few seconds).", ""
+    try:
+        dataset = Dataset(project.data_dir)
+    except DataError as err:
+        return f"**The dataset in `dataset/` cannot be used:** {err}", ""
+    meta: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        meta = json.loads((project.data_dir / "meta.json").read_text(encoding="utf-8")).get("stats") or {}
+    train, val = len(dataset.tokens["train"]), len(dataset.tokens["val"])
+    shown = "".join({"\n": "⏎", "\t": "⇥", " ": "␠"}.get(c, c) for c in dataset.vocab.chars)
+    sources = meta.get("sources") or []
+    source_text = ", ".join(s.rsplit("/", 1)[-1] for s in sources[:5]) + (" …" if len(sources) > 5 else "")
+    rows = [
+        ("Characters", f"{train + val:,} (train {train:,} / validation {val:,})"),
+        ("Vocabulary", f"{len(dataset.vocab)} characters: <code>{html.escape(shown)}</code>"),
+    ]
+    if meta:
+        rows.insert(0, ("Source", html.escape(source_text or "-")))
+        rows.append(("Text", f"{meta.get('input_bytes', 0) / 1e6:.2f} MB, {meta.get('lines', 0):,} lines"))
+    table = "\n".join(f"- **{k}:** {v}" for k, v in rows)
+    with open(project.data_dir / "output_train.txt", encoding="utf-8", errors="replace") as handle:
+        sample = handle.read(SAMPLE_CHARS)
+    return table, sample
+
+
+class DatasetController:
+    def __init__(self, project: Project, jobs: JobManager):
+        self.project, self.jobs = project, jobs
+
+    def start(self, choice: str, uploaded: list[str] | None, path_text: str, fraction: float, errors: str) -> str:
+        for kind in ("tune", "train"):
+            running = self.jobs.active(kind)
+            if running is not None:
+                return error_html(f"{running.title} is using the dataset; stop it or wait before preparing a new one.")
+        try:
+            if choice == UPLOAD:
+                inputs = self.project.store_uploads([str(p) for p in uploaded or []])
+                title = f"preparing {len(inputs)} uploaded file(s)"
+            elif choice == PATH:
+                inputs = self.project.server_inputs(path_text)
+                title = f"preparing {len(inputs)} file(s) from the project folder"
+            else:
+                inputs, title = None, "preparing the default corpus"
+            if not fraction or not 0 < fraction < 1:
+                raise DataError(f"the validation fraction must be between 0 and 1, got {fraction}")
+        except (DataError, OSError) as err:
+            return error_html(str(err))
+
+        def run(job):
+            stats = prepare(inputs, self.project.data_dir, val_fraction=float(fraction), errors=errors,
+                            on_progress=lambda f, m: job.update(progress=f, message=m))  # fmt: skip
+            job.update(message=stats.summary().replace("\n", "; "))
+            return stats
+
+        try:
+            self.jobs.start("prepare", title, run)
+        except JobBusy as err:
+            return error_html(str(err))
+        return ok_html(f"Started: {title}.")
+
+    def view(self, last: int) -> tuple[int, tuple]:
+        """(version, (bar, status, overview, sample)); KEEP where nothing changed."""
+        job = self.jobs.get("prepare")
+        snap = job.snapshot() if job else None
+        version = snap["version"] if snap else 0
+        if version == last:
+            return last, (KEEP,) * 4
+        if snap and snap["active"]:
+            bar = progress_html(snap["progress"], f"{snap['progress']:.0%} — {snap['message']}")
+            return version, (bar, job_status_html(snap, ""), KEEP, KEEP)
+        table, text = corpus_overview(self.project)
+        bar = progress_html(snap["progress"] if snap else 0, "done" if snap and snap["status"] == "done" else "idle")
+        return version, (bar, job_status_html(snap, "") if snap else KEEP, table, text)
