@@ -236,10 +236,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
             stop_event = threading.Event()
             stop.on_request = stop_event.set
             run_study(config, space, stop=stop_event, on_event=report, worker=args.worker_index or 0)
-    from core.tuning import best_params, open_study, write_best_params
+    from core.tuning import best_params, open_study, write_study_best_params
 
     study = open_study(config.study, config.storage)
-    path = write_best_params(study, config.storage)
+    path = write_study_best_params(study, config.storage)
     tuned = best_params(study)
     print(f"best: trial {tuned['trial']} val_loss={tuned['val_loss']:.4f} params={json.dumps(tuned['params'])}")
     print(f"best params written to {path}")

@@ -7,16 +7,18 @@ the dataclass is the single source of truth for names, defaults and documentatio
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 # Where studies live unless a storage URL says otherwise: one constant for the CLI, tuning and the workbench.
 STUDIES_DIR = "studies"
 STUDY_DATABASE = "gpt_tuning.db"
 DEFAULT_STORAGE = f"sqlite:///{STUDIES_DIR}/{STUDY_DATABASE}"
+
+
+MUON_LR = 0.02  # Muon's rate for the hidden matrices: the recipe's default, the model's and the search space's
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # autocast precisions a run can ask for
 
 
 class ConfigError(ValueError):
@@ -107,7 +109,7 @@ class TrainConfig:
     )
     cooldown_fraction: float = _help("wsd: share of the run (steps or minutes) spent decaying to min_lr", default=0.3)
     optimizer: str = _help("adamw, or muon (Muon for hidden matrices, AdamW for the rest)", default="muon")
-    muon_lr: float = _help("muon: learning rate of the hidden matrices", default=0.02)
+    muon_lr: float = _help("muon: learning rate of the hidden matrices", default=MUON_LR)
     weight_decay: float = _help("AdamW weight decay, applied to matrices only", default=0.1)
     muon_weight_decay: float = _help(
         "muon: decoupled weight decay of the hidden matrices (each step shrinks them by muon_lr x this)", default=0.0
@@ -167,8 +169,8 @@ class TrainConfig:
             raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ConfigError(f"betas must be in [0, 1), got {self.beta1}, {self.beta2}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be {', '.join(DTYPES[:-1])} or {DTYPES[-1]}, got {self.dtype!r}")
         _check_choice("schedule", self.schedule, ("wsd", "cosine"))
         _check_choice("optimizer", self.optimizer, ("muon", "adamw"))
         if not 0 <= self.cooldown_fraction <= 1:
@@ -247,9 +249,3 @@ def replace_known(config: Any, values: dict[str, Any]) -> Any:
     """Return a copy of `config` with the entries of `values` that name one of its fields."""
     names = {f.name for f in dataclasses.fields(config)}
     return dataclasses.replace(config, **{k: v for k, v in values.items() if k in names})
-
-
-def write_json(path: Path, data: Any) -> None:
-    from core.fileio import atomic_write_text
-
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

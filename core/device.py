@@ -10,13 +10,20 @@ import random
 import numpy as np
 import torch
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from core.config import DTYPES
+
+_DTYPES = {name: getattr(torch, name) for name in DTYPES if name != "auto"}
+
+
+def device_kind(name: str = "auto") -> str:
+    """ "cuda" or "cpu" for a device name, "auto" resolved here (the one place that does)."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name).type
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    device = torch.device(device_kind(name) if name == "auto" else name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name} asked for CUDA, but no CUDA device is available; use --device cpu")
     if device.type not in ("cpu", "cuda"):

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.config import ModelConfig
+from core.config import MUON_LR, ModelConfig
 from core.device import has_native_bf16
 from core.muon import Muon
 
@@ -256,7 +256,7 @@ class GPT(nn.Module):
         betas: tuple[float, float],
         device: torch.device,
         kind: str = "adamw",
-        muon_lr: float = 0.02,
+        muon_lr: float = MUON_LR,
         muon_weight_decay: float = 0.0,
     ) -> torch.optim.Optimizer | CombinedOptimizer:
         """AdamW with weight decay on matrices only (not biases, norms or anything 1-D); with `kind="muon"`,

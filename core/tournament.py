@@ -56,7 +56,7 @@ from core.tuning import (
     apply_params,
     create_study,
     open_study,
-    write_best_params,
+    write_study_best_params,
 )
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def plan_tournament(
 
     A search needs `search_rungs` exploration rungs: with one, every candidate but the winner is judged on a
     single short slice and its time is lost, which cost more than the best neighbour of the default gained
-    at 10 minutes on 2 cores (README, Tuning within one budget). A budget that holds one rung but not
+    at 10 minutes on 2 cores (docs/tuning.md, Tuning within one budget). A budget that holds one rung but not
     `search_rungs` is spent on the default configuration alone; one that holds no rung is refused."""
     if not budget_s > 0 or not math.isfinite(budget_s):
         raise TuningError(f"the budget must be a positive duration, e.g. 10m or 1h, got {budget_s!r}")
@@ -336,7 +336,7 @@ def neighbours(default: dict[str, Any]) -> list[dict[str, Any]]:
     Shakespeare, 2 cores, seed 0, each trained 4 minutes (the default: 1.522 on the whole validation split):
     context 128 -0.024, context 256 -0.021, 3 layers at context 128 -0.039, and at 3 layers, context 128
     Muon 0.02 1.483, 0.01 1.464, 0.005 1.451. All eight tournaments of 30 minutes so far (2 corpora, seeds
-    0-1) were won by 3 layers at context 128, with Muon at 0.01 or 0.005 (README, Tuning within one budget)."""
+    0-1) were won by 3 layers at context 128, with Muon at 0.01 or 0.005 (docs/tuning.md, Tuning within one budget)."""
     context, layers, head_size = default["block_size"], default["n_layer"], default["n_embd"] // default["n_head"]
     shallower_and_longer = {"block_size": 2 * context, "n_layer": layers - 1}
     return [
@@ -789,7 +789,7 @@ def _run_rung(
         return
     study.tell(trial, score)
     if final:
-        write_best_params(study, config.storage)
+        write_study_best_params(study, config.storage)
     emit(
         RungEvent(
             "end", rung, candidate, trial.number, score, time.time() - started, time_left_s=plan.deadline - time.time()
@@ -958,7 +958,7 @@ def _final_rung(
         "study": trial.study.study_name,
         "trial": trial.number,
     }
-    ckpt.write_best_params(final_dir, record)
+    ckpt.write_study_best_params(final_dir, record)
     with _machine_threads():
         train(
             model_config,

@@ -34,6 +34,7 @@ from optuna.storages._rdb.storage import _create_scoped_session
 
 from core.config import (
     DEFAULT_STORAGE,
+    MUON_LR,
     ConfigError,
     ModelConfig,
     TrainConfig,
@@ -42,6 +43,7 @@ from core.config import (
     replace_known,
 )
 from core.data import Dataset
+from core.device import device_kind
 from core.fileio import atomic_write_text, valid_name
 from core.model import flops_per_token
 from core.trainer import EvalEvent, LossDiverged, TrainHooks, train
@@ -110,7 +112,7 @@ class SearchSpace:
     # The recipe's options (ModelConfig/TrainConfig fields): fixed to the default recipe unless a space file
     # gives choices, e.g. {"optimizer": {"choices": ["muon", "adamw"]}, "muon_lr": [0.01, 0.04]}.
     optimizer: Spec = "muon"
-    muon_lr: Spec = 0.02
+    muon_lr: Spec = MUON_LR
     pos_encoding: Spec = "rope"
     norm: Spec = "rmsnorm"
     mlp: Spec = "relu2"
@@ -119,8 +121,7 @@ class SearchSpace:
     @classmethod
     def for_device(cls, device: str = "auto") -> SearchSpace:
         """Defaults sized for the device: small models on CPU, wider and deeper ones on a GPU."""
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = device_kind(device)
         if device.startswith("cuda"):
             return cls(
                 n_layer=IntRange(4, 8),
@@ -136,8 +137,7 @@ class SearchSpace:
         """The space of a budgeted tournament: around the default model and up to a few times its size, since
         candidates that survive are trained for minutes, where bigger models and lower rates win. Warmup is
         by steps (a continued candidate must not warm up again), so warmup_fraction is fixed at 0."""
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = device_kind(device)
         common = {"dropout": 0.0, "weight_decay": 0.1, "warmup_fraction": 0.0}
         if device.startswith("cuda"):
             return cls(
@@ -158,7 +158,7 @@ class SearchSpace:
             batch_size=Choice((12, 16, 24)),
             block_size=Choice((64, 128, 256)),
             lr=FloatRange(5e-4, 3e-3, log=True),
-            muon_lr=FloatRange(0.004, 0.04, log=True),  # 0.005 beat 0.01 and 0.02 at 4 minutes (README)
+            muon_lr=FloatRange(0.004, 0.04, log=True),  # 0.005 beat 0.01 and 0.02 at 4 minutes (docs/tuning.md)
         )
 
     def validate(self) -> SearchSpace:
@@ -761,7 +761,7 @@ def run_study(
                     trial.user_attrs.get("params", {}),
                 )
             )
-        write_best_params(study, config.storage)
+        write_study_best_params(study, config.storage)
         if stop.is_set():
             study.stop()
 
@@ -820,7 +820,8 @@ def best_params_path(study_name: str, storage: str = DEFAULT_STORAGE) -> Path:
     return folder / f"{check_study_name(study_name)}.best.json"
 
 
-def write_best_params(study: optuna.Study, storage: str) -> Path | None:
+def write_study_best_params(study: optuna.Study, storage: str) -> Path | None:
+    """The study's best trial as `<study>.best.json` beside its storage (see `best_params_path`)."""
     try:
         record = best_params(study)
     except TuningError:
