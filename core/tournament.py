@@ -958,7 +958,7 @@ def _final_rung(
         "study": trial.study.study_name,
         "trial": trial.number,
     }
-    ckpt.write_study_best_params(final_dir, record)
+    ckpt.write_best_params(final_dir, record)
     with _machine_threads():
         train(
             model_config,

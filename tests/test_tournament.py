@@ -21,9 +21,11 @@ from core.data import Dataset
 from core.tournament import (
     END_MARGIN_S,
     SLICE_OVERHEAD_S,
+    STOPPED_REASON,
     Plan,
     _claim_waiting,
     _machine_threads,
+    _requeue_stopped,
     _run_rung,
     _rung_trials,
     budget_minimums,
@@ -33,6 +35,7 @@ from core.tournament import (
     first_candidates,
     plan_tournament,
     prepare_tournament,
+    run_tournament,
 )
 from core.trainer import TrainHooks, train
 from core.tuning import (
@@ -251,6 +254,10 @@ def test_the_survivor_is_continued_saved_and_the_budget_kept(tmp_path, dataset_d
     saved_batch = json.loads((folder / "config.json").read_text())["train"]["batch_size"]
     assert saved_batch == best["final_batch_size"] == 2 * final[0].user_attrs["params"]["batch_size"]
     assert not (tmp_path / "runs" / "race").exists()  # candidates' checkpoints are cleared at the end
+    # every rung's score is among its trial's intermediate values (optuna-dashboard's chart), the final rung's
+    # evaluations too
+    assert all(t.intermediate_values for t in trials if t.state == TrialState.COMPLETE)
+    assert len(final[0].intermediate_values) >= 2
     again = run_app("train", "--from-study", "race", "--storage", f"sqlite:///{tmp_path}/race.db", "--name", "again",
                     "--data-dir", str(dataset_dir), "--max-iters", "5", "--eval-iters", "1", cwd=tmp_path)  # fmt: skip
     assert again.returncode == 0, again.stderr
@@ -365,3 +372,34 @@ def test_fields_the_user_fixed_are_not_drawn_or_recorded_by_the_candidates(tmp_p
     for trial in waiting:  # what each will record as its params when a worker takes it
         assert not {"n_layer", "head_size", "block_size"} & trial.system_attrs["fixed_params"].keys()
         assert {k: trial.user_attrs["params"][k] for k in fixed} == fixed
+
+
+def test_a_rung_reports_its_steps_and_a_stopped_rung_waits_for_the_next_run(tmp_path, dataset_dir):
+    tiny = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "batch_size": 4}
+    config = TuneConfig(study="live", storage=f"sqlite:///{tmp_path}/live.db", budget=60, data_dir=str(dataset_dir),
+                        runs_dir=str(tmp_path / "runs"), search_rungs=1, final_share=0.5, overrides=tiny)  # fmt: skip
+    stop, events = threading.Event(), []
+
+    def on_event(event):
+        events.append(event)
+        if sum(e.kind == "step" for e in events) >= 3:
+            stop.set()
+
+    space = SearchSpace.for_budget("cpu")
+    assert run_tournament(config, space, name="w", models_dir=tmp_path / "models", stop=stop, on_event=on_event) is None
+    steps = [e for e in events if e.kind == "step"]
+    assert steps[-1].step > steps[0].step and steps[-1].time_left_s < steps[0].time_left_s - 2
+    assert all(math.isfinite(e.loss) for e in steps) and "at step" in steps[0].text()
+    study = open_study("live", config.storage)
+    stopped = [t for t in study.trials if t.user_attrs.get("reason") == STOPPED_REASON]
+    assert len(stopped) == 1 and stopped[0].state == TrialState.FAIL
+    same = {k: stopped[0].user_attrs[k] for k in ("candidate", "rung")}
+
+    def retries():
+        return [t for t in open_study("live", config.storage).trials if t.state == TrialState.WAITING
+                and {k: t.user_attrs.get(k) for k in same} == same]  # fmt: skip
+
+    assert not retries()  # nothing queued at stop: no stray WAITING trial
+    _requeue_stopped(study)
+    _requeue_stopped(study)  # once only
+    assert len(retries()) == 1

@@ -69,7 +69,9 @@ def build_app(
         # lists filled on every visit, not only when the server started (a restart, a study begun elsewhere)
         loads = [*on_load, *train["load"], (refresh_lists, current, lists), (refresh_models, model, model)]
         for fn, inputs, outputs in loads:
-            demo.load(fn, inputs, outputs, api_visibility="private", show_progress="hidden")
+            # one call of each at a time, beside the same function's other events (the plan measures for seconds)
+            demo.load(fn, inputs, outputs, api_visibility="private", show_progress="hidden",
+                      concurrency_id=fn.__name__, concurrency_limit=1)  # fmt: skip
     demo.queue(default_concurrency_limit=4)
     return demo, jobs
 

@@ -162,12 +162,12 @@ def build_tune(project: Project, jobs: JobManager, reader: StudyReader, dashboar
             gr.Markdown(SPACE_HELP)
             reset_space = gr.Button("Reset search space to the defaults", size="sm")
     out = _results(reader, dashboard_url)
-    plan, plan_inputs = _wire_forms(control, mode, budget, form, study_name, space, space_column, start_trials,
+    _wire_forms(control, mode, budget, form, study_name, space, space_column, start_trials,
                                     reset_space, out)  # fmt: skip
     resume.click(lambda: _started(control.resume()), None, [out.message, out.view], api_name="tune_resume")
     stop.click(control.stop, None, out.message, api_name="tune_stop")
     out.refresh.click(lambda: gr.update(choices=reader.names()), None, out.view, api_visibility="private")
-    return [*_wire_tick(control, out), (plan, plan_inputs, budget.plan)]
+    return [*_wire_tick(control, out), budget.plan_on_load]
 
 
 def _started(started, with_name: bool = False) -> tuple:
@@ -192,18 +192,20 @@ def _wire_forms(control, mode, budget, form, study_name, space, space_column, st
     budget.start.click(start_budget, budget_inputs, [out.message, out.view, budget.model],
                        api_name="tune_budget_start")  # fmt: skip
 
-    def plan(*values):
+    def tune_plan(*values):
         return control.plan_text(dict(zip(BUDGET_FIELDS, values)))
 
-    for source in (budget.minutes, budget.fixed, budget.search_short, study_name):
-        source.change(plan, budget_inputs, budget.plan, api_visibility="private", show_progress="hidden",
-                      trigger_mode="always_last")  # fmt: skip
-    mode.change(plan, budget_inputs, budget.plan, api_name="tune_plan", show_progress="hidden")
+    budget.plan_on_load = (tune_plan, budget_inputs, budget.plan)  # the page's load shows it too
+
+    # one listener, one call at a time: the plan shown is the last one asked for (a first call measures this
+    # machine's speed for seconds, and a later, quicker one must not be overwritten by it)
+    gr.on([budget.minutes.change, budget.fixed.change, budget.search_short.change, study_name.change, mode.change],
+          tune_plan, budget_inputs, budget.plan, api_name="tune_plan", show_progress="hidden", trigger_mode="always_last",
+          concurrency_limit=1, concurrency_id="tune_plan")  # fmt: skip
     trials_inputs = [study_name, *(getattr(form, name) for name in TRIALS_FORM[1:9]), space,
                      *(getattr(form, name) for name in TRIALS_FORM[10:])]  # fmt: skip
     start_trials.click(lambda *v: _started(control.start_trials(v)), trials_inputs, [out.message, out.view],
                        api_name="tune_start")  # fmt: skip
-    return plan, budget_inputs
 
 
 def _wire_tick(control: TuneController, out: SimpleNamespace):
