@@ -646,11 +646,16 @@ def run_tournament(
 
 
 def _requeue_stopped(study: optuna.Study) -> None:
-    """Queue again the rungs a user stopped, once each, so that this run continues them."""
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+    """Queue again the rungs a user stopped that no later trial took up, so that this run continues them."""
+    trials = study.get_trials(deepcopy=False)
+
+    def place(t: optuna.trial.FrozenTrial) -> tuple:
+        return t.user_attrs.get("rung"), t.user_attrs.get("candidate")
+
+    for trial in trials:
         attrs = trial.user_attrs
-        if attrs.get("reason") == STOPPED_REASON and not attrs.get("requeued") and "rung" in attrs:
-            study._storage.set_trial_user_attr(trial._trial_id, "requeued", True)
+        stopped = trial.state == TrialState.FAIL and attrs.get("reason") == STOPPED_REASON and "rung" in attrs
+        if stopped and not any(t.number > trial.number and place(t) == place(trial) for t in trials):
             kept = {k: v for k, v in attrs.items() if k not in ("reason", "seconds", "steps", "worker")}
             study.enqueue_trial(trial.params, user_attrs=kept)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
+import gradio as gr
 import plotly.graph_objects as go
 
 from core.checkpoint import read_metrics  # noqa: F401 - the tabs read curves through the ui module
@@ -116,3 +117,11 @@ def curves_figure(curves: dict[str, list[tuple[float, float]]]) -> go.Figure:
         legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"},
     )
     return fig
+
+
+def remember(box: gr.Textbox, key: str) -> tuple:
+    """Keep what the user typed in `box` across reloads, in the browser's storage; returns the page-load step
+    that puts it back."""
+    stored = gr.BrowserState(None, storage_key=key)
+    box.change(lambda value: value, box, stored, api_visibility="private")
+    return (lambda value: value if value else gr.skip(), stored, box)

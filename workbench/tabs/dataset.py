@@ -26,7 +26,7 @@ def _prepare_form() -> SimpleNamespace:
                              info="strict: refuse the file; replace: substitute and count", min_width=120)  # fmt: skip
     return SimpleNamespace(source=source, files=files, server_path=server_path, val_fraction=val_fraction,
                            errors=errors, button=gr.Button("Prepare dataset", variant="primary"),
-                           message=gr.HTML(label="Status"), progress=gr.HTML(progress_html(0, "idle"), label="Progress"))  # fmt: skip
+                           message=gr.HTML(label="Status", show_label=True), progress=gr.HTML(progress_html(0, "idle"), label="Progress", show_label=True))  # fmt: skip
 
 
 def build_dataset(project: Project, jobs: JobManager) -> None:

@@ -22,7 +22,7 @@ from workbench.controllers.train import (
 from workbench.jobs import JobManager
 from workbench.project import Project
 from workbench.studies import StudyReader, model_names
-from workbench.ui import progress_html
+from workbench.ui import progress_html, remember
 
 
 def _params_form(reader: StudyReader) -> SimpleNamespace:
@@ -71,8 +71,8 @@ def _run_controls() -> SimpleNamespace:
         start = gr.Button("Start training", variant="primary", scale=1)
         resume = gr.Button("Resume", scale=1)
         stop = gr.Button("Stop", variant="stop", scale=1)
-    message = gr.HTML(label="Status")
-    progress = gr.HTML(progress_html(0, "no training running"), label="Progress")
+    message = gr.HTML(label="Status", show_label=True)
+    progress = gr.HTML(progress_html(0, "no training running"), label="Progress", show_label=True)
     with gr.Row():
         plot = gr.Plot(label="Loss (live)", scale=3)
         sample = gr.Textbox(label="Latest sample (written at each evaluation)", lines=14, max_lines=14, scale=2,
@@ -132,7 +132,7 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
                      api_name="train_resume")  # fmt: skip
     run.stop.click(control.stop, None, run.message, api_name="train_stop")
     _wire_tick(control, run, models, form)
-    restore_name = _remember(run.name, "chargpt-train-model-name")
+    restore_name = remember(run.name, "chargpt-train-model-name")
 
     def refresh_lists(current_study: str | None, current_model: str | None, compared: list[str] | None):
         studies, names = reader.names(), model_names(project)
@@ -144,14 +144,6 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
 
     lists = [form.study, models.saved, models.names]
     return {"refresh": (refresh_lists, lists, lists), "load": [restore_name]}
-
-
-def _remember(box: gr.Textbox, key: str) -> tuple:
-    """Keep what the user typed in `box` across reloads, in the browser's storage; returns the page-load step
-    that puts it back."""
-    stored = gr.BrowserState(None, storage_key=key)
-    box.change(lambda value: value, box, stored, api_visibility="private")
-    return (lambda value: value if value else gr.skip(), stored, box)
 
 
 def _compare(control: TrainController):

@@ -19,7 +19,7 @@ from workbench.controllers.tune import (
 from workbench.jobs import JobManager
 from workbench.project import Project
 from workbench.studies import StudyReader
-from workbench.ui import progress_html
+from workbench.ui import progress_html, remember
 
 BUDGET_MODE, TRIALS_MODE = "One budget: search, then the final model", "Trials only"
 MODE_HELP = (
@@ -116,8 +116,8 @@ def _trials_form() -> SimpleNamespace:
 
 
 def _results(reader: StudyReader, dashboard_url: str | None) -> SimpleNamespace:
-    message = gr.HTML(label="Status")
-    progress = gr.HTML(progress_html(0, "no study running"), label="Progress")
+    message = gr.HTML(label="Status", show_label=True)
+    progress = gr.HTML(progress_html(0, "no study running"), label="Progress", show_label=True)
     with gr.Row():
         view = gr.Dropdown(choices=reader.names(), value=None, label="Study shown below", allow_custom_value=True,
                            scale=3)  # fmt: skip
@@ -167,7 +167,16 @@ def build_tune(project: Project, jobs: JobManager, reader: StudyReader, dashboar
     resume.click(lambda: _started(control.resume()), None, [out.message, out.view], api_name="tune_resume")
     stop.click(control.stop, None, out.message, api_name="tune_stop")
     out.refresh.click(lambda: gr.update(choices=reader.names()), None, out.view, api_visibility="private")
-    return [*_wire_tick(control, out), budget.plan_on_load]
+    kept = [
+        remember(box, f"chargpt-tune-{key}")
+        for box, key in (
+            (study_name, "study"),
+            (budget.minutes, "minutes"),
+            (budget.model, "model"),
+            (budget.fixed, "fixed"),
+        )
+    ]
+    return [*kept, *_wire_tick(control, out), budget.plan_on_load]
 
 
 def _started(started, with_name: bool = False) -> tuple:
