@@ -300,7 +300,7 @@ def test_a_budgeted_tournament_runs_from_the_tune_tab_and_saves_its_winner(app):
 def test_saved_models_compare_side_by_side(app):
     import shutil
 
-    fixture = Path(__file__).parent / "fixtures" / "classic_tiny"
+    fixture = Path(__file__).parents[1] / "fixtures" / "classic_tiny"
     for name in ("left", "right"):
         shutil.copytree(fixture, app.root / "models" / name, dirs_exist_ok=True)
     message, *_ = app.client.predict(["left"], "To be", 3, api_name="/compare_models")

@@ -18,7 +18,7 @@ from core.muon import Muon, orthogonalize
 from core.trainer import TrainHooks, lr_at, train
 from tests.helpers import run_app
 
-FIXTURE = Path(__file__).parent / "fixtures" / "classic_tiny"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "classic_tiny"
 # The fixture was trained and its replies recorded by the code before these options existed (commit 62a35cb):
 FIXTURE_FLAGS = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
                  "--max-iters", "30", "--eval-interval", "30", "--eval-iters", "2", "--sample-chars", "0",

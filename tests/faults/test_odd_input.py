@@ -14,8 +14,8 @@ from core.model import GPT
 from core.sampling import SamplingConfig
 from core.trainer import train
 from core.tuning import run_study
+from tests.core.test_tuning import TINY_SPACE, tune_config
 from tests.helpers import TINY_MODEL_FLAGS
-from tests.test_tuning import TINY_SPACE, tune_config
 
 
 def fail_forward_after(monkeypatch, calls: int) -> None:

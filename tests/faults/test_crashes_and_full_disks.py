@@ -14,6 +14,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from safetensors import SafetensorError
 
 from core import checkpoint as ckpt
 from core.data import Dataset, prepare
@@ -74,8 +75,16 @@ def test_kill_9_at_random_moments_then_resume_finishes(tmp_path, dataset_dir):
     assert not leftovers, f"what killed writes left behind was not cleared on resume: {leftovers}"
 
 
+# A full disk as the OS reports it, and as safetensors does (its own error type, no OSError).
+FULL_DISK = [
+    lambda: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+    lambda: SafetensorError("Error while serializing: IoError(Os { code: 28, message: No space left on device })"),
+]
+
+
+@pytest.mark.parametrize("full_disk", FULL_DISK, ids=["oserror", "safetensors"])
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(
-    tmp_path, tiny_model_config, tiny_train_config, monkeypatch
+    tmp_path, tiny_model_config, tiny_train_config, monkeypatch, full_disk
 ):
     config = dataclasses.replace(tiny_train_config, checkpoint_interval=10, max_iters=30)
     real_save = ckpt.save_file
@@ -85,19 +94,21 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(
         if "checkpoint" in str(filename):
             calls["n"] += 1
             if calls["n"] > 4:  # the second checkpoint (4 files each) hits a full disk
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                raise full_disk()
         return real_save(tensors, filename, metadata=metadata)
 
     monkeypatch.setattr(ckpt, "save_file", save_until_full)
     with pytest.raises(ckpt.ModelError, match="No space left on device.*step 10 is intact"):
         train(tiny_model_config, config, out_dir=tmp_path / "m")
+    monkeypatch.setattr(ckpt, "save_file", real_save)
     assert ckpt.latest_checkpoint(tmp_path / "m").step == 10
     assert not list((tmp_path / "m" / "checkpoint").glob(".tmp-*"))
 
 
 def test_no_unsafe_unpickling_anywhere_in_the_source():
     offenders = []
-    for path in list((ROOT / "core").rglob("*.py")) + list((ROOT / "workbench").rglob("*.py")) + [ROOT / "app.py"]:
+    sources = [path for folder in ("core", "cli", "workbench") for path in (ROOT / folder).rglob("*.py")]
+    for path in [*sources, ROOT / "app.py"]:
         text = path.read_text(encoding="utf-8")
         if re.search(r"^\s*import pickle|pickle\.loads?\(", text, re.M):
             offenders.append(f"{path}: pickle")

@@ -1,0 +1,75 @@
+"""The tabs' controllers without a page: what Start, the plan and the tick say, tested as plain calls."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import optuna
+import pytest
+
+from workbench.controllers.train import TrainController
+from workbench.controllers.tune import TuneController, job_progress, trial_rows
+from workbench.jobs import JobManager
+from workbench.project import Project
+from workbench.studies import StudyReader
+
+TINY = json.dumps({"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "batch_size": 4})
+
+
+@pytest.fixture
+def project(tmp_path, dataset_dir):
+    dataset_dir.rename(tmp_path / "dataset")
+    return Project(tmp_path)
+
+
+def tune_controller(project: Project) -> TuneController:
+    return TuneController(project, JobManager(), StudyReader(project.storage))
+
+
+def test_the_plan_and_the_minimums_are_said_before_start_and_a_short_budget_gets_its_number(project):
+    control = tune_controller(project)
+    form = {"study": "s", "model": "best", "fixed": TINY, "minutes": 3}
+    text = control.plan_text(form)
+    assert "to train the default model here" in text and "a search needs" in text and "**Plan:**" in text
+    assert "candidates train" in text or "no search" in text
+    assert "give at least" in control.plan_text(form | {"minutes": 0.05})  # 3 s: below one run, with its number
+    assert "no search" in control.plan_text(form | {"minutes": 0.5})  # room to train, not to search: the default
+    assert "searches" not in control.plan_text(form | {"fixed": "{oops"}) and "not valid JSON" in control.plan_text(
+        form | {"fixed": "{oops"}
+    )
+
+
+def test_a_tournament_s_bar_moves_with_the_clock_between_its_events():
+    now = time.time()
+    event = {"kind": "step", "rung": 0, "candidate": 1, "trial": 1, "step": 120, "loss": 2.5, "time_left_s": 100.0,
+             "at": now, "alive": 3}  # fmt: skip
+    snap = {"active": True, "status": "running", "title": "tournament t", "elapsed": 80.0, "progress": 0.0,
+            "message": "", "events": [event], "info": {"mode": "budget", "tune": {"budget": 180.0}}}  # fmt: skip
+    first, text = job_progress(snap, now)
+    later, later_text = job_progress(snap, now + 10)
+    assert "candidate 1 at step 120, loss 2.500" in text and "1:40 left" in text and "1:30 left" in later_text
+    assert later > first
+
+
+def test_a_stopped_rung_reads_stopped_and_a_running_one_shows_its_latest_step(tmp_path):
+    study = optuna.create_study()
+    running = study.ask()
+    stopped = study.ask()
+    stopped.set_user_attr("reason", "stopped by the user")
+    study.tell(stopped, state=optuna.trial.TrialState.FAIL)
+    rows = {row[0]: row for row in trial_rows(study.trials, live={running.number: 345})}
+    assert rows[stopped.number][1] == "STOPPED" and rows[running.number][1] == "RUNNING"
+    assert rows[running.number][3] == 345
+
+
+def test_a_taken_model_name_offers_a_free_one_and_no_server_path(project):
+    (project.models_dir / "best").mkdir(parents=True)
+    (project.models_dir / "best" / "config.json").write_text("{}")
+    started = tune_controller(project).start_budget({"study": "s", "model": "best", "fixed": TINY, "minutes": 1})
+    assert started.free_name == "best-2" and "Replace a saved model" in started.message
+    assert str(project.root) not in started.message and started.study is None
+    message = TrainController(project, JobManager(), StudyReader(project.storage)).start(
+        "best", False, None, (1, 2, 16, 16, 0, 4, 1e-3, 0, 5, 10, 0, 5, 2, 0)
+    )
+    assert "models/best already holds a model" in message and "best-2 is free" in message
