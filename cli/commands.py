@@ -10,6 +10,7 @@ import math
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from cli.flags import given
@@ -374,6 +375,33 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"{field_name:<{width}}  " + "  ".join(f"{v:>14}" for v in values))
     for name, text in result.continuations.items():
         print(f"\n--- {name} (seed {args.seed}) ---\n{prompt}{text}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from core.device import pick_device
+    from core.evaluate import evaluate
+
+    loaded = ckpt.load_model(args.model, args.models_dir, device=pick_device(args.device))
+    text = None
+    if args.text:
+        try:
+            text = Path(args.text).read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise CliError(f"{args.text} is not UTF-8 text (byte {err.start}); convert it first") from None
+    where = args.text or f"the validation split of {args.data_dir}"
+    with tqdm(total=0, unit="window", desc=f"evaluate {loaded.name}", file=sys.stderr, mininterval=0.5) as bar:
+
+        def on_progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = evaluate(loaded, text=text, data_dir=args.data_dir, stride=args.stride, on_progress=on_progress)
+    print(f"{loaded.name} on {where}: {result.nats_per_char:.4f} nats ({result.bits_per_char:.4f} bits) per character",
+          file=sys.stderr)  # fmt: skip
+    print(result.line())
     return 0
 
 

@@ -14,6 +14,7 @@ from cli.commands import (
     cmd_chat,
     cmd_compare,
     cmd_dashboard,
+    cmd_evaluate,
     cmd_prepare,
     cmd_proxy,
     cmd_studies,
@@ -61,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every model")
     p.add_argument("--chars", type=int, default=200, help="characters each model writes")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("evaluate", help="a saved model's loss per character on the validation split or any text")
+    p.add_argument("--model", default=None, help="model name in models/ or a folder (default: the newest)")
+    p.add_argument("--models-dir", default="models", help="where saved models live")
+    p.add_argument("--text", metavar="FILE", help="a UTF-8 text file to score (default: the validation split)")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="dataset whose validation split is scored")
+    p.add_argument("--stride", type=int, default=0,
+                   help="tokens the context slides by; each is predicted once (default: half the context)")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("chat", help="chat with a saved model in the terminal")
     p.add_argument("--model", default=None, help="model name in models/ or a folder (default: the newest)")

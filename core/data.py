@@ -13,14 +13,21 @@ are built from it on first use.
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import contextlib
+import gzip
 import json
 import logging
+import lzma
+import tarfile
 import time
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -88,39 +95,109 @@ class _ReplaceCounter:
         return "\ufffd", err.end
 
 
+# Archives read as streams, never unpacked to disk: single compressed files, and tar or zip files of texts.
+COMPRESSED = {".gz": lambda f: gzip.GzipFile(fileobj=f), ".xz": lzma.LZMAFile, ".bz2": bz2.BZ2File}
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2")
+ARCHIVE_SUFFIXES = (*TAR_SUFFIXES, ".zip", *COMPRESSED)
+_BROKEN = (EOFError, OSError, lzma.LZMAError, zlib.error, tarfile.TarError, zipfile.BadZipFile)
+
+
+def is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _is_text_name(name: str) -> bool:
+    """A text file's name, compressed or not (`a.txt`, `a.txt.xz`), not hidden."""
+    lower = name.lower().rsplit("/", 1)[-1]
+    for suffix in COMPRESSED:
+        lower = lower.removesuffix(suffix)
+    return not lower.startswith(".") and Path(lower).suffix in TEXT_SUFFIXES
+
+
+def _decompressed(name: str, handle: BinaryIO) -> BinaryIO:
+    suffix = next((s for s in COMPRESSED if name.lower().endswith(s)), None)
+    return COMPRESSED[suffix](handle) if suffix else handle
+
+
+def _members(path: Path) -> Iterator[tuple[str, BinaryIO, Callable[[], int]]]:
+    """(name, binary stream, bytes of `path` read so far) for each text in `path`: itself, or an archive's
+    text members in order (a member may itself be compressed: `a.txt.xz` inside a tar)."""
+    lower = path.name.lower()
+    with open(path, "rb") as raw:
+        if lower.endswith(TAR_SUFFIXES):
+            with tarfile.open(fileobj=raw, mode="r|*") as tar:
+                for member in tar:
+                    if member.isfile() and _is_text_name(member.name):
+                        yield f"{path}:{member.name}", _decompressed(member.name, tar.extractfile(member)), raw.tell
+        elif lower.endswith(".zip"):
+            with zipfile.ZipFile(raw) as archive:
+                for info in archive.infolist():
+                    if not info.is_dir() and _is_text_name(info.filename):
+                        with archive.open(info) as member:
+                            yield f"{path}:{info.filename}", _decompressed(info.filename, member), raw.tell
+        else:
+            yield str(path), _decompressed(lower, raw), raw.tell
+
+
 def _file_chunks(path: Path, errors: str | _ReplaceCounter) -> Iterator[tuple[str, int]]:
-    """Yield (text, bytes consumed) from a UTF-8 file with line endings normalised to \\n."""
+    """Yield (text, bytes of `path` consumed) from a UTF-8 file, or from each text of an archive, with line
+    endings normalised to \n; a text that does not end with a newline gets one, so texts do not run together."""
+    found = False
+    try:
+        for name, handle, position in _members(path):
+            found = True
+            yield from _text_chunks(name, handle, position, errors)
+    except _BROKEN as err:
+        if not is_archive(path):
+            raise
+        raise DataError(f"{path} is corrupt or truncated ({type(err).__name__}: {err}); nothing was written") from None
+    if not found:
+        raise DataError(f"{path} holds no text files ({', '.join(sorted(TEXT_SUFFIXES))}, compressed or not)")
+
+
+def _text_chunks(
+    name: str, handle: BinaryIO, position: Callable[[], int], errors: str | _ReplaceCounter
+) -> Iterator[tuple[str, int]]:
+    """One text's chunks; errors name it (an archive's member) and the byte offset in it."""
     handler = errors.name if isinstance(errors, _ReplaceCounter) else errors
     decoder = codecs.getincrementaldecoder("utf-8")(errors=handler)
-    offset, pending_cr, first = 0, "", True
-    with open(path, "rb") as handle:
-        while True:
+    offset, pending_cr, first, read_before, last = 0, "", True, position(), ""
+    while True:
+        try:
             raw = handle.read(CHUNK_BYTES)
-            final = not raw
-            if b"\x00" in raw:
-                at = offset + raw.index(b"\x00")
-                raise DataError(f"{path} looks binary (a NUL byte at byte {at}); give a UTF-8 text file")
-            buffered = len(decoder.getstate()[0])
-            try:
-                text = decoder.decode(raw, final)
-            except UnicodeDecodeError as err:
-                at = offset - buffered + err.start
-                raise DataError(
-                    f"{path} is not valid UTF-8 at byte {at}; convert it to UTF-8, "
-                    "or prepare with --errors replace to substitute undecodable bytes"
-                ) from None
-            if first and text:
-                text, first = text.removeprefix("\ufeff"), False
-            text = pending_cr + text
-            pending_cr = ""
-            if text.endswith("\r") and not final:
-                text, pending_cr = text[:-1], "\r"
-            if "\r" in text:
-                text = text.replace("\r\n", "\n").replace("\r", "\n")
-            yield text, len(raw)
-            offset += len(raw)
-            if final:
-                return
+        except _BROKEN as err:
+            raise DataError(
+                f"{name} is corrupt or truncated after {offset:,} bytes ({type(err).__name__}: {err}); "
+                "nothing was written"
+            ) from None
+        final = not raw
+        if b"\x00" in raw:
+            at = offset + raw.index(b"\x00")
+            raise DataError(f"{name} looks binary (a NUL byte at byte {at}); give a UTF-8 text file")
+        buffered = len(decoder.getstate()[0])
+        try:
+            text = decoder.decode(raw, final)
+        except UnicodeDecodeError as err:
+            at = offset - buffered + err.start
+            raise DataError(
+                f"{name} is not valid UTF-8 at byte {at}; convert it to UTF-8, "
+                "or prepare with --errors replace to substitute undecodable bytes"
+            ) from None
+        if first and text:
+            text, first = text.removeprefix("\ufeff"), False
+        text = pending_cr + text
+        pending_cr = ""
+        if text.endswith("\r") and not final:
+            text, pending_cr = text[:-1], "\r"
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        now = position()
+        yield text, now - read_before
+        read_before, offset, last = now, offset + len(raw), text or last
+        if final:
+            if last and not last.endswith("\n"):
+                yield "\n", 0
+            return
 
 
 def resolve_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -132,11 +209,11 @@ def resolve_inputs(inputs: Iterable[str | Path]) -> list[Path]:
             found = sorted(
                 p
                 for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES and not p.name.startswith(".")
+                if p.is_file() and not p.name.startswith(".") and (p.suffix.lower() in TEXT_SUFFIXES or is_archive(p))
             )
             if not found:
                 suffixes = ", ".join(sorted(TEXT_SUFFIXES))
-                raise DataError(f"{path} holds no text files ({suffixes})")
+                raise DataError(f"{path} holds no text files ({suffixes}) or archives of them")
             files.extend(found)
         elif path.is_file():
             files.append(path)
@@ -187,13 +264,7 @@ class _Sources:
                 yield text, len(text.encode("utf-8"))
             return
         for path in self.files:
-            last = ""
-            for text, consumed in _file_chunks(path, self.replacer or "strict"):
-                if text:
-                    last = text
-                yield text, consumed
-            if last and not last.endswith("\n"):
-                yield "\n", 0
+            yield from _file_chunks(path, self.replacer or "strict")
 
 
 # --- prepare ---------------------------------------------------------------------------------------
