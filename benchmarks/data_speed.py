@@ -10,6 +10,7 @@
 
     python benchmarks/data_speed.py            # 500 MB corpus, 3 prepare runs of each kind
     python benchmarks/data_speed.py --quick    # 100 MB corpus, 1 run of each kind
+    python benchmarks/data_speed.py --size-mb 1000 --archives gz,xz,tar.xz   # archives streamed too
 
 Prints a table and writes benchmarks/results/data_speed.json. Temp files are removed at the end.
 """
@@ -100,7 +101,27 @@ def _children_cpu() -> float:
     return times.children_user + times.children_system
 
 
-def bench_prepare(size_mb: int, repeats: int) -> list[dict]:
+def compress(corpus: Path, kind: str) -> Path:
+    """The corpus as a `kind` file (gz at level 6, xz at preset 1, a tar.xz of it), streamed."""
+    import gzip
+    import lzma
+    import shutil
+    import tarfile
+
+    target = corpus.with_name(f"{corpus.name}.{kind}")
+    if kind == "tar.xz":
+        with tarfile.open(target, "w:xz", preset=1) as tar:
+            tar.add(corpus, arcname=corpus.name)
+        return target
+    with (
+        open(corpus, "rb") as source,
+        gzip.open(target, "wb", compresslevel=6) if kind == "gz" else lzma.open(target, "wb", preset=1) as out,
+    ):
+        shutil.copyfileobj(source, out, 8 << 20)
+    return target
+
+
+def bench_prepare(size_mb: int, repeats: int, archives: tuple[str, ...] = ()) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="chargpt-data-speed-") as tmp:
         corpus = Path(tmp) / "corpus.txt"
@@ -111,6 +132,14 @@ def bench_prepare(size_mb: int, repeats: int) -> list[dict]:
             "library: core.data.prepare": [sys.executable, "-c", LIBRARY_CALL, str(corpus), f"{tmp}/lib"],
             "cli: app.py prepare": [sys.executable, "app.py", "prepare", str(corpus), "--data-dir", f"{tmp}/cli"],
         }
+        on_disk = {}
+        for kind in archives:
+            started = time.perf_counter()
+            packed = compress(corpus, kind)
+            on_disk[f"library: .{kind}"] = packed.stat().st_size / 1e6
+            print(f"compressed to {packed.name} ({on_disk[f'library: .{kind}']:.0f} MB) in "
+                  f"{time.perf_counter() - started:.1f}s", file=sys.stderr)  # fmt: skip
+            commands[f"library: .{kind}"] = [sys.executable, "-c", LIBRARY_CALL, str(packed), f"{tmp}/{kind}"]
         for name, args in commands.items():
             runs = []
             for _ in range(repeats * 3):
@@ -122,7 +151,8 @@ def bench_prepare(size_mb: int, repeats: int) -> list[dict]:
             wall = statistics.median(r["wall_s"] for r in runs)
             row = {
                 "path": name,
-                "input_mb": size / 1e6,
+                "input_mb": size / 1e6,  # of text; an archive's own size is on_disk_mb
+                "on_disk_mb": on_disk.get(name, size / 1e6),
                 "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
                 "command_s": wall,
                 "mb_per_s_command": size / 1e6 / wall,
@@ -160,18 +190,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100 MB corpus, one run of each kind")
     parser.add_argument("--size-mb", type=int, default=0, help="corpus size in MB (default 500, quick 100)")
+    parser.add_argument("--archives", default="", help="also prepare the corpus from these, e.g. gz,xz,tar.xz")
     args = parser.parse_args()
     size_mb = args.size_mb or (100 if args.quick else 500)
     repeats = 1 if args.quick else 3
 
-    prepare_rows = bench_prepare(size_mb, repeats)
+    prepare_rows = bench_prepare(size_mb, repeats, tuple(k for k in args.archives.split(",") if k))
     for row in prepare_rows:
         row["rss_ok"] = row["peak_rss_mb"] < 300
         row["speed_ok"] = row["mb_per_s"] >= 50
     print("\nprepare (targets: peak RSS < 300 MB, >= 50 MB/s)")
     print_table(
         prepare_rows,
-        ["path", "input_mb", "peak_rss_mb", "prepare_s", "mb_per_s", "command_s", "mb_per_s_command", "runs"],
+        [
+            "path",
+            "input_mb",
+            "on_disk_mb",
+            "peak_rss_mb",
+            "prepare_s",
+            "mb_per_s",
+            "command_s",
+            "mb_per_s_command",
+            "runs",
+        ],
     )
     batches = bench_batches(5 if not args.quick else 3)
     batches["ok"] = batches["batch_pct_of_step"] < 2

@@ -50,6 +50,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction,
             errors=args.errors,
             on_progress=on_progress,
+            tokenizer=args.tokenizer,
+            vocab_size=args.vocab_size,
         )
     print(stats.summary())
     return 0

@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--errors", choices=["strict", "replace"], default="strict", help="undecodable bytes: fail or replace"
     )
+    p.add_argument(
+        "--tokenizer",
+        choices=["char", "bpe"],
+        default="char",
+        help="char: one token a character (default); bpe: a byte-level BPE trained on the training split",
+    )
+    p.add_argument("--vocab-size", type=int, default=2048, help="--tokenizer bpe: tokens in its vocabulary (256-65535)")  # fmt: skip
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train a model and save it under models/NAME")

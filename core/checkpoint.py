@@ -28,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from core.bpe import TOKENIZER_JSON, load_tokenizer
 from core.config import ConfigError, ModelConfig, from_dict
 from core.fileio import atomic_path, atomic_write_text, fsync_dir, remove_stale_temps, valid_name
 from core.model import GPT
@@ -167,11 +168,12 @@ def save_model(
     vocab: Vocab,
     info: dict[str, Any],
 ) -> None:
-    """Write config.json, vocab.txt and model.safetensors (each atomically; weights last)."""
+    """Write config.json, the tokenizer (vocab.txt, or tokenizer.json for a BPE) and model.safetensors (each
+    atomically; weights last)."""
     folder.mkdir(parents=True, exist_ok=True)
-    config = {"model": model_config.__dict__ | {"vocab_size": len(vocab)}, **info}
+    config = {"model": model_config.__dict__ | {"vocab_size": len(vocab)}, "tokenizer": vocab.kind, **info}
     atomic_write_text(folder / CONFIG_JSON, json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
-    vocab.save(folder / VOCAB_TXT)
+    vocab.save(folder / (TOKENIZER_JSON if vocab.kind == "bpe" else VOCAB_TXT))
     _save_tensors(folder / WEIGHTS, weights, metadata={"format": "pt"})
 
 
@@ -222,13 +224,17 @@ def load_model(
         model_config = ModelConfig.from_saved(saved).validate()
     except (ConfigError, TypeError) as err:
         raise ModelError(f"{folder / CONFIG_JSON}: {err}") from None
+    kind = info.get("tokenizer", "char")
+    tokenizer_file = folder / (TOKENIZER_JSON if kind == "bpe" else VOCAB_TXT)
+    if kind == "bpe" and not tokenizer_file.is_file():
+        raise ModelError(f"{tokenizer_file} is missing: this BPE model cannot read or write text without it")
     try:
-        vocab = Vocab.load(folder / VOCAB_TXT)
+        vocab = load_tokenizer(folder) if kind == "bpe" else Vocab.load(tokenizer_file)
     except VocabError as err:
         raise ModelError(str(err)) from None
     if len(vocab) != model_config.vocab_size:
         raise ModelError(
-            f"{folder / VOCAB_TXT} has {len(vocab)} characters but config.json says vocab_size="
+            f"{tokenizer_file} has {len(vocab)} tokens but config.json says vocab_size="
             f"{model_config.vocab_size}; the files come from different models"
         )
     model = GPT(model_config)

@@ -32,6 +32,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from core.bpe import MAX_VOCAB, MIN_VOCAB, TOKENIZER_JSON, load_tokenizer, train_bpe
 from core.corpus import iter_default_corpus
 from core.fileio import atomic_path, atomic_write_text, remove_stale_temps
 from core.vocab import Vocab, VocabError, codepoints, describe_chars, token_dtype
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_TXT, VAL_TXT, VOCAB_TXT, META_JSON = "output_train.txt", "output_val.txt", "vocab.txt", "meta.json"
 SPLITS = {"train": TRAIN_TXT, "val": VAL_TXT}
+TOKENIZERS = ("char", "bpe")
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst"}
 CHUNK_BYTES = 1 << 20  # measured: 4 MB chunks cost ~55 MB more peak RSS and were no faster
 ProgressFn = Callable[[float, str], None]
@@ -62,6 +64,10 @@ class PrepareStats:
     replaced_chars: int
     seconds: float
     top_chars: list[tuple[str, int]] = field(default_factory=list)
+    tokenizer: str = "char"
+    tokens: int = 0  # of both splits; with a BPE, fewer than the characters
+    tokenizer_vocab: int = 0  # with a BPE: its size (vocab_size stays the characters')
+    tokenizer_seconds: float = 0.0  # training and encoding with the BPE
 
     @property
     def mb_per_s(self) -> float:
@@ -76,6 +82,12 @@ class PrepareStats:
             f"{self.seconds:.1f}s ({self.mb_per_s:.0f} MB/s)"
             + (f", {self.replaced_chars} undecodable bytes replaced" if self.replaced_chars else "")
             + (f"\nmost frequent: {top}" if top else "")
+            + (
+                f"\nBPE of {self.tokenizer_vocab:,} tokens: {self.tokens:,} tokens, "
+                f"{self.chars / max(self.tokens, 1):.2f} characters a token ({self.tokenizer_seconds:.1f}s)"
+                if self.tokenizer == "bpe"
+                else ""
+            )
         )
 
 
@@ -294,10 +306,17 @@ def prepare(
     val_fraction: float = 0.1,
     errors: str = "strict",
     on_progress: ProgressFn | None = None,
+    tokenizer: str = "char",
+    vocab_size: int = 2048,
 ) -> PrepareStats:
-    """Build `data_dir` from text files or folders (None = the default corpus)."""
+    """Build `data_dir` from text files or folders (None = the default corpus); with `tokenizer="bpe"`, a
+    byte-level BPE of `vocab_size` tokens is trained on the training split and its ids written as the tokens."""
     started = time.perf_counter()
     data_dir = Path(data_dir)
+    if tokenizer not in TOKENIZERS:
+        raise DataError(f"tokenizer must be {' or '.join(TOKENIZERS)}, got {tokenizer!r}")
+    if tokenizer == "bpe" and not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
+        raise DataError(f"a BPE vocabulary size must be between {MIN_VOCAB} and {MAX_VOCAB:,}, got {vocab_size}")
     if data_dir.is_dir():
         remove_stale_temps(data_dir)  # what a prepare killed mid-way left behind
     sources = _Sources(list(inputs) if inputs is not None else None, errors)
@@ -358,6 +377,16 @@ def prepare(
             text_out.close()
             bin_out.close()
         vocab.save(data_dir / VOCAB_TXT)
+    (data_dir / TOKENIZER_JSON).unlink(missing_ok=True)  # the text and vocab.txt changed: an old BPE is stale
+    bpe_started = time.perf_counter()
+    if tokenizer == "bpe":
+        report(1.0, "training the BPE tokenizer on the training split")
+        try:
+            bpe = train_bpe(lambda: _line_chunks(data_dir / TRAIN_TXT), vocab_size, lengths["train"])
+        except VocabError as err:
+            raise DataError(str(err)) from None
+        bpe.save(data_dir / TOKENIZER_JSON)
+        encode_text_files(data_dir, bpe)
     stats = PrepareStats(
         data_dir=str(data_dir),
         sources=sources.names,
@@ -371,9 +400,32 @@ def prepare(
         seconds=time.perf_counter() - started,
         top_chars=top_chars,
     )
-    _write_meta(data_dir, vocab, lengths, stats)
+    if tokenizer == "bpe":
+        encoded = _read_meta(data_dir) or {}
+        stats.tokenizer, stats.tokenizer_vocab = "bpe", len(bpe)
+        stats.tokens, stats.tokenizer_seconds = sum(encoded["tokens"].values()), time.perf_counter() - bpe_started
+    if tokenizer == "bpe":
+        _write_meta(data_dir, bpe, encoded["tokens"], stats, encoded)
+    else:
+        _write_meta(data_dir, vocab, lengths, stats)
     report(1.0, "done")
     return stats
+
+
+def _line_chunks(path: Path) -> Iterator[str]:
+    """A UTF-8 text file in pieces of about CHUNK_BYTES that end at a line's end (so no word is cut in two)."""
+    carry = ""
+    with open(path, encoding="utf-8", newline="") as handle:
+        while block := handle.read(CHUNK_BYTES):
+            text = carry + block
+            cut = text.rfind("\n") + 1
+            if cut == 0:
+                carry = text
+                continue
+            carry = text[cut:]
+            yield text[:cut]
+    if carry:
+        yield carry
 
 
 DEFAULT_DATA_DIR = "dataset"
@@ -406,17 +458,24 @@ def _bin_name(split: str) -> str:
 def _fingerprint(data_dir: Path) -> dict[str, list[int]]:
     """Size and mtime of the text files, so hand-edited text invalidates the .bin built from it."""
     result = {}
-    for name in (TRAIN_TXT, VAL_TXT, VOCAB_TXT):
+    for name in (TRAIN_TXT, VAL_TXT, VOCAB_TXT, TOKENIZER_JSON):
+        if name == TOKENIZER_JSON and not (data_dir / name).is_file():
+            continue
         st = (data_dir / name).stat()
         result[name] = [st.st_size, st.st_mtime_ns]
     return result
 
 
-def _write_meta(data_dir: Path, vocab: Vocab, lengths: dict[str, int], stats: PrepareStats | None) -> None:
+def _write_meta(data_dir: Path, vocab, lengths: dict[str, int], stats: PrepareStats | None,
+                previous: dict | None = None) -> None:  # fmt: skip
+    """`lengths` counts characters for a char vocabulary, tokens for a BPE (whose chars come from `previous`)."""
+    chars = lengths if vocab.kind == "char" else (previous or {}).get("chars") or lengths
     meta = {
+        "tokenizer": vocab.kind,
         "vocab_size": len(vocab),
         "dtype": vocab.dtype.name,
         "tokens": lengths,
+        "chars": chars,
         "fingerprint": _fingerprint(data_dir),
         "stats": asdict(stats) if stats else None,
     }
@@ -430,8 +489,10 @@ def _read_meta(data_dir: Path) -> dict | None:
         return None
 
 
-def encode_text_files(data_dir: Path, vocab: Vocab) -> None:
+def encode_text_files(data_dir: Path, vocab) -> None:
     """Build the .bin token files from the text files (the classic layout has no .bin)."""
+    if vocab.kind == "bpe":
+        return _encode_bpe_files(data_dir, vocab)
     lengths = {}
     for split, name in SPLITS.items():
         path = data_dir / name
@@ -462,6 +523,25 @@ def encode_text_files(data_dir: Path, vocab: Vocab) -> None:
     _write_meta(data_dir, vocab, lengths, None)
 
 
+def _encode_bpe_files(data_dir: Path, bpe) -> None:
+    """The splits' BPE ids, written in pieces that end at a line's end; chars and tokens counted for the meta."""
+    tokens, chars = {}, {}
+    for split, name in SPLITS.items():
+        tokens[split] = chars[split] = 0
+        with atomic_path(data_dir / _bin_name(split)) as tmp, open(tmp, "wb") as out:
+            for text in _line_chunks(data_dir / name):
+                ids = bpe.encode_array(text)
+                out.write(ids.tobytes())
+                tokens[split] += len(ids)
+                chars[split] += len(text)
+    stats = (_read_meta(data_dir) or {}).get("stats")
+    _write_meta(data_dir, bpe, tokens, None, {"chars": chars})
+    if stats:  # keep what prepare recorded of the sources
+        meta = _read_meta(data_dir)
+        meta["stats"] = stats
+        atomic_write_text(data_dir / META_JSON, json.dumps(meta, indent=2) + "\n")
+
+
 # --- loading and batches ---------------------------------------------------------------------------
 
 
@@ -474,7 +554,7 @@ class Dataset:
             if not (self.data_dir / name).is_file():
                 raise DataError(f"{self.data_dir / name} not found; run `python app.py prepare` to build the dataset")
         try:
-            self.vocab = Vocab.load(self.data_dir / VOCAB_TXT)
+            self.vocab = load_tokenizer(self.data_dir)
         except VocabError as err:
             raise DataError(str(err)) from None
         meta = _read_meta(self.data_dir)
@@ -482,15 +562,23 @@ class Dataset:
             meta is None
             or meta.get("fingerprint") != _fingerprint(self.data_dir)
             or meta.get("vocab_size") != len(self.vocab)
+            or meta.get("tokenizer", "char") != self.vocab.kind
             or any(not (self.data_dir / _bin_name(s)).is_file() for s in SPLITS)
         )
         if stale:
             log.info("encoding %s to token files", self.data_dir)
             encode_text_files(self.data_dir, self.vocab)
+            meta = _read_meta(self.data_dir)
         self.tokens = {split: _memmap(self.data_dir / _bin_name(split), self.vocab.dtype) for split in SPLITS}
         for split, tokens in self.tokens.items():
             if len(tokens) == 0:
                 raise DataError(f"{self.data_dir / SPLITS[split]} is empty; run `python app.py prepare` again")
+        # a token's loss times this is a character's: exactly 1 for a character vocabulary
+        chars = (meta or {}).get("chars") or {}
+        self.tokens_per_char = {
+            split: 1.0 if self.vocab.kind == "char" or not chars.get(split) else len(tokens) / chars[split]
+            for split, tokens in self.tokens.items()
+        }
 
     def holds(self, block_size: int) -> bool:
         """Whether every split has a window of `block_size` characters and its next one."""

@@ -97,19 +97,20 @@ def evaluate(
     stride = stride or max(1, loaded.model.config.block_size // 2)
     if text is None:
         dataset = Dataset(data_dir)
-        if dataset.vocab.chars != vocab.chars:
+        if dataset.vocab != vocab:
             raise DataError(
                 f"{data_dir} was prepared with another vocabulary than model {loaded.name}; evaluate it on the "
                 "data it was trained on, or give --text FILE"
             )
         ids = np.asarray(dataset.tokens["val"])
     else:
-        missing = vocab.unknown(text)
+        missing = vocab.unknown(text)  # none for a byte-level BPE
         if missing:
             raise DataError(
                 f"the text holds {len(missing)} character(s) model {loaded.name} has never seen "
                 f"({describe_chars(missing, 5)}); a character model cannot score them"
             )
         ids = vocab.encode_array(text)
-    nats, predicted = sliding_nll(loaded.model, ids, stride, on_progress=on_progress)
-    return Evaluation(nats=nats, chars=len(ids), predicted_chars=predicted)
+    nats, _ = sliding_nll(loaded.model, ids, stride, on_progress=on_progress)
+    spelled = vocab.char_counts(ids)  # every token but the first is predicted once
+    return Evaluation(nats=nats, chars=int(spelled.sum()), predicted_chars=int(spelled[1:].sum()))

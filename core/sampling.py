@@ -245,16 +245,19 @@ def stream(
     held = ""
     started = not skip_leading
     yielded = 0
+    decode = vocab.stream_decoder()  # a token's text: one character, or with a BPE several or none yet
     for token in generate_ids(model, vocab.encode(known), config, use_cache=use_cache):
-        char = vocab.chars[token]
-        if not started and char in skip_leading:
-            continue
-        started = True
+        piece = decode(token)
+        if not started:
+            piece = piece.lstrip(skip_leading)
+            if not piece:
+                continue
+            started = True
         if yielded < stop_after:
-            yielded += 1
-            yield char
+            yielded += len(piece)
+            yield piece
             continue
-        held += char
+        held += piece
         found = [held.index(s) for s in stop if s in held]
         if found:
             if min(found):

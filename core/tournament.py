@@ -862,7 +862,9 @@ def _continue(folder: Path, model_config, train_config, dataset, hooks: TrainHoo
 
 
 def _score(model, dataset: Dataset) -> float:
-    return split_loss(model, dataset.tokens["val"], max_chars=SCORE_CHARS)
+    """Nats per character on SCORE_CHARS of the validation split (as tokens, for a BPE)."""
+    per_token = split_loss(model, dataset.tokens["val"], max_chars=SCORE_CHARS)
+    return per_token * dataset.tokens_per_char["val"]
 
 
 def _exploration_rung(plan, rung, model_config, train_config, dataset, folder: Path, stop, watch: _RungWatch) -> float:

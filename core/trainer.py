@@ -344,6 +344,7 @@ def train(
         losses = estimate_loss(model, dataset, model_config, train_config, device, amp_dtype)
         if not all(math.isfinite(v) for v in losses.values()):
             raise LossDiverged(f"evaluation loss is not finite at step {step}: {losses}")
+        losses = {split: loss * dataset.tokens_per_char[split] for split, loss in losses.items()}  # nats/char
         losses.setdefault("train", math.nan)
         improved = losses["val"] < best_val
         if improved:
@@ -416,8 +417,9 @@ def train(
         steps_this_run += 1
         train_seconds += time.perf_counter() - step_started
         if hooks.on_step:
+            per_char = loss_value * dataset.tokens_per_char["train"]
             hooks.on_step(
-                StepEvent(step, train_config.max_iters, loss_value, lr, tokens_per_s(), time.perf_counter() - started)
+                StepEvent(step, train_config.max_iters, per_char, lr, tokens_per_s(), time.perf_counter() - started)
             )
         if train_config.eval_seconds:
             (due,) = dist.any(time.perf_counter() - started >= next_eval_s)  # clocks differ between ranks

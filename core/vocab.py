@@ -101,6 +101,16 @@ class Vocab:
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[i] for i in ids)
 
+    kind = "char"
+
+    def char_counts(self, ids: np.ndarray) -> np.ndarray:
+        """Characters each token spells: one."""
+        return np.ones(len(ids), dtype=np.int64)
+
+    def stream_decoder(self):
+        """A function of the next token id to its text."""
+        return self.chars.__getitem__
+
     def to_text(self) -> str:
         return "".join(_ESCAPES.get(c, c) + "\n" for c in self.chars)
 
