@@ -42,9 +42,10 @@ def compare(
         loaded = ckpt.load_model(name, models_dir)
         info = loaded.info
         train_info, summary = info.get("train", {}), info.get("summary", {})
-        chars_per_step = (
+        tokens_per_step = (
             train_info.get("batch_size", 0) * train_info.get("grad_accum", 1) * loaded.model.config.block_size
         )
+        chars_per_step = tokens_per_step / summary.get("tokens_per_char", 1.0)  # a BPE token spells several
         result.curves[name] = [
             (record["step"] * chars_per_step / 1e6, record["val_loss"]) for record in ckpt.read_metrics(loaded.path)
         ]

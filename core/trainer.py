@@ -326,6 +326,7 @@ def train(
                 "best_step": best_step,
                 "iters": step,
                 "tokens_seen": step * tokens_per_step,
+                "tokens_per_char": dataset.tokens_per_char["train"],  # 1 for characters; a BPE's is below
             },
         }
         try:

@@ -92,3 +92,17 @@ def test_a_model_whose_tokenizer_is_missing_or_another_is_refused(tmp_path, bpe_
     shutil.copy(tmp_path / "d2" / TOKENIZER_JSON, tmp_path / "other" / TOKENIZER_JSON)
     with pytest.raises(ckpt.ModelError, match="different models"):
         ckpt.load_model(tmp_path / "other")
+
+
+def test_a_bpe_model_and_a_character_model_compare_on_characters_seen(tmp_path, bpe_dir, dataset_dir,
+                                                                      tiny_model_config, tiny_train_config):  # fmt: skip
+    from core.compare import compare
+
+    for name, data in (("chars", dataset_dir), ("bpe", bpe_dir)):
+        train(tiny_model_config, dataclasses.replace(tiny_train_config, data_dir=str(data), max_iters=20),
+              out_dir=tmp_path / "models" / name)  # fmt: skip
+    result = compare(["chars", "bpe"], tmp_path / "models", prompt="To be", chars=30)
+    step_chars = {name: points[-1][0] / 20 for name, points in result.curves.items()}  # millions a step
+    per_char = Dataset(bpe_dir).tokens_per_char["train"]
+    assert step_chars["bpe"] == pytest.approx(step_chars["chars"] / per_char)  # a BPE step reads more text
+    assert all(len(text) > 0 for text in result.continuations.values())

@@ -7,7 +7,9 @@ import html
 import json
 from typing import Any
 
+from core.bpe import describe
 from core.data import DataError, Dataset, prepare
+from core.vocab import Vocab
 from workbench.jobs import JobBusy, JobManager
 from workbench.project import Project
 from workbench.ui import error_html, job_status_html, ok_html, progress_html
@@ -27,15 +29,26 @@ def corpus_overview(project: Project) -> tuple[str, str]:
         return f"**The dataset in `dataset/` cannot be used:** {err}", ""
     meta: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
-        meta = json.loads((project.data_dir / "meta.json").read_text(encoding="utf-8")).get("stats") or {}
-    train, val = len(dataset.tokens["train"]), len(dataset.tokens["val"])
-    shown = "".join({"\n": "⏎", "\t": "⇥", " ": "␠"}.get(c, c) for c in dataset.vocab.chars)
+        meta = json.loads((project.data_dir / "meta.json").read_text(encoding="utf-8"))
+    chars = meta.get("chars") or {split: len(tokens) for split, tokens in dataset.tokens.items()}
+    meta = meta.get("stats") or {}
+    train, val = chars["train"], chars["val"]
+    characters = Vocab.load(project.data_dir / "vocab.txt").chars  # a BPE's are its tokens' bytes, not shown
+    shown = "".join({"\n": "⏎", "\t": "⇥", " ": "␠"}.get(c, c) for c in characters)
     sources = meta.get("sources") or []
     source_text = ", ".join(s.rsplit("/", 1)[-1] for s in sources[:5]) + (" …" if len(sources) > 5 else "")
     rows = [
         ("Characters", f"{train + val:,} (train {train:,} / validation {val:,})"),
-        ("Vocabulary", f"{len(dataset.vocab)} characters: <code>{html.escape(shown)}</code>"),
+        ("Vocabulary", f"{len(characters)} characters: <code>{html.escape(shown)}</code>"),
     ]
+    if dataset.vocab.kind == "bpe":
+        sample_text = (project.data_dir / "output_val.txt").read_text(encoding="utf-8", errors="replace")[:20_000]
+        shown_bpe = describe(dataset.vocab, sample_text)
+        longest = ", ".join(f"<code>{html.escape(repr(t))}</code>" for t in shown_bpe["longest"])
+        rows.append(("Tokenizer", f"byte-level BPE of {len(dataset.vocab):,} tokens: "
+                                  f"{shown_bpe['tokens_per_char']:.2f} tokens a character; longest: {longest}"))  # fmt: skip
+    else:
+        rows.append(("Tokenizer", "characters (one token a character)"))
     if meta:
         rows.insert(0, ("Source", html.escape(source_text or "-")))
         rows.append(("Text", f"{meta.get('input_bytes', 0) / 1e6:.2f} MB, {meta.get('lines', 0):,} lines"))
@@ -49,7 +62,8 @@ class DatasetController:
     def __init__(self, project: Project, jobs: JobManager):
         self.project, self.jobs = project, jobs
 
-    def start(self, choice: str, uploaded: list[str] | None, path_text: str, fraction: float, errors: str) -> str:
+    def start(self, choice: str, uploaded: list[str] | None, path_text: str, fraction: float, errors: str,
+              tokenizer: str = "char", vocab_size: float = 2048) -> str:  # fmt: skip
         for kind in ("tune", "train"):
             running = self.jobs.active(kind)
             if running is not None:
@@ -70,7 +84,8 @@ class DatasetController:
 
         def run(job):
             stats = prepare(inputs, self.project.data_dir, val_fraction=float(fraction), errors=errors,
-                            on_progress=lambda f, m: job.update(progress=f, message=m))  # fmt: skip
+                            on_progress=lambda f, m: job.update(progress=f, message=m),
+                            tokenizer=tokenizer or "char", vocab_size=int(vocab_size or 2048))  # fmt: skip
             job.update(message=stats.summary().replace("\n", "; "))
             return stats
 

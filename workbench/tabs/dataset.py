@@ -24,9 +24,21 @@ def _prepare_form() -> SimpleNamespace:
                                  min_width=120)  # fmt: skip
         errors = gr.Dropdown(["strict", "replace"], value="strict", label="Undecodable bytes",
                              info="strict: refuse the file; replace: substitute and count", min_width=120)  # fmt: skip
+    with gr.Row():
+        tokenizer = gr.Radio(
+            ["char", "bpe"],
+            value="char",
+            label="Tokenizer",
+            info="char: one token a character; bpe: a byte-level BPE trained on your text",
+            min_width=120,
+        )
+        vocab_size = gr.Number(value=2048, precision=0, minimum=256, maximum=65535, label="BPE vocabulary size",
+                               visible=False, min_width=120)  # fmt: skip
+    tokenizer.change(lambda kind: gr.update(visible=kind == "bpe"), tokenizer, vocab_size, api_visibility="private")
     return SimpleNamespace(source=source, files=files, server_path=server_path, val_fraction=val_fraction,
-                           errors=errors, button=gr.Button("Prepare dataset", variant="primary"),
-                           message=gr.HTML(label="Status", show_label=True), progress=gr.HTML(progress_html(0, "idle"), label="Progress", show_label=True))  # fmt: skip
+                           errors=errors, tokenizer=tokenizer, vocab_size=vocab_size, button=gr.Button("Prepare dataset", variant="primary"),
+                           message=gr.HTML(label="Status", show_label=True, container=True),
+                           progress=gr.HTML(progress_html(0, "idle"), label="Progress", show_label=True, container=True))  # fmt: skip
 
 
 def build_dataset(project: Project, jobs: JobManager) -> None:
@@ -44,7 +56,8 @@ def build_dataset(project: Project, jobs: JobManager) -> None:
             form = _prepare_form()
     form.source.change(lambda choice: (gr.update(visible=choice == UPLOAD), gr.update(visible=choice == PATH)),
                        form.source, [form.files, form.server_path], api_visibility="private")  # fmt: skip
-    form.button.click(control.start, [form.source, form.files, form.server_path, form.val_fraction, form.errors],
+    form.button.click(control.start, [form.source, form.files, form.server_path, form.val_fraction, form.errors,
+                                      form.tokenizer, form.vocab_size],
                       form.message, api_name="prepare_start")  # fmt: skip
     seen = gr.State(-1)
 
