@@ -73,8 +73,17 @@ class BpeTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text).ids if text else []
 
-    def encode_array(self, text: str) -> np.ndarray:
-        return np.asarray(self.encode(text), dtype=self.dtype)
+    def encode_array(self, text: str, piece_chars: int = 1 << 16) -> np.ndarray:
+        """Ids of a long text, encoded on every core: cut into pieces of about `piece_chars` at line ends (a
+        piece boundary can only change how the whitespace before a newline is split, once in 64k characters)."""
+        pieces, start = [], 0
+        while start < len(text):
+            end = text.find("\n", start + piece_chars)
+            end = len(text) if end < 0 else end + 1
+            pieces.append(text[start:end])
+            start = end
+        ids = [encoding.ids for encoding in self._tokenizer.encode_batch(pieces)] if pieces else []
+        return np.fromiter((i for part in ids for i in part), dtype=self.dtype, count=sum(map(len, ids)))
 
     def decode(self, ids: Iterable[int]) -> str:
         return b"".join(self._bytes[i] for i in ids).decode("utf-8", errors="replace")
