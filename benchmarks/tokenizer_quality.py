@@ -1,14 +1,14 @@
 """Characters against byte-level BPE at equal wall time, scored per character over the whole validation split.
 
-    python benchmarks/tokenizers.py                                   # 10 minutes a run, seeds 0-2, both corpora
-    python benchmarks/tokenizers.py --minutes 2 --seeds 0 --sizes 512,2048 --corpora shakespeare   # a first look
+    python benchmarks/tokenizer_quality.py                                   # 10 minutes a run, seeds 0-2, both corpora
+    python benchmarks/tokenizer_quality.py --minutes 2 --seeds 0 --sizes 512,2048 --corpora shakespeare   # a first look
 
 Each corpus is prepared once per tokenizer (the character split is the same for all, so every model is scored
 on the same validation text). Every run trains the default recipe and shape for the same minutes, with the same
 context in tokens (`--context tokens`, so a BPE model reads several times more text a step) or the same context
 in characters (`--context chars`: the BPE's context shrunk by its tokens per character). The saved model is
 scored with `core.evaluate` (context slid by its whole width, every token predicted once): nats per character.
-Prints a table (median over seeds) and writes benchmarks/results/tokenizers.json.
+Prints a table (median over seeds) and writes benchmarks/results/tokenizer_quality.json.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def main() -> None:
     print(f"\n{args.minutes:g} minutes a run, seeds {args.seeds}, context equal in {args.context} (median of seeds)")
     print_table(summary, ["corpus", "tokenizer", "context_tokens", "context_chars", "chars_per_step", "ms_per_step",
                           "steps", "val_nats_per_char", "vs_char"])  # fmt: skip
-    write_results("tokenizers", {"args": vars(args), "runs": rows, "summary": summary})
+    write_results("tokenizer_quality", {"args": vars(args), "runs": rows, "summary": summary})
 
 
 if __name__ == "__main__":
