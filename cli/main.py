@@ -62,6 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="storage of --from-study")
     p.set_defaults(func=cmd_train)
 
+    _add_model_commands(sub)
+    _add_study_commands(sub)
+    p = sub.add_parser("serve", help="open the workbench (the default without a command)")
+    add_serve_flags(p)
+    # `python app.py --port 8000` opens the workbench too; absent flags stay absent here, so that no default of
+    # the workbench's lands in a command's namespace (tune's --storage has its own)
+    add_serve_flags(parser, argparse.SUPPRESS)
+    return parser
+
+
+def _add_model_commands(sub) -> None:
+    """The commands that use a saved model: compare, evaluate, chat."""
     p = sub.add_parser("compare", help="saved models side by side: configs, curves' best, one prompt continued")
     p.add_argument("models", nargs="+", help="two or more model names in models/")
     p.add_argument("--models-dir", default="models", help="where saved models live")
@@ -87,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(p, SamplingConfig, "sampling")
     p.set_defaults(func=cmd_chat)
 
+
+def _add_study_commands(sub) -> None:
+    """The commands of Optuna studies: tune, studies, proxy, dashboard."""
     from core.tuning import TuneConfig
 
     p = sub.add_parser("tune", help="search hyperparameters with Optuna (resumable, shareable by many workers)")
@@ -115,13 +130,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (the dashboard has no login)")
     p.add_argument("--port", type=int, default=8080)
     p.set_defaults(func=cmd_dashboard)
-
-    p = sub.add_parser("serve", help="open the workbench (the default without a command)")
-    add_serve_flags(p)
-    # `python app.py --port 8000` opens the workbench too; absent flags stay absent here, so that no default of
-    # the workbench's lands in a command's namespace (tune's --storage has its own)
-    add_serve_flags(parser, argparse.SUPPRESS)
-    return parser
 
 
 def add_serve_flags(parser: argparse.ArgumentParser, absent: object = None) -> None:

@@ -232,8 +232,8 @@ def budget_minimums(
 
 def _no_search_note(budget_s: float, least: Minimums, why: str) -> str:
     return (
-        f"no search: {budget_s:.0f}s {why}, and a search that pays needs at least {least.search_s:.0f}s "
-        "; the default configuration trains for all of it"
+        f"no search: {budget_s:.0f}s {why}, and a search that pays needs at least {least.search_s:.0f}s; "
+        "the default configuration trains for all of it"
     )
 
 

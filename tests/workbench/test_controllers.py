@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from workbench.controllers.train import TrainController
-from workbench.controllers.tune import TuneController, job_progress, trial_rows
+from workbench.controllers.tune import TuneController, job_progress, summary_line, trial_rows
 from workbench.jobs import JobManager
 from workbench.project import Project
 from workbench.studies import StudyReader
@@ -61,6 +61,7 @@ def test_a_stopped_rung_reads_stopped_and_a_running_one_shows_its_latest_step(tm
     rows = {row[0]: row for row in trial_rows(study.trials, live={running.number: 345})}
     assert rows[stopped.number][1] == "STOPPED" and rows[running.number][1] == "RUNNING"
     assert rows[running.number][3] == 345
+    assert "1 running, 1 stopped" in summary_line(study.trials)
 
 
 def test_a_taken_model_name_offers_a_free_one_and_no_server_path(project):

@@ -190,9 +190,9 @@ def finished_count(study: optuna.Study | None) -> int:
 
 
 def summary_line(trials: list[optuna.trial.FrozenTrial]) -> str:
-    states = [t.state.name for t in trials]
+    states = [shown_state(t) for t in trials]
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
-    parts = [f"{states.count(s)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
+    parts = [f"{states.count(s)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "STOPPED", "FAIL")
              if states.count(s)]  # fmt: skip
     text = f"{len(trials)} trial(s): " + ", ".join(parts) if trials else "no trials yet"
     if complete:
