@@ -169,7 +169,8 @@ def plan_tournament(
     A search needs `search_rungs` exploration rungs: with one, every candidate but the winner is judged on a
     single short slice and its time is lost, which cost more than the best neighbour of the default gained
     at 10 minutes on 2 cores (docs/tuning.md, Tuning within one budget). A budget that holds one rung but not
-    `search_rungs` is spent on the default configuration alone; one that holds no rung is refused."""
+    `search_rungs`, or none, is spent on the default configuration alone; one shorter than `budget_minimums`'s
+    run_s (a first slice of the default, its scoring and the final save) is refused with that number."""
     if not budget_s > 0 or not math.isfinite(budget_s):
         raise TuningError(f"the budget must be a positive duration, e.g. 10m or 1h, got {budget_s!r}")
     if eta < 2:
