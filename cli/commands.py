@@ -410,7 +410,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # --- chat ------------------------------------------------------------------------------------------
 
 CHAT_HELP = """commands: /help this help, /reset forget the conversation, quit or exit (or Ctrl-D) to leave
-Each message is appended to the conversation; the model continues it until a blank line."""
+Each message is appended to the conversation; the model continues it until a blank line once its reply holds
+--min-reply-chars characters."""
 
 
 def cmd_chat(args: argparse.Namespace) -> int:

@@ -74,3 +74,15 @@ def test_a_taken_model_name_offers_a_free_one_and_no_server_path(project):
         "best", False, None, (1, 2, 16, 16, 0, 4, 1e-3, 0, 5, 10, 0, 5, 2, 0)
     )
     assert "models/best already holds a model" in message and "best-2 is free" in message
+
+
+def test_train_and_val_keep_their_colours_on_every_chart_and_counts_read_as_words():
+    from workbench.controllers.tune import fmt_minutes, plural
+    from workbench.ui import LOSS_COLOURS, loss_figure
+
+    evals = [{"step": 10, "train_loss": 2.0, "val_loss": 2.1}]
+    for figure in (loss_figure(evals), loss_figure(evals, steps=[{"step": 1, "loss": 3.0}])):
+        colours = {trace.name: trace.line.color for trace in figure.data if trace.name in LOSS_COLOURS}
+        assert colours == LOSS_COLOURS
+    assert plural(1, "trial") == "1 trial" and plural(3, "trial") == "3 trials"
+    assert fmt_minutes(60) == "60 seconds" and fmt_minutes(180) == "3 minutes" and fmt_minutes(3600) == "60 minutes"
