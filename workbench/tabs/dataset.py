@@ -37,8 +37,8 @@ def _prepare_form() -> SimpleNamespace:
     tokenizer.change(lambda kind: gr.update(visible=kind == "bpe"), tokenizer, vocab_size, api_visibility="private")
     return SimpleNamespace(source=source, files=files, server_path=server_path, val_fraction=val_fraction,
                            errors=errors, tokenizer=tokenizer, vocab_size=vocab_size, button=gr.Button("Prepare dataset", variant="primary"),
-                           message=gr.HTML(label="Status", show_label=True, container=True),
-                           progress=gr.HTML(progress_html(0, "idle"), label="Progress", show_label=True, container=True))  # fmt: skip
+                           message=gr.HTML(label="Status", show_label=True, container=True, padding=True),
+                           progress=gr.HTML(progress_html(0, "idle"), label="Progress", show_label=True, container=True, padding=True))  # fmt: skip
 
 
 def build_dataset(project: Project, jobs: JobManager) -> None:
