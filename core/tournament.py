@@ -459,9 +459,10 @@ class Speed:
 SPEED_FILE = ".tournament_speed.json"  # in the dataset folder: one measurement per device and default model
 
 
-def measured_speed(config: TuneConfig, dataset: Dataset) -> Speed:
+def measured_speed(config: TuneConfig, dataset: Dataset, measure: bool = True) -> Speed | None:
     """The default model's speed here, measured once per dataset, device and fixed fields and then read from
-    the dataset folder, so that the minimum budget the page shows is the one Start applies."""
+    the dataset folder, so that the minimum budget the page shows is the one Start applies; None when it is
+    not known yet and `measure` is False (another job busy on the cores would make a measurement too slow)."""
     key = json.dumps(
         [str(pick_device(config.device)), torch.get_num_threads(), len(dataset.vocab), config.overrides],
         sort_keys=True, default=str,
@@ -476,6 +477,8 @@ def measured_speed(config: TuneConfig, dataset: Dataset) -> Speed:
     if isinstance(known.get(key), dict):
         with contextlib.suppress(TypeError):
             return Speed(**known[key])
+    if not measure:
+        return None
     speed = Speed(measure_step_s(config, dataset), measure_score_s(config, dataset))
     with contextlib.suppress(OSError):  # a read-only dataset measures again next time
         atomic_write_text(path, json.dumps({**known, key: asdict(speed)}, indent=2) + "\n")
@@ -510,10 +513,15 @@ class Preview:
         return verb + self.plan.summary()
 
 
-def preview(config: TuneConfig, workers: int = 1) -> Preview:
-    """The plan a budget gets (the recorded one when the study already holds a tournament), without starting."""
+def preview(config: TuneConfig, workers: int = 1, measure: bool = True) -> Preview:
+    """The plan a budget gets (the recorded one when the study already holds a tournament), without starting;
+    with `measure` False a speed not measured yet is a TuningError saying so."""
     dataset = Dataset(config.data_dir)
-    speed = measured_speed(config, dataset)
+    speed = measured_speed(config, dataset, measure)
+    if speed is None:
+        raise TuningError(
+            "the smallest budgets are measured on this machine when no job is running; they show here then"
+        )
     least = budget_minimums(speed.step_s, workers=workers, eta=config.eta, final_share=config.final_share,
                             search_rungs=config.search_rungs, slice_overhead_s=SLICE_OVERHEAD_S + speed.score_s)  # fmt: skip
     recorded = recorded_plan(config)

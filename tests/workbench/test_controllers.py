@@ -86,3 +86,19 @@ def test_train_and_val_keep_their_colours_on_every_chart_and_counts_read_as_word
         assert colours == LOSS_COLOURS
     assert plural(1, "trial") == "1 trial" and plural(3, "trial") == "3 trials"
     assert fmt_minutes(60) == "60 seconds" and fmt_minutes(180) == "3 minutes" and fmt_minutes(3600) == "60 minutes"
+
+
+def test_the_minimums_are_not_measured_beside_a_running_job(project):
+    import threading
+
+    control = tune_controller(project)
+    release = threading.Event()
+    control.jobs.start("train", "training busy", lambda job: release.wait(30))
+    try:
+        text = control.plan_text({"study": "s", "model": "best", "fixed": TINY, "minutes": 3})
+        assert "when no job is running" in text
+        assert not (project.data_dir / ".tournament_speed.json").exists()  # nothing slow was cached
+    finally:
+        release.set()
+    control.jobs.get("train").thread.join(5)
+    assert "**Plan:**" in control.plan_text({"study": "s", "model": "best", "fixed": TINY, "minutes": 3})

@@ -231,7 +231,7 @@ class TuneController:
             self.guard()
             config = self.budget_config({**form, "minutes": form.get("minutes") or 0.001})
             config.validate()
-            shown = preview(config)
+            shown = preview(config, measure=not (self.jobs.active("train") or self.jobs.active("tune")))
         except (TuningError, DataError, ValueError, TypeError) as err:
             return f"*{err}*"
         least = shown.minimums

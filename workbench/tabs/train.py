@@ -72,7 +72,9 @@ def _run_controls() -> SimpleNamespace:
         resume = gr.Button("Resume", scale=1)
         stop = gr.Button("Stop", variant="stop", scale=1)
     message = gr.HTML(label="Status", show_label=True, container=True, padding=True)
-    progress = gr.HTML(progress_html(0, "no training running"), label="Progress", show_label=True, container=True, padding=True)
+    progress = gr.HTML(
+        progress_html(0, "no training running"), label="Progress", show_label=True, container=True, padding=True
+    )
     with gr.Row():
         plot = gr.Plot(label="Loss (live)", scale=3)
         sample = gr.Textbox(label="Latest sample (written at each evaluation)", lines=14, max_lines=14, scale=2,

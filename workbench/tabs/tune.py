@@ -117,7 +117,9 @@ def _trials_form() -> SimpleNamespace:
 
 def _results(reader: StudyReader, dashboard_url: str | None) -> SimpleNamespace:
     message = gr.HTML(label="Status", show_label=True, container=True, padding=True)
-    progress = gr.HTML(progress_html(0, "no study running"), label="Progress", show_label=True, container=True, padding=True)
+    progress = gr.HTML(
+        progress_html(0, "no study running"), label="Progress", show_label=True, container=True, padding=True
+    )
     with gr.Row():
         view = gr.Dropdown(choices=reader.names(), value=None, label="Study shown below", allow_custom_value=True,
                            scale=3)  # fmt: skip
