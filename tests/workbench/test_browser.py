@@ -126,12 +126,13 @@ def test_a_running_tournament_moves_on_the_page_reload_included(page, server):
     time.sleep(5)
     later_left, later_step = tournament_bar(page)
     assert later_left < left and later_step > step, (left, step, later_left, later_step)
+    assert time.monotonic() - started < 30  # seen moving within the first 30 s of the run
     shoot(page, "tune-tournament-running")
     page.reload()
     open_tab(page, "Tune")
     after_left, after_step = tournament_bar(page)
     assert after_left < later_left and after_step > later_step
-    assert time.monotonic() - started < 45  # within the first 30 s of its run, give or take the page's start
+    assert time.monotonic() - started < 60  # and again after a reload (a busy CI machine reloads slowly)
     page.locator(".wb-plan").filter(visible=True).get_by_text("Plan:").wait_for(timeout=5_000)
     page.get_by_role("button", name="Stop", exact=True).filter(visible=True).first.click()
     page.get_by_text("Resume continues the tournament").filter(visible=True).first.wait_for(timeout=60_000)
