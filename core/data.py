@@ -395,7 +395,7 @@ def prepare(
         except VocabError as err:
             raise DataError(str(err)) from None
         bpe.save(data_dir / TOKENIZER_JSON)
-        encode_text_files(data_dir, bpe)
+        tokens, _ = _encode_bpe_files(data_dir, bpe)
     stats = PrepareStats(
         data_dir=str(data_dir),
         sources=sources.names,
@@ -410,11 +410,9 @@ def prepare(
         top_chars=top_chars,
     )
     if tokenizer == "bpe":
-        encoded = _read_meta(data_dir) or {}
         stats.tokenizer, stats.tokenizer_vocab = "bpe", len(bpe)
-        stats.tokens, stats.tokenizer_seconds = sum(encoded["tokens"].values()), time.perf_counter() - bpe_started
-    if tokenizer == "bpe":
-        _write_meta(data_dir, bpe, encoded["tokens"], stats, encoded)
+        stats.tokens, stats.tokenizer_seconds = sum(tokens.values()), time.perf_counter() - bpe_started
+        _write_meta(data_dir, bpe, tokens, stats, chars=lengths)
     else:
         _write_meta(data_dir, vocab, lengths, stats)
     report(1.0, "done")
@@ -476,9 +474,9 @@ def _fingerprint(data_dir: Path) -> dict[str, list[int]]:
 
 
 def _write_meta(data_dir: Path, vocab, lengths: dict[str, int], stats: PrepareStats | None,
-                previous: dict | None = None) -> None:  # fmt: skip
-    """`lengths` counts characters for a char vocabulary, tokens for a BPE (whose chars come from `previous`)."""
-    chars = lengths if vocab.kind == "char" else (previous or {}).get("chars") or lengths
+                chars: dict[str, int] | None = None) -> None:  # fmt: skip
+    """`lengths`: tokens a split; `chars`: its characters (the same as its tokens for a char vocabulary)."""
+    chars = chars or lengths
     meta = {
         "tokenizer": vocab.kind,
         "vocab_size": len(vocab),
@@ -501,7 +499,13 @@ def _read_meta(data_dir: Path) -> dict | None:
 def encode_text_files(data_dir: Path, vocab) -> None:
     """Build the .bin token files from the text files (the classic layout has no .bin)."""
     if vocab.kind == "bpe":
-        return _encode_bpe_files(data_dir, vocab)
+        stats = (_read_meta(data_dir) or {}).get("stats")  # what prepare recorded of the sources is kept
+        tokens, chars = _encode_bpe_files(data_dir, vocab)
+        _write_meta(data_dir, vocab, tokens, None, chars=chars)
+        if stats:
+            meta = _read_meta(data_dir)
+            atomic_write_text(data_dir / META_JSON, json.dumps({**meta, "stats": stats}, indent=2) + "\n")
+        return
     lengths = {}
     for split, name in SPLITS.items():
         path = data_dir / name
@@ -532,8 +536,8 @@ def encode_text_files(data_dir: Path, vocab) -> None:
     _write_meta(data_dir, vocab, lengths, None)
 
 
-def _encode_bpe_files(data_dir: Path, bpe) -> None:
-    """The splits' BPE ids, written in pieces that end at a line's end; chars and tokens counted for the meta."""
+def _encode_bpe_files(data_dir: Path, bpe) -> tuple[dict[str, int], dict[str, int]]:
+    """Write the splits' BPE ids, in pieces that end at a line's end; returns each split's tokens and characters."""
     tokens, chars = {}, {}
     for split, name in SPLITS.items():
         tokens[split] = chars[split] = 0
@@ -543,12 +547,7 @@ def _encode_bpe_files(data_dir: Path, bpe) -> None:
                 out.write(ids.tobytes())
                 tokens[split] += len(ids)
                 chars[split] += len(text)
-    stats = (_read_meta(data_dir) or {}).get("stats")
-    _write_meta(data_dir, bpe, tokens, None, {"chars": chars})
-    if stats:  # keep what prepare recorded of the sources
-        meta = _read_meta(data_dir)
-        meta["stats"] = stats
-        atomic_write_text(data_dir / META_JSON, json.dumps(meta, indent=2) + "\n")
+    return tokens, chars
 
 
 # --- loading and batches ---------------------------------------------------------------------------

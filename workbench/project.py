@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import STUDIES_DIR, STUDY_DATABASE
-from core.data import DataError, resolve_inputs
+from core.data import DataError, has_dataset, resolve_inputs
 
 UPLOAD_LIMIT_MB = 200
 _SAFE_STEM = re.compile(r"[^A-Za-z0-9._-]+")
@@ -57,7 +57,7 @@ class Project:
         return [self.corpora_dir.resolve(), self.uploads_dir.resolve(), *self.allowed_roots]
 
     def has_dataset(self) -> bool:
-        return (self.data_dir / "vocab.txt").is_file()
+        return has_dataset(self.data_dir)
 
     def server_inputs(self, text: str) -> list[Path]:
         """Files named in `text` (one path a line, relative to the project or absolute), checked.
