@@ -28,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from core.bpe import TOKENIZER_JSON, load_tokenizer
+from core.bpe import TOKENIZER_JSON, BpeTokenizer
 from core.config import ConfigError, ModelConfig, from_dict
 from core.fileio import atomic_path, atomic_write_text, fsync_dir, remove_stale_temps, valid_name
 from core.model import GPT
@@ -229,7 +229,7 @@ def load_model(
     if kind == "bpe" and not tokenizer_file.is_file():
         raise ModelError(f"{tokenizer_file} is missing: this BPE model cannot read or write text without it")
     try:
-        vocab = load_tokenizer(folder) if kind == "bpe" else Vocab.load(tokenizer_file)
+        vocab = (BpeTokenizer if kind == "bpe" else Vocab).load(tokenizer_file)
     except VocabError as err:
         raise ModelError(str(err)) from None
     if len(vocab) != model_config.vocab_size:

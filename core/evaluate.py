@@ -73,10 +73,10 @@ def sliding_nll(model, ids: np.ndarray, stride: int, batch_size: int = 32, on_pr
         y = torch.stack([data[starts[k] + 1 : starts[k] + 1 + length] for k in group]).to(device)
         logits, _ = model(x)
         nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
-        nll = nll.view(len(group), length)
-        for row, k in enumerate(group):
-            total += nll[row, length - news[k] :].sum().item()
-            predicted += news[k]
+        new = torch.tensor([news[k] for k in group], device=device)
+        predicts = torch.arange(length, device=device) >= (length - new)[:, None]  # each window's last `new`
+        total += nll.view(len(group), length)[predicts].sum().item()
+        predicted += int(new.sum())
         if on_progress:
             on_progress(group[-1] + 1, len(starts))
     model.train(was_training)
