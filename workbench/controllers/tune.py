@@ -375,9 +375,11 @@ class TuneController:
         # No trial completed since the last tick: the history and importance plots the page shows still hold,
         # and not sending them spares the browser re-drawing them at every evaluation of a running trial.
         settled = last is not None and last[0] == name and last[-1] == fingerprint[-1]
-        fields: dict[str, Any] = {"progress": progress_html(*job_progress(snap, now)) if snap
-                                  else progress_html(0, "no study running"),
-                                  "message": status_html(snap) if snap else ""}  # fmt: skip
+        same_trials = settled and last[3] == fingerprint[3]  # no trial reported since: the curves hold too
+        bar = progress_html(*job_progress(snap, now)) if snap else progress_html(0, "no study running")
+        if same_trials and last[:2] == fingerprint[:2]:  # only the clock moved: only the bar moves
+            return TuneView(fingerprint, {"progress": bar})
+        fields: dict[str, Any] = {"progress": bar, "message": status_html(snap) if snap else ""}
         if study is None:
             text = f"No study named {name!r} yet." if name else "Choose a study, or start one."
             return TuneView(fingerprint, fields | {"summary": text, "table": [], **self.reader.empty_plots()})
@@ -389,7 +391,7 @@ class TuneController:
             "summary": f"**{name}** — {summary_line(trials)}",
             "table": trial_rows(trials, live),
             "history": SKIP if settled else history,
-            "curves": curves,
+            "curves": SKIP if same_trials else curves,
             "importance": SKIP if settled else importance,
         })  # fmt: skip
 
