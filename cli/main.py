@@ -184,9 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in (None, "serve"):
         from workbench.app import serve
 
-        served = argparse.ArgumentParser(prog="python app.py serve")
-        add_serve_flags(served)
-        return serve(served.parse_args([a for a in argv or sys.argv[1:] if a not in ("serve", "-v", "--verbose")]))
+        defaults = argparse.ArgumentParser()
+        add_serve_flags(defaults)  # the flags absent at the top level take the workbench's defaults
+        return serve(argparse.Namespace(**{**vars(defaults.parse_args([])), **vars(args)}))
     try:
         return args.func(args)
     except (CliError, ConfigError, DataError, ckpt.ModelError, ValueError, OSError) as err:
