@@ -208,6 +208,14 @@ class JobManager:
             job.status = status
             job.version += 1
 
+    def require_dataset(self, data_dir) -> None:
+        """A run needs a prepared dataset that no prepare job is rewriting: the one check of every tab."""
+        from core.data import DataError, require_dataset
+
+        require_dataset(data_dir)
+        if self.active("prepare"):
+            raise DataError("a dataset is being prepared; start when it is done")
+
     def stop(self, kind: str) -> str:
         """Ask the running job of `kind` to stop cleanly; returns a message for the page."""
         job = self.active(kind)

@@ -10,7 +10,7 @@ from typing import Any
 from core import checkpoint as ckpt
 from core.compare import compare
 from core.config import ConfigError, ModelConfig, TrainConfig, recipe_configs
-from core.data import DataError, require_dataset
+from core.data import DataError
 from core.runs import ModelTaken, claim_model_dir, record_source, run_configs
 from core.trainer import TrainHooks, progress_fraction, train
 from core.tuning import TuningError, apply_params, best_params, open_study
@@ -145,9 +145,7 @@ class TrainController:
         self.recipe_values = {**vars(modern[0]), **vars(modern[1])}
 
     def guard(self) -> None:
-        require_dataset(self.project.data_dir)
-        if self.jobs.active("prepare"):
-            raise DataError("a dataset is being prepared; start training when it is done")
+        self.jobs.require_dataset(self.project.data_dir)
 
     def configs(self, values: dict[str, Any], record: dict | None, chosen: dict[str, Any] | None = None):
         """The run's configs from the form's FIELDS, a study's record, and the recipe widgets' values."""

@@ -17,7 +17,7 @@ import optuna
 
 from core import checkpoint as ckpt
 from core.config import ModelConfig, TrainConfig, parse_flops
-from core.data import DataError, require_dataset
+from core.data import DataError
 from core.runs import ModelTaken
 from core.tournament import STOPPED_REASON, RungEvent, begin_tournament, preview, run_tournament
 from core.tuning import SearchSpace, TuneConfig, TuningError, last_step, run_study, trial_value
@@ -208,9 +208,7 @@ class TuneController:
     # --- checks --------------------------------------------------------------------------------------
 
     def guard(self) -> None:
-        require_dataset(self.project.data_dir)
-        if self.jobs.active("prepare"):
-            raise DataError("a dataset is being prepared; start when it is done")
+        self.jobs.require_dataset(self.project.data_dir)
 
     def budget_config(self, form: dict[str, Any]) -> TuneConfig:
         """A tournament's TuneConfig from the budget form (BUDGET_FIELDS by name)."""
