@@ -458,3 +458,43 @@ def cmd_chat(args: argparse.Namespace) -> int:
             print(" (interrupted)", end="")
         print(flush=True)
     return 0
+
+
+# --- taking a model out ----------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from core.export import export_model
+
+    print(f"exporting {args.model or 'the newest model'} to {args.format}...", file=sys.stderr)
+    result = export_model(args.model, args.models_dir, fmt=args.format, check=args.check)
+    if result.max_abs_diff is not None:
+        print(f"checked in onnxruntime: largest logit difference from PyTorch {result.max_abs_diff:.2e}",
+              file=sys.stderr)  # fmt: skip
+    print(f"wrote {result.folder} (model.onnx, tokenizer, README.md) in {result.seconds:.1f}s", file=sys.stderr)
+    print(result.line())
+    return 0
+
+
+def cmd_serve_api(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from api.server import Limits, create_app
+    from core.device import pick_device
+    from core.net import is_local
+
+    api_key = args.api_key or os.environ.get("CHARGPT_API_KEY") or None
+    if not is_local(args.host) and not api_key:
+        raise CliError(f"--host {args.host} lets other machines call the API: give --api-key KEY (or set "
+                       "CHARGPT_API_KEY), which every request must send as 'Authorization: Bearer KEY'")  # fmt: skip
+    if args.max_tokens_limit < 1:
+        raise CliError(f"--max-tokens-limit must be >= 1, got {args.max_tokens_limit}")
+    loaded = ckpt.load_model(args.model, args.models_dir, device=pick_device(args.device))
+    app = create_app(loaded, api_key=api_key, limits=Limits(max_tokens=args.max_tokens_limit))
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"serving {loaded.name} at http://{shown}:{args.port}/v1 (POST /v1/completions, GET /v1/models)"
+          f"{', API key required' if api_key else ''}; Ctrl+C stops", file=sys.stderr)  # fmt: skip
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

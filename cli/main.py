@@ -15,8 +15,10 @@ from cli.commands import (
     cmd_compare,
     cmd_dashboard,
     cmd_evaluate,
+    cmd_export,
     cmd_prepare,
     cmd_proxy,
+    cmd_serve_api,
     cmd_studies,
     cmd_train,
     cmd_tune,
@@ -73,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_commands(sub) -> None:
-    """The commands that use a saved model: compare, evaluate, chat."""
+    """The commands that use a saved model: compare, evaluate, export, serve-api, chat."""
     p = sub.add_parser("compare", help="saved models side by side: configs, curves' best, one prompt continued")
     p.add_argument("models", nargs="+", help="two or more model names in models/")
     p.add_argument("--models-dir", default="models", help="where saved models live")
@@ -91,6 +93,25 @@ def _add_model_commands(sub) -> None:
                    help="tokens the context slides by; each is predicted once (default: half the context)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="write a saved model as ONNX with its tokenizer and card (models/NAME/export)")
+    p.add_argument("--model", default=None, help="model name in models/ or a folder (default: the newest)")
+    p.add_argument("--models-dir", default="models", help="where saved models live")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default: onnx)")
+    p.add_argument("--check", action="store_true",
+                   help="run the export in onnxruntime beside PyTorch; fail above 1e-4 logit difference")  # fmt: skip
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve-api", help="serve a saved model as an OpenAI-style completion API")
+    p.add_argument("--model", default=None, help="model name in models/ or a folder (default: the newest)")
+    p.add_argument("--models-dir", default="models", help="where saved models live")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (beyond 127.0.0.1 needs --api-key)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' (default: $CHARGPT_API_KEY; none on 127.0.0.1)")  # fmt: skip
+    p.add_argument("--max-tokens-limit", type=int, default=4096, help="the most max_tokens a request may ask")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=cmd_serve_api)
 
     p = sub.add_parser("chat", help="chat with a saved model in the terminal")
     p.add_argument("--model", default=None, help="model name in models/ or a folder (default: the newest)")

@@ -6,6 +6,8 @@ models/<name>/
     vocab.txt            the vocabulary the model was trained with
     metrics.jsonl        one line per evaluation
     best_params.json     the tuned parameters, when the model came from a study
+    README.md            the model card, rendered from config.json at every save (core.card)
+    export/              model.onnx, the tokenizer and the card, after `export` (core.export)
     checkpoint/step-N/   weights, optimiser, RNG and trainer state; the newest valid one is resumed
 
 Every file is written atomically; a checkpoint folder is complete once renamed into place, and its
@@ -29,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from core.bpe import TOKENIZER_JSON, BpeTokenizer
+from core.card import write_card
 from core.config import ConfigError, ModelConfig, from_dict
 from core.fileio import atomic_path, atomic_write_text, fsync_dir, remove_stale_temps, valid_name
 from core.model import GPT
@@ -46,7 +49,7 @@ CONFIG_JSON, WEIGHTS, VOCAB_TXT, METRICS, BEST_PARAMS = (
 CHECKPOINT_DIR = "checkpoint"
 _TMP_PREFIX = ".tmp-"  # a checkpoint folder being written; renamed to step-N when whole
 KEEP_CHECKPOINTS = 2
-TIED_KEY = "lm_head.weight"  # shares storage with wte.weight; saved once
+TIED_KEY = "lm_head.weight"  # with tie_head, shares storage with wte.weight: saved once
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 
 
@@ -104,12 +107,14 @@ def list_models(models_root: str | Path = "models") -> list[Path]:
 
 
 def weights_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's weights on CPU, without the tied head or a compiled model's `_orig_mod.` prefix."""
-    state = model.state_dict()
+    """The model's weights on CPU, without a tied head (it is the embedding) or a compiled model's
+    `_orig_mod.` prefix."""
+    state = {key.removeprefix("_orig_mod."): value for key, value in model.state_dict().items()}
+    tied = TIED_KEY in state and state[TIED_KEY].data_ptr() == state["wte.weight"].data_ptr()
     return {
-        key.removeprefix("_orig_mod."): value.detach().to("cpu", copy=True).contiguous()
+        key: value.detach().to("cpu", copy=True).contiguous()
         for key, value in state.items()
-        if key.removeprefix("_orig_mod.") != TIED_KEY
+        if not (tied and key == TIED_KEY)
     }
 
 
@@ -128,7 +133,8 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(model: GPT, tensors: dict[str, torch.Tensor], source: Path) -> None:
-    expected = {k: v.shape for k, v in model.state_dict().items() if k != TIED_KEY}
+    tied = model.config.tie_head
+    expected = {k: v.shape for k, v in model.state_dict().items() if not (tied and k == TIED_KEY)}
     got = {k: v.shape for k, v in tensors.items()}
     missing, unexpected = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
     wrong = [
@@ -175,6 +181,7 @@ def save_model(
     atomic_write_text(folder / CONFIG_JSON, json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
     vocab.save(folder / (TOKENIZER_JSON if vocab.kind == "bpe" else VOCAB_TXT))
     _save_tensors(folder / WEIGHTS, weights, metadata={"format": "pt"})
+    write_card(folder, json.loads(json.dumps(config, default=str)))
 
 
 def read_metrics(folder: Path) -> list[dict[str, Any]]:

@@ -581,6 +581,7 @@ class Dataset:
         for split, tokens in self.tokens.items():
             if len(tokens) == 0:
                 raise DataError(f"{self.data_dir / SPLITS[split]} is empty; run `python app.py prepare` again")
+        self.stats = (meta or {}).get("stats") or {}  # what prepare recorded: sources, characters, split
         # a token's loss times this is a character's: exactly 1 for a character vocabulary
         chars = (meta or {}).get("chars") or {}
         self.tokens_per_char = {

@@ -56,8 +56,8 @@ FEW_ROWS = 8  # up to this many rows (a decoding step and its guesses), `project
 def project(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """`layer(x)`, faster for the few rows of a CPU decoding step (`few_rows_product`)."""
     rows = x.numel() // x.shape[-1]
-    if rows > FEW_ROWS or x.device.type != "cpu" or torch.is_grad_enabled():
-        return layer(x)  # training and batched forwards: the normal path, nothing computed for them
+    if torch.compiler.is_compiling() or x.device.type != "cpu" or torch.is_grad_enabled() or rows > FEW_ROWS:
+        return layer(x)  # training, batched forwards, compiled and exported graphs: the normal path
     y = few_rows_product(layer.weight, x.reshape(rows, -1)).reshape(x.shape[:-1] + (layer.out_features,))
     return y + layer.bias if layer.bias is not None else y
 

@@ -6,7 +6,7 @@ The CLI chat, the workbench's Chat tab and the samples printed during training a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -231,8 +231,9 @@ def stream(
     skip_leading: str = "",
     use_cache: bool = True,
     stop_after: int = 0,
-) -> Iterator[str]:
-    """Yield generated text piece by piece; stops before any of the `stop` strings.
+) -> Generator[str, None, str]:
+    """Yield generated text piece by piece; stops before any of the `stop` strings. Returns why it ended:
+    "stop" (a stop string) or "length" (`max_new_tokens` generated).
 
     Text that might be the start of a stop string is held back until it is known not to be one.
     Characters in `skip_leading` are dropped until the first other one, so a reply that starts with
@@ -262,13 +263,14 @@ def stream(
         if found:
             if min(found):
                 yield held[: min(found)]
-            return
+            return "stop"
         hold = max((n for s in stop for n in range(1, len(s)) if held.endswith(s[:n])), default=0)
         if len(held) > hold:
             yield held[: len(held) - hold]
             held = held[len(held) - hold :]
     if held:
         yield held
+    return "length"
 
 
 def complete(model: GPT, vocab: Vocab, prompt: str, config: SamplingConfig, stop: tuple[str, ...] = ()) -> str:

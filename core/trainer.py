@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from safetensors import SafetensorError
 from core import checkpoint as ckpt
 from core.config import ModelConfig, TrainConfig, to_dict
 from core.data import BatchSampler, DataError, Dataset
-from core.device import autocast, autocast_dtype, configure, pick_device, seed_everything
+from core.device import autocast, autocast_dtype, configure, device_name, pick_device, seed_everything
 from core.distributed import SINGLE, DistContext
 from core.fileio import append_line, atomic_write_text
 from core.model import GPT
@@ -185,6 +186,18 @@ def split_loss(
     return total / (windows * block)
 
 
+def data_record(dataset: Dataset) -> dict[str, Any]:
+    """What a saved model keeps of its data, for its card: where it came from and how it was split."""
+    stats = dataset.stats
+    return {
+        "dir": str(dataset.data_dir),
+        "tokenizer": dataset.vocab.kind,
+        "sources": stats.get("sources", [])[:20],
+        "chars": {"train": stats.get("train_chars"), "val": stats.get("val_chars")},
+        "tokens": {split: len(tokens) for split, tokens in dataset.tokens.items()},
+    }
+
+
 def train(
     model_config: ModelConfig,
     train_config: TrainConfig,
@@ -286,7 +299,16 @@ def train(
     train_seconds, steps_this_run = 0.0, 0
     budget_s = train_config.max_minutes * 60
     stop_reason = "max_iters"
-    summary = {"model": to_dict(model_config), "train": to_dict(train_config), **(info or {})}
+    summary = {
+        "model": to_dict(model_config),
+        "train": to_dict(train_config),
+        "data": data_record(dataset),
+        "device": device_name(device),
+        "parameters": model.num_params(),
+        **(info or {}),
+    }
+    resumed = checkpoint.state if checkpoint is not None else {}
+    best_sample, previous_seconds = resumed.get("best_sample", ""), resumed.get("seconds", 0.0)
 
     def tokens_per_s() -> float:
         return steps_this_run * tokens_per_step / max(train_seconds, 1e-9)
@@ -310,6 +332,8 @@ def train(
             "best_train": best_train,
             "best_step": best_step,
             "evals_without_gain": evals_without_gain,
+            "best_sample": best_sample,
+            "seconds": previous_seconds + time.perf_counter() - started,
             "history": history,
             "world_size": dist.world_size,
             "vocab": dataset.vocab.chars,
@@ -327,6 +351,9 @@ def train(
                 "iters": step,
                 "tokens_seen": step * tokens_per_step,
                 "tokens_per_char": dataset.tokens_per_char["train"],  # 1 for characters; a BPE's is below
+                "seconds": round(previous_seconds + time.perf_counter() - started, 1),
+                "sample": best_sample,  # from the evaluation that kept the saved weights
+                "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
             },
         }
         try:
@@ -341,7 +368,7 @@ def train(
             ) from err
 
     def evaluate() -> None:
-        nonlocal best_val, best_train, best_step, best_weights, evals_without_gain
+        nonlocal best_val, best_train, best_step, best_weights, evals_without_gain, best_sample
         losses = estimate_loss(model, dataset, model_config, train_config, device, amp_dtype)
         if not all(math.isfinite(v) for v in losses.values()):
             raise LossDiverged(f"evaluation loss is not finite at step {step}: {losses}")
@@ -358,6 +385,8 @@ def train(
         if train_config.sample_chars and dist.is_main:
             settings = SamplingConfig(temperature=0.8, max_new_tokens=train_config.sample_chars, seed=step)
             sample = complete(model, dataset.vocab, "\n", settings)
+        if improved:
+            best_sample = sample
         event = EvalEvent(
             step=step,
             train_loss=losses["train"],

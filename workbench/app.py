@@ -27,6 +27,7 @@ import plotly.graph_objects as go  # noqa: E402
 import torch._dynamo  # noqa: E402, F401
 from starlette.middleware import Middleware  # noqa: E402
 
+from core.net import is_local  # noqa: E402
 from workbench.dashboard import Dashboard, LoggedInDashboard  # noqa: E402
 from workbench.jobs import JobManager  # noqa: E402
 from workbench.login import ClientKeyMiddleware, LoginGuard  # noqa: E402
@@ -139,7 +140,7 @@ def launch(
             board = Dashboard(project.storage)
         except Exception as err:  # the workbench works without it
             print(f"optuna-dashboard could not start: {err}", file=sys.stderr)
-    if (share or host not in ("127.0.0.1", "localhost", "::1")) and not auth:
+    if (share or not is_local(host)) and not auth:
         where = "a public share link" if share else f"--host {host}"
         print(
             f"WARNING: {where} without --auth lets anyone who can reach it use this workbench "

@@ -32,6 +32,18 @@ def test_save_load_gives_identical_logits(saved_model):
     assert info["summary"]["iters"] == 20 and info["model"]["vocab_size"] == len(loaded.vocab)
 
 
+def test_an_untied_head_is_saved_and_loaded_with_the_model(tmp_path, tiny_model_config, tiny_train_config):
+    import dataclasses
+
+    untied = dataclasses.replace(tiny_model_config, tie_head=False)
+    result = train(untied, dataclasses.replace(tiny_train_config, max_iters=10), out_dir=tmp_path / "m")
+    assert ckpt.TIED_KEY in ckpt._load_tensors(tmp_path / "m" / ckpt.WEIGHTS)  # it used to be dropped as if tied
+    loaded, again = load_model(tmp_path / "m"), load_model(tmp_path / "m")
+    idx = torch.randint(0, len(loaded.vocab), (2, 16))
+    assert torch.equal(loaded.model(idx)[0], again.model(idx)[0])
+    assert result.val_loss < 5
+
+
 def test_newest_model_is_the_default(saved_model):
     shutil.copytree(saved_model / "tiny", saved_model / "newer")
     (saved_model / "newer" / ckpt.WEIGHTS).touch()

@@ -1,0 +1,174 @@
+"""A saved model's card: `models/<name>/README.md`, rendered from its config.json alone, so no field of it can
+drift from the model. `save_model` writes it with every save; `export` copies it beside the ONNX graph.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from core.fileio import atomic_write_text
+
+CARD = "README.md"
+
+
+def _recipe(model: dict[str, Any]) -> str:
+    parts = [
+        "rotary positions" if model.get("pos_encoding") == "rope" else "learned positions",
+        "RMSNorm" if model.get("norm") == "rmsnorm" else "LayerNorm",
+        "squared-ReLU MLP" if model.get("mlp") == "relu2" else "GELU MLP",
+        "QK-norm" if model.get("qk_norm") else "no QK-norm",
+        "tied head" if model.get("tie_head") else "untied head",
+    ]
+    if model.get("logit_softcap"):
+        parts.append(f"logits soft-capped at {model['logit_softcap']:g}")
+    if model.get("bias"):
+        parts.append("biases")
+    return ", ".join(parts)
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "unknown"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _fence(text: str) -> str:
+    fence = "```"
+    while fence in text:
+        fence += "`"
+    return f"{fence}text\n{text}\n{fence}"
+
+
+def onnx_example(tokenizer: str, context: int) -> str:
+    """Python that samples from the exported graph with numpy and onnxruntime (and `tokenizers` for a BPE),
+    run inside the export folder; tests run it as the card prints it."""
+    if tokenizer == "bpe":
+        load = (
+            "from tokenizers import Tokenizer\n\n"
+            'tokenizer = Tokenizer.from_file("tokenizer.json")\n'
+            'ids = tokenizer.encode("\\n").ids\n'
+        )
+        show = "print(tokenizer.decode(ids))"
+    else:
+        load = (
+            'ESCAPES = {"\\\\n": "\\n", "\\\\r": "\\r", "\\\\t": "\\t", "\\\\\\\\": "\\\\"}  # vocab.txt: one per line\n'
+            'chars = [ESCAPES.get(line, line) for line in open("vocab.txt", encoding="utf-8").read().split("\\n")[:-1]]\n'
+            'ids = [chars.index("\\n") if "\\n" in chars else 0]\n'
+        )
+        show = 'print("".join(chars[i] for i in ids))'
+    return (
+        "import numpy as np\n"
+        "import onnxruntime as ort\n"
+        f"{load}\n"
+        'session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])\n'
+        f"context, temperature, rng = {context}, 0.8, np.random.default_rng(0)\n"
+        "for _ in range(200):\n"
+        "    window = np.array([ids[-context:]], dtype=np.int64)\n"
+        '    logits = session.run(["logits"], {"input_ids": window})[0][0, -1] / temperature\n'
+        "    probs = np.exp(logits - logits.max())\n"
+        "    ids.append(int(rng.choice(len(probs), p=probs / probs.sum())))\n"
+        f"{show}\n"
+    )
+
+
+def render_card(name: str, config: dict[str, Any]) -> str:
+    """The card of model `name` from its config.json (`config`)."""
+    model, train, summary = config.get("model", {}), config.get("train", {}), config.get("summary", {})
+    data, source = config.get("data", {}), config.get("source")
+    tokenizer = config.get("tokenizer", "char")
+    vocab_file = "tokenizer.json" if tokenizer == "bpe" else "vocab.txt"
+    unit = "tokens" if tokenizer == "bpe" else "characters"
+    val = summary.get("best_val_loss")
+    loss = (
+        f"**{val:.4f} nats per character** ({val / math.log(2):.4f} bits per character) on the validation split, "
+        f"at step {_count(summary.get('best_step'))}"
+        if isinstance(val, (int, float)) and math.isfinite(val)
+        else "not evaluated yet"
+    )
+    chars = data.get("chars") or {}
+    sources = data.get("sources") or []
+    tuned = (
+        f"tuned: parameters of trial {source.get('trial')} of study `{source.get('study')}`"
+        if isinstance(source, dict) and source.get("study")
+        else "not tuned: the recipe's defaults and the flags given"
+    )
+    sample = summary.get("sample") or ""
+    lines = [
+        f"# {name}",
+        "",
+        f"A decoder-only Transformer trained by chargpt-workbench on {unit} of its own text. This card is written "
+        "from `config.json` each time the model is saved; do not edit it.",
+        "",
+        "## Model",
+        f"- Shape: {model.get('n_layer')} layers x {model.get('n_head')} heads x {model.get('n_embd')} wide, "
+        f"context {model.get('block_size')} {unit}, {_count(config.get('parameters'))} parameters "
+        "(without position embeddings)",
+        f"- Recipe: {_recipe(model)}",
+        f"- Vocabulary: {_count(model.get('vocab_size'))} "
+        + ("byte-level BPE tokens (`tokenizer.json`)" if tokenizer == "bpe" else "characters (`vocab.txt`)"),
+        "",
+        "## Data",
+        f"- Sources: {', '.join(f'`{s}`' for s in sources) if sources else 'not recorded'} "
+        f"(prepared in `{data.get('dir', 'dataset')}`)",
+        f"- Characters: {_count(chars.get('train'))} for training, {_count(chars.get('val'))} for validation",
+        "",
+        "## Training",
+        f"- {_count(summary.get('iters'))} steps of {_count(train.get('batch_size'))} x "
+        f"{_count(train.get('grad_accum'))} windows, {_count(summary.get('tokens_seen'))} tokens seen, "
+        f"in {_duration(summary.get('seconds'))} on {config.get('device', 'an unrecorded device')}",
+        f"- Optimizer {train.get('optimizer')}, learning rate {train.get('lr')}, schedule {train.get('schedule')}, "
+        f"seed {train.get('seed')}",
+        f"- {tuned}",
+        f"- Saved {summary.get('saved_at', 'at an unrecorded time')}",
+        "",
+        "## Quality",
+        f"- Validation loss: {loss}",
+        "",
+        "A sample from the evaluation that kept these weights (temperature 0.8):",
+        "",
+        _fence(sample) if sample else "(no sample recorded: train with --sample-chars N to record one)",
+        "",
+        "## Use it",
+        "```bash",
+        f"python app.py chat --model {name}",
+        f"python app.py evaluate --model {name}                  # nats and bits per character",
+        f"python app.py export --model {name} --format onnx --check",
+        f"python app.py serve-api --model {name} --port 8000      # OpenAI-style /v1/completions",
+        "```",
+        "",
+        f"After `export`, `export/` holds `model.onnx` (input `input_ids` int64 [batch, sequence], output `logits` "
+        f"float32 [batch, sequence, vocab]), `{vocab_file}` and this card. Sampling from it needs only numpy and "
+        "onnxruntime"
+        + (" (and `tokenizers` for the BPE)" if tokenizer == "bpe" else "")
+        + "; run this inside `export/`:",
+        "",
+        "```python",
+        onnx_example(tokenizer, int(model.get("block_size") or 1)).rstrip("\n"),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_card(folder: Path, config: dict[str, Any]) -> Path:
+    path = Path(folder) / CARD
+    atomic_write_text(path, render_card(Path(folder).name, config))
+    return path
+
+
+def read_card(folder: Path) -> str:
+    """The card of a saved model, rendered now if the folder predates cards."""
+    path = Path(folder) / CARD
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    return render_card(Path(folder).name, config)

@@ -1,0 +1,168 @@
+"""Export a saved model to ONNX with PyTorch's own exporter, checked against PyTorch in onnxruntime.
+
+models/<name>/export/
+    model.onnx       input `input_ids` int64 [batch, sequence], output `logits` float32 [batch, sequence, vocab]
+    vocab.txt        or tokenizer.json for a BPE model
+    README.md        the model card, with an example that samples from model.onnx with numpy and onnxruntime
+
+The folder is built beside its final place and renamed into it only when whole (and checked, with `check`),
+so a failed export leaves the previous one, or none, never half of one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.bpe import TOKENIZER_JSON
+from core.card import CARD, write_card
+from core.checkpoint import VOCAB_TXT, LoadedModel, ModelError, load_model, read_config
+from core.fileio import fsync_dir
+from core.model import GPT
+
+EXPORT_DIR = "export"
+ONNX_FILE = "model.onnx"
+FORMATS = ("onnx",)
+MAX_ABS_DIFF = 1e-4  # `check` fails above this difference between ONNX's and PyTorch's logits
+EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+INSTALL_HINT = "pip install -r requirements-export.txt"
+
+
+class ExportError(ModelError):
+    """An export cannot be made or does not match PyTorch; the message says what to do."""
+
+
+@dataclass
+class ExportResult:
+    folder: Path
+    onnx_path: Path
+    max_abs_diff: float | None  # None when not checked
+    seconds: float
+
+    def line(self) -> str:
+        checked = f" max_abs_diff={self.max_abs_diff:.2e}" if self.max_abs_diff is not None else ""
+        return f"export onnx={self.onnx_path}{checked}"
+
+
+class _Logits(torch.nn.Module):
+    """The model with one output, the logits of every position (what an ONNX consumer samples from)."""
+
+    def __init__(self, model: GPT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids)[0].float()
+
+
+def missing_packages() -> list[str]:
+    return [name for name in EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
+
+
+def write_onnx(model: GPT, path: Path) -> None:
+    """Trace `model` to an ONNX graph at `path`, batch and sequence dynamic (sequence up to the context)."""
+    block = model.config.block_size
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    # torch.export specialises a dimension whose example size is 1, so the example has 2 of each
+    sequence = torch.export.Dim("sequence", min=1, max=block) if block > 1 else None
+    example = torch.zeros((2, min(2, block)), dtype=torch.int64)
+    shapes = {"input_ids": {0: batch, **({1: sequence} if sequence is not None else {})}}
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" and the like
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            _Logits(model).eval(),
+            (example,),
+            input_names=["input_ids"],
+            output_names=["logits"],
+            dynamic_shapes=shapes,
+            dynamo=True,
+            verbose=False,
+            external_data=False,
+        )
+        program.save(str(path))
+
+
+def max_logit_difference(model: GPT, onnx_path: Path, seed: int = 0) -> float:
+    """The largest absolute difference between PyTorch's and onnxruntime's logits over random windows of
+    several batch sizes and lengths, the full context included."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(seed)
+    block, vocab = model.config.block_size, model.config.vocab_size
+    worst = 0.0
+    for batch, length in ((1, 1), (1, block), (3, max(1, block // 2)), (4, block)):
+        ids = torch.randint(0, vocab, (batch, length), generator=generator)
+        with torch.no_grad():
+            expected = _Logits(model)(ids).numpy()
+        got = session.run(["logits"], {"input_ids": ids.numpy()})[0]
+        if got.shape != expected.shape:
+            raise ExportError(f"the ONNX graph returned logits of shape {got.shape}, PyTorch {expected.shape}")
+        worst = max(worst, float(np.abs(got - expected).max()))
+    return worst
+
+
+def export_model(
+    name_or_path: str | Path, models_root: str | Path = "models", *, fmt: str = "onnx", check: bool = False
+) -> ExportResult:
+    """Export a saved model to `models/<name>/export/` (see the module docstring); with `check`, refuse to
+    keep a graph whose logits differ from PyTorch's by more than MAX_ABS_DIFF."""
+    import time
+
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    missing = missing_packages()
+    if missing:
+        raise ExportError(f"ONNX export needs {', '.join(missing)}, not installed here: {INSTALL_HINT}")
+    started = time.perf_counter()
+    loaded: LoadedModel = load_model(name_or_path, models_root)
+    folder = loaded.path
+    final = folder / EXPORT_DIR
+    try:
+        building = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=folder))
+    except OSError as err:
+        raise ExportError(f"cannot write in {folder} ({err.strerror}); check its permissions and free space") from None
+    try:
+        onnx_path = building / ONNX_FILE
+        try:
+            write_onnx(loaded.model, onnx_path)
+        except OSError as err:
+            raise ExportError(f"cannot write {final / ONNX_FILE} ({err.strerror}); free disk space") from None
+        difference = max_logit_difference(loaded.model, onnx_path) if check else None
+        if difference is not None and not difference <= MAX_ABS_DIFF:
+            raise ExportError(
+                f"the ONNX graph's logits differ from PyTorch's by {difference:.2e} (> {MAX_ABS_DIFF:g}); "
+                "the export was not kept. Please report it with the model's config.json"
+            )
+        vocab_file = TOKENIZER_JSON if loaded.vocab.kind == "bpe" else VOCAB_TXT
+        shutil.copy2(folder / vocab_file, building / vocab_file)
+        write_card(folder, read_config(folder))  # a model saved before cards existed gets one now
+        shutil.copy2(folder / CARD, building / CARD)
+        for path in building.iterdir():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        fsync_dir(building)
+        if final.exists():
+            old = folder / f".tmp-old-export-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(building, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(building, final)
+        fsync_dir(folder)
+    finally:
+        if building.exists():
+            shutil.rmtree(building, ignore_errors=True)
+    return ExportResult(final, final / ONNX_FILE, difference, time.perf_counter() - started)
