@@ -77,11 +77,11 @@ def _number(low: float, high: float, *, low_open: bool = False):
 
 def _fields(limits: Limits) -> dict[str, _Field]:
     return {
-        "model": _Field((str,), "string"),
-        "prompt": _Field((str, list), "string"),
+        "model": _Field((str,), "a string"),
+        "prompt": _Field((str, list), "a string"),
         "max_tokens": _Field(
             (int,),
-            "integer",
+            "an integer",
             lambda v: (
                 None
                 if 0 <= v <= limits.max_tokens
@@ -89,13 +89,13 @@ def _fields(limits: Limits) -> dict[str, _Field]:
             ),
             16,
         ),  # fmt: skip
-        "temperature": _Field((int, float), "number", _number(0, 10), 1.0),
-        "top_p": _Field((int, float), "number", _number(0, 1, low_open=True), 1.0),
-        "stop": _Field((str, list), "string or a list of strings"),
-        "seed": _Field((int,), "integer", lambda v: None if 0 <= v < 2**63 else "must be in [0, 2**63)"),
-        "stream": _Field((bool,), "boolean", None, False),
-        "n": _Field((int,), "integer", lambda v: None if v == 1 else "must be 1: one completion a request", 1),
-        "user": _Field((str,), "string"),
+        "temperature": _Field((int, float), "a number", _number(0, 10), 1.0),
+        "top_p": _Field((int, float), "a number", _number(0, 1, low_open=True), 1.0),
+        "stop": _Field((str, list), "a string or a list of strings"),
+        "seed": _Field((int,), "an integer", lambda v: None if 0 <= v < 2**63 else "must be in [0, 2**63)"),
+        "stream": _Field((bool,), "a boolean", None, False),
+        "n": _Field((int,), "an integer", lambda v: None if v == 1 else "must be 1: one completion a request", 1),
+        "user": _Field((str,), "a string"),
     }
 
 
@@ -114,7 +114,7 @@ def parse_completion(body: Any, loaded: LoadedModel, limits: Limits) -> Completi
             values[name] = spec.default
             continue
         if isinstance(value, bool) and bool not in spec.types or not isinstance(value, spec.types):
-            raise ApiError(f"{name} must be a {spec.kind}, got {json.dumps(value)[:40]}", name)
+            raise ApiError(f"{name} must be {spec.kind}, got {json.dumps(value)[:40]}", name)
         message = spec.check(value) if spec.check else None
         if message:
             raise ApiError(f"{name} {message}, got {value}", name)
