@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from core.checkpoint import LoadedModel
-from core.sampling import SamplingConfig, stream
+from core.sampling import SamplingConfig, stream, taking_turns
 from core.vocab import describe_chars
 
 MAX_PROMPT_BYTES = 1_000_000
@@ -158,7 +158,7 @@ class _Reply:
 
     def __iter__(self) -> Iterator[str]:
         model, vocab = self.loaded.model, self.loaded.vocab
-        generator = stream(model, vocab, self.request.prompt, self.request.sampling, self.request.stop)
+        generator = taking_turns(stream(model, vocab, self.request.prompt, self.request.sampling, self.request.stop))
         while True:
             try:
                 piece = next(generator)

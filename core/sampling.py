@@ -6,8 +6,10 @@ The CLI chat, the workbench's Chat tab and the samples printed during training a
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -271,6 +273,25 @@ def stream(
     if held:
         yield held
     return "length"
+
+
+_GENERATION_LOCK = threading.Lock()
+
+
+def taking_turns(pieces: Generator[str, None, Any]) -> Generator[str, None, Any]:
+    """`pieces`, each generated while no other stream in this process generates (a server's many streams).
+
+    Many threads running small forward passes at once oversubscribe the cores (each op is itself
+    multi-threaded) and fight over the GIL; one step at a time serves every stream faster
+    (benchmarks/chat_load.py, benchmarks/serve_api.py).
+    """
+    while True:
+        with _GENERATION_LOCK:
+            try:
+                piece = next(pieces)
+            except StopIteration as done:
+                return done.value  # why `stream` ended
+        yield piece
 
 
 def complete(model: GPT, vocab: Vocab, prompt: str, config: SamplingConfig, stop: tuple[str, ...] = ()) -> str:

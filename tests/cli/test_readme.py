@@ -47,3 +47,13 @@ def test_every_everyday_command_of_the_readme_runs(tmp_path):
         assert result.returncode == 0, f"{shlex.join(argv)}:\n{result.stderr[-2000:]}"
     assert (tmp_path / "models" / "best" / "model.safetensors").is_file()
     assert (tmp_path / "models" / "mine" / "model.safetensors").is_file()
+
+
+def test_the_take_out_commands_of_the_readme_parse_and_name_an_existing_requirements_file():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Take a model out", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = [shlex.split(line.split("#", 1)[0]) for line in block.strip().splitlines()]
+    assert lines[0][:3] == ["pip", "install", "-r"] and (ROOT / lines[0][3]).is_file()
+    parsed = [build_parser().parse_args(argv[2:]) for argv in lines[1:]]
+    assert [p.command for p in parsed] == ["export", "serve-api"]
+    assert parsed[0].check and parsed[0].format == "onnx" and parsed[1].port == 8000 and parsed[1].host == "127.0.0.1"

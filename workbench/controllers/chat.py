@@ -6,15 +6,20 @@ when its weights change. The conversation's running text lives in the browser se
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from pathlib import Path
 
 from core import checkpoint as ckpt
+from core.card import read_card
 from core.chat import REPLY_END, ChatSession
 from core.device import pick_device
-from core.sampling import SamplingConfig
+from core.export import export_model
+from core.sampling import SamplingConfig, taking_turns
 from workbench.project import Project
 from workbench.studies import model_names
 
@@ -52,23 +57,6 @@ class ModelCache:
             return loaded
 
 
-_GENERATION_LOCK = threading.Lock()
-
-
-def _one_at_a_time(pieces: Iterator[str]) -> Iterator[str]:
-    """Take turns, character by character, with the other conversations.
-
-    Many threads running small forward passes at once oversubscribe the cores (each op is itself
-    multi-threaded) and fight over the GIL; one step at a time serves every session faster.
-    """
-    while True:
-        with _GENERATION_LOCK:
-            piece = next(pieces, None)
-        if piece is None:
-            return
-        yield piece
-
-
 KEEP = object()  # an output the page keeps as it is
 SETTINGS = ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "seed")
 
@@ -103,7 +91,7 @@ class ChatController:
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         yield history, session.transcript, "", session.unknown_notice(message) or ""
         reply, last_sent = "", 0.0
-        for piece in _one_at_a_time(session.reply(message)):  # it adds the message to its transcript first
+        for piece in taking_turns(session.reply(message)):  # it adds the message to its transcript first
             reply += piece
             now = time.monotonic()
             if now - last_sent >= UPDATE_EVERY_S:  # each update resends the conversation: not one per character
@@ -112,6 +100,30 @@ class ChatController:
                 yield history, session.transcript + reply + REPLY_END, KEEP, KEEP
         history[-1] = {"role": "assistant", "content": reply or "(no reply: the model ended at once)"}
         yield history, session.transcript, KEEP, KEEP
+
+    def card(self, name: str | None) -> str:
+        """The model card of `name` (its README.md), as the Chat tab shows it."""
+        if not name:
+            return "No model chosen."
+        try:
+            return read_card(ckpt.model_dir(name, self.project.models_dir))
+        except (ckpt.ModelError, OSError, ValueError) as err:
+            return f"No card: {err}"
+
+    def export(self, name: str | None) -> tuple[str, str]:
+        """Export `name` to ONNX, checked against PyTorch; (a zip of its export folder to download, a message)."""
+        if not name:
+            raise ChatError("No model chosen: train one in the Train tab, then press Refresh list.")
+        try:
+            result = export_model(name, self.project.models_dir, check=True)
+        except ckpt.ModelError as err:
+            raise ChatError(str(err)) from None
+        archive = shutil.make_archive(str(Path(tempfile.mkdtemp(prefix="export-")) / f"{name}-onnx"), "zip",
+                                      result.folder)  # fmt: skip
+        return archive, (
+            f"Exported to models/{name}/export in {result.seconds:.1f} s: model.onnx, the tokenizer and the card. "
+            f"Checked in onnxruntime: the largest logit difference from PyTorch is {result.max_abs_diff:.1e}."
+        )
 
     def models(self, current: str | None) -> tuple[list[str], str | None]:
         names = model_names(self.project)

@@ -55,6 +55,12 @@ def build_chat(project: Project) -> dict[str, Any]:
             ui = _conversation(control.models(None)[0])
         with gr.Column(scale=1, min_width=240):
             settings = _settings()
+    with gr.Accordion("Model card and export", open=False):
+        card = gr.Markdown(control.card(ui.model.value), elem_id="model-card")
+        with gr.Row():
+            export = gr.Button("Export to ONNX", scale=1, min_width=160)
+            download = gr.File(label="Download (model.onnx, tokenizer, card)", interactive=False, scale=3)
+        exported = gr.Markdown()
     transcript = gr.State("")
 
     def respond(*values) -> Iterator[tuple[Any, ...]]:
@@ -72,6 +78,16 @@ def build_chat(project: Project) -> dict[str, Any]:
     ui.clear.click(lambda: ([], "", ""), None, [ui.chatbot, transcript, ui.notice], cancels=[replying],
                    api_visibility="private")  # fmt: skip
     ui.model.change(lambda: ([], "", ""), None, [ui.chatbot, transcript, ui.notice], api_visibility="private")
+
+    ui.model.change(control.card, ui.model, card, api_visibility="private")
+
+    def export_model(name: str | None):
+        try:
+            return control.export(name)
+        except ChatError as err:
+            raise gr.Error(str(err)) from None
+
+    export.click(export_model, ui.model, [download, exported], api_name="export")
 
     def refresh_models(current: str | None):
         names, value = control.models(current)
