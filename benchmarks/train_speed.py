@@ -114,7 +114,7 @@ def measure_steps(
         sample_chars=0,
         device="cpu",
         dtype=dtype,
-        compile=compile,
+        compile="on" if compile else "off",
     )
     train(model_config, train_config, hooks=TrainHooks(on_step=timer, should_stop=timer.done))
     if not timer.kept:

@@ -17,6 +17,10 @@ STUDY_DATABASE = "gpt_tuning.db"
 DEFAULT_STORAGE = f"sqlite:///{STUDIES_DIR}/{STUDY_DATABASE}"
 
 
+# `--compile auto` compiles a run with at least this long left after its first steps: compiling the small model
+# took ~20 s on 2 CPU cores and saved ~25% of each step, so it repays itself after ~80 s (benchmarks/RESULTS.md).
+COMPILE_MIN_MINUTES = 2.0
+COMPILE_MODES = ("auto", "on", "off")
 MUON_LR = 0.02  # Muon's rate for the hidden matrices: the recipe's default, the model's and the search space's
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # autocast precisions a run can ask for
 
@@ -132,7 +136,11 @@ class TrainConfig:
         "autocast precision: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), float32, bfloat16 or float16",
         default="auto",
     )
-    compile: bool = _help("torch.compile the model", default=False)
+    compile: str = _help(
+        "torch.compile the training step: on, off, or auto (on once the first steps show the run has at least "
+        f"{COMPILE_MIN_MINUTES:g} minutes left, where compiling repays its cost; never for shorter runs)",
+        default="auto",
+    )
 
     @property
     def final_lr(self) -> float:
@@ -172,6 +180,7 @@ class TrainConfig:
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be {', '.join(DTYPES[:-1])} or {DTYPES[-1]}, got {self.dtype!r}")
         _check_choice("schedule", self.schedule, ("wsd", "cosine"))
+        _check_choice("compile", self.compile, COMPILE_MODES)
         _check_choice("optimizer", self.optimizer, ("muon", "adamw"))
         if not 0 <= self.cooldown_fraction <= 1:
             raise ConfigError(f"cooldown_fraction must be in [0, 1], got {self.cooldown_fraction}")
@@ -182,6 +191,9 @@ class TrainConfig:
     @classmethod
     def from_saved(cls, values: dict[str, Any]) -> TrainConfig:
         """A config saved by any version: fields older files lack take the classic recipe's values."""
+        values = dict(values)
+        if isinstance(values.get("compile"), bool):  # saved before auto: a switch
+            values["compile"] = "on" if values["compile"] else "off"
         return replace_known(cls(), {**RECIPES["classic"], **values})
 
 

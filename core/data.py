@@ -385,15 +385,7 @@ def prepare(
     bpe_started = time.perf_counter()
     if tokenizer == "bpe":
         report(1.0, "training the BPE tokenizer on the training split")
-        try:
-            every = max(1, math.ceil(lengths["train"] / BPE_SAMPLE_CHARS))  # pieces evenly spread over the split
-
-            def sample() -> Iterator[str]:
-                return (piece for i, piece in enumerate(_line_chunks(data_dir / TRAIN_TXT)) if i % every == 0)
-
-            bpe = train_bpe(sample, vocab_size, lengths["train"])
-        except VocabError as err:
-            raise DataError(str(err)) from None
+        bpe = fit_bpe(data_dir, vocab_size, lengths["train"])
         bpe.save(data_dir / TOKENIZER_JSON)
         tokens, _ = _encode_bpe_files(data_dir, bpe)
     stats = PrepareStats(
@@ -417,6 +409,20 @@ def prepare(
         _write_meta(data_dir, vocab, lengths, stats)
     report(1.0, "done")
     return stats
+
+
+def fit_bpe(data_dir: Path, vocab_size: int, train_chars: int):
+    """A BPE of `vocab_size` tokens learned from the training split of `data_dir` (`train_chars` long): from
+    pieces evenly spread over it, BPE_SAMPLE_CHARS at most."""
+    every = max(1, math.ceil(train_chars / BPE_SAMPLE_CHARS))
+
+    def sample() -> Iterator[str]:
+        return (piece for i, piece in enumerate(_line_chunks(Path(data_dir) / TRAIN_TXT)) if i % every == 0)
+
+    try:
+        return train_bpe(sample, vocab_size, train_chars)
+    except VocabError as err:
+        raise DataError(str(err)) from None
 
 
 def _line_chunks(path: Path) -> Iterator[str]:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from core.checkpoint import LoadedModel
 from core.data import DataError, Dataset
+from core.variants import SOURCE_JSON, open_dataset, variant_dir
 from core.vocab import describe_chars
 
 
@@ -97,6 +98,9 @@ def evaluate(
     stride = stride or max(1, loaded.model.config.block_size // 2)
     if text is None:
         dataset = Dataset(data_dir)
+        cached = variant_dir(data_dir, vocab.kind, len(vocab))  # a study's model may be trained on a variant
+        if dataset.vocab != vocab and cached != Path(data_dir) and (cached / SOURCE_JSON).is_file():
+            dataset = open_dataset(cached)
         if dataset.vocab != vocab:
             raise DataError(
                 f"{data_dir} was prepared with another vocabulary than model {loaded.name}; evaluate it on the "

@@ -58,6 +58,7 @@ from core.tuning import (
     open_study,
     write_study_best_params,
 )
+from core.variants import open_dataset
 
 log = logging.getLogger(__name__)
 # Heartbeats run by hand here (get_heartbeat_thread), which Optuna warns about outside Study.optimize.
@@ -772,6 +773,8 @@ def _run_rung(
     with get_heartbeat_thread(trial._trial_id, study._storage):
         try:
             model_config, train_config = candidate_configs(params, config, candidate, len(dataset.vocab))
+            if Path(train_config.data_dir) != dataset.data_dir:  # a tokenizer the space searches
+                dataset = open_dataset(train_config.data_dir)
             dataset.check_block_size(model_config.block_size)
             if final:
                 model_config, train_config = final_shape(

@@ -25,13 +25,14 @@ import torch
 from safetensors import SafetensorError
 
 from core import checkpoint as ckpt
-from core.config import ModelConfig, TrainConfig, to_dict
+from core.config import COMPILE_MIN_MINUTES, ModelConfig, TrainConfig, to_dict
 from core.data import BatchSampler, DataError, Dataset
 from core.device import autocast, autocast_dtype, configure, device_name, pick_device, seed_everything
 from core.distributed import SINGLE, DistContext
 from core.fileio import append_line, atomic_write_text
 from core.model import GPT
 from core.sampling import SamplingConfig, complete
+from core.variants import open_dataset
 
 log = logging.getLogger(__name__)
 # Param-group fields a run takes from its config even when it resumes a checkpoint saved with others.
@@ -186,6 +187,34 @@ def split_loss(
     return total / (windows * block)
 
 
+class AutoCompile:
+    """`--compile auto`: after the first steps, compile once if the run has COMPILE_MIN_MINUTES or more left.
+
+    Compilation errors (no C++ compiler, an unsupported op) fall back to eager steps instead of failing the run.
+    """
+
+    SETTLE_STEPS = 10  # the first steps are slower (allocations, caches); the run's pace is read after them
+
+    def __init__(self) -> None:
+        self.steps, self.decided = 0, False
+
+    def observe(self, step_s: float, seconds_left: float) -> bool:
+        """Whether to compile now (true at most once a run)."""
+        self.steps += 1
+        if self.decided or self.steps < self.SETTLE_STEPS:
+            return False
+        self.decided = True
+        return seconds_left >= COMPILE_MIN_MINUTES * 60
+
+    @staticmethod
+    def compiled(model: GPT) -> torch.nn.Module:
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True  # a failed compile runs eagerly
+        log.info("compiling the training step (--compile auto: a long run left)")
+        return torch.compile(model)
+
+
 def data_record(dataset: Dataset) -> dict[str, Any]:
     """What a saved model keeps of its data, for its card: where it came from and how it was split."""
     stats = dataset.stats
@@ -222,7 +251,7 @@ def train(
     device = pick_device(dist.device(train_config.device))
     configure(device)
     amp_dtype = autocast_dtype(device, train_config.dtype)
-    dataset = dataset or Dataset(train_config.data_dir)
+    dataset = dataset or open_dataset(train_config.data_dir)
     model_config = dataclasses.replace(model_config, vocab_size=len(dataset.vocab)).validate()
     dataset.check_block_size(model_config.block_size)
 
@@ -288,11 +317,16 @@ def train(
         ckpt.remove_leftovers(out)
         atomic_write_text(out / ckpt.METRICS, "".join(json.dumps(h) + "\n" for h in history))
 
-    runner = torch.compile(model) if train_config.compile else model
-    if dist.enabled:
+    def wrap(module: torch.nn.Module) -> torch.nn.Module:
+        if not dist.enabled:
+            return module
         from torch.nn.parallel import DistributedDataParallel
 
-        runner = DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None)
+        return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+    runner = wrap(torch.compile(model) if train_config.compile == "on" else model)
+    # ranks must agree on their graphs: under torchrun `auto` stays eager (`on` compiles every rank from the start)
+    auto_compile = AutoCompile() if train_config.compile == "auto" and not dist.enabled else None
     model.train()
     tokens_per_step = train_config.batch_size * train_config.grad_accum * model_config.block_size * dist.world_size
     started = time.perf_counter()
@@ -312,6 +346,12 @@ def train(
 
     def tokens_per_s() -> float:
         return steps_this_run * tokens_per_step / max(train_seconds, 1e-9)
+
+    def seconds_left() -> float:
+        """What the run has left, by its step limit at the current pace and by its time budget."""
+        pace = train_seconds / max(steps_this_run, 1)
+        left = (train_config.step_limit - step) * pace
+        return min(left, budget_s - (time.perf_counter() - started)) if budget_s else left
 
     def progress() -> float:
         fraction = step / train_config.step_limit
@@ -446,6 +486,8 @@ def train(
         step += 1
         steps_this_run += 1
         train_seconds += time.perf_counter() - step_started
+        if auto_compile and auto_compile.observe(time.perf_counter() - step_started, seconds_left()):
+            runner = wrap(auto_compile.compiled(model))
         if hooks.on_step:
             per_char = loss_value * dataset.tokens_per_char["train"]
             hooks.on_step(

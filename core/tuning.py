@@ -32,6 +32,7 @@ import torch
 from optuna.storages._rdb import models as rdb_models
 from optuna.storages._rdb.storage import _create_scoped_session
 
+from core.bpe import MAX_VOCAB, MIN_VOCAB
 from core.config import (
     DEFAULT_STORAGE,
     MUON_LR,
@@ -47,6 +48,7 @@ from core.device import device_kind
 from core.fileio import atomic_write_text, valid_name
 from core.model import flops_per_token
 from core.trainer import EvalEvent, LossDiverged, TrainHooks, train
+from core.variants import AS_PREPARED, TOKENIZER_CHOICES, open_dataset, variant_dir
 
 log = logging.getLogger(__name__)
 # Heartbeats, the retry callback and the gRPC proxy are marked experimental in Optuna 5; they are used on purpose.
@@ -87,7 +89,7 @@ Spec = IntRange | FloatRange | Choice | int | float | str | bool
 # Fields that must be positive whatever their spec; the others must be >= 0.
 _POSITIVE = {"lr", "n_layer", "n_head", "head_size", "batch_size", "block_size"}
 _FRACTIONS = {"dropout", "warmup_fraction", "min_lr_ratio"}
-_CATEGORICAL = {"optimizer", "pos_encoding", "norm", "mlp", "qk_norm"}
+_CATEGORICAL = {"optimizer", "pos_encoding", "norm", "mlp", "qk_norm", "tokenizer"}
 
 
 @dataclass
@@ -117,6 +119,10 @@ class SearchSpace:
     norm: Spec = "rmsnorm"
     mlp: Spec = "relu2"
     qk_norm: Spec = True
+    # The tokenizer: the dataset as prepared unless a space file gives choices, e.g. {"tokenizer": {"choices":
+    # ["char", "bpe"]}, "vocab_size": [256, 4096]}; each is cached under dataset/tokenized/ (core.variants).
+    tokenizer: Spec = AS_PREPARED
+    vocab_size: Spec = 2048
 
     @classmethod
     def for_device(cls, device: str = "auto") -> SearchSpace:
@@ -188,6 +194,13 @@ class SearchSpace:
                     raise TuningError(f"search space {f.name}: values must be >= 0, got {value}")
                 if f.name in _FRACTIONS and value >= 1:
                     raise TuningError(f"search space {f.name}: values must be < 1, got {value}")
+                if f.name == "vocab_size" and not (isinstance(value, int) and MIN_VOCAB <= value <= MAX_VOCAB):
+                    raise TuningError(f"search space vocab_size: values must be integers in [{MIN_VOCAB}, "
+                                      f"{MAX_VOCAB}], got {value}")  # fmt: skip
+        tokenizers = self.tokenizer.options if isinstance(self.tokenizer, Choice) else (self.tokenizer,)
+        unknown = [t for t in tokenizers if t not in TOKENIZER_CHOICES]
+        if unknown:
+            raise TuningError(f"search space tokenizer: {unknown[0]!r} is none of {', '.join(TOKENIZER_CHOICES)}")
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -314,9 +327,13 @@ def apply_params(
 ) -> tuple[ModelConfig, TrainConfig]:
     """Configs with the tuned `params` applied; fields named in `keep` (set by the user) are left alone.
 
-    `warmup_fraction` applies to the run's own budget (steps or minutes); `min_lr_ratio` becomes `min_lr`.
+    `warmup_fraction` applies to the run's own budget (steps or minutes); `min_lr_ratio` becomes `min_lr`;
+    `tokenizer` and `vocab_size` choose the dataset (`core.variants`), not a config field.
     """
     values = {k: v for k, v in params.items() if k not in keep}
+    tokenizer, vocab_size = values.pop("tokenizer", AS_PREPARED), values.pop("vocab_size", 0)
+    if tokenizer != AS_PREPARED and "data_dir" not in keep:  # the prepared text under that tokenizer
+        values["data_dir"] = str(variant_dir(train_config.data_dir, tokenizer, vocab_size))
     if "warmup_iters" in keep:
         values.pop("warmup_fraction", None)
     if "min_lr_ratio" in values and "min_lr" not in keep:
@@ -687,7 +704,8 @@ def make_objective(
         try:
             model_config, train_config = trial_configs(params, config, trial.number, len(dataset.vocab))
             model_config.validate()
-            dataset.check_block_size(model_config.block_size)
+            data = dataset if Path(train_config.data_dir) == dataset.data_dir else open_dataset(train_config.data_dir)
+            data.check_block_size(model_config.block_size)
         except (ConfigError, ValueError) as err:
             trial.set_user_attr("reason", str(err))
             raise optuna.TrialPruned(str(err)) from None
@@ -710,7 +728,7 @@ def make_objective(
                 model_config,
                 train_config,
                 hooks=TrainHooks(on_eval=on_eval, should_stop=stop.is_set),
-                dataset=dataset,
+                dataset=data,
             )
         except LossDiverged as err:
             trial.set_user_attr("reason", f"diverged: {err}")

@@ -113,7 +113,7 @@ def test_compiled_training_matches_eager_and_saves_plain_keys(tmp_path, tiny_mod
 
     config = dataclasses.replace(tiny_train_config, max_iters=10, eval_interval=10, dtype="float32")
     eager = train(tiny_model_config, config)
-    compiled = train(tiny_model_config, dataclasses.replace(config, compile=True), out_dir=tmp_path / "c")
+    compiled = train(tiny_model_config, dataclasses.replace(config, compile="on"), out_dir=tmp_path / "c")
     assert compiled.val_loss == pytest.approx(eager.val_loss, abs=1e-3)
     weights = ckpt._load_tensors(tmp_path / "c" / ckpt.WEIGHTS)
     assert weights and not any(k.startswith("_orig_mod.") for k in weights)
