@@ -222,6 +222,22 @@ def chat_rows(repeats: int, trained: list[str]) -> list[dict]:
     ]
 
 
+def nanogpt_row(repeats: int) -> dict:
+    """nanoGPT's `generate` at the same shape (classic model, random weights, temperature 0.8): each new character
+    re-reads the whole context (256 positions), in float32, eager. Long minus short reply, as for the chat path."""
+    from nanogpt_baseline import NanoConfig, NanoGPT
+
+    torch.manual_seed(0)
+    model = NanoGPT(NanoConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=VOCAB)).eval()
+    # a full context, as for most of the chat's 600-character reply (its transcript fills 256 by character ~210)
+    prompt = torch.randint(0, VOCAB, (1, 256), generator=torch.Generator().manual_seed(2))
+    short, long = CHAT_REPLIES[0] // 4, CHAT_REPLIES[1] // 4  # it is slow: a quarter of the chat's lengths
+    short_s = timed_repeats(lambda: model.generate(prompt, short, 0.8), repeats)["median_s"]
+    long_s = timed_repeats(lambda: model.generate(prompt, long, 0.8), repeats)["median_s"]
+    return {"model": "nanoGPT generate (classic)", "short_chars": short, "long_chars": long, "short_s": short_s,
+            "long_s": long_s, "chars_per_s": (long - short) / (long_s - short_s)}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100 new tokens, one repeat")
@@ -299,6 +315,12 @@ def main() -> None:
         ],  # fmt: skip
     )
     print(f"target: >= {CHAT_TARGET} characters/s")
+    wait_for_quiet(60)
+    baseline = nanogpt_row(repeats)
+    ours = next(r for r in chat if r["model"] == "random classic" and not r["draft_tokens"] and not r["exact"])
+    ratio = ours["chars_per_s"] / baseline["chars_per_s"]
+    print(f"nanoGPT's generate at the same shape: {baseline['chars_per_s']:.1f} characters/s; the chat path of the "
+          f"same (classic) model: {ours['chars_per_s']:.0f}, {ratio:.1f}x (target >= 20x)")  # fmt: skip
     half = half_precision_rows(args.model, args.data_dir) if args.model else []
     if half:
         print("\nthe default precision against --exact after a refill: teacher-forced loss on validation text")
@@ -320,6 +342,8 @@ def main() -> None:
             "worst_ttft_ms": worst_ttft,
             "greedy_same_with_and_without_cache": greedy_same,
             "chat": chat,
+            "nanogpt": baseline,
+            "chat_vs_nanogpt": ratio,
             "half_precision": half,
             "long_text": long_text,
             "targets": {"speedup": 10, "ttft_ms": 100, "chat_chars_per_s": CHAT_TARGET},

@@ -62,7 +62,10 @@ class Block(nn.Module):
         super().__init__()
         self.ln_1, self.attn = LayerNorm(c.n_embd, c.bias), SelfAttention(c)
         self.ln_2 = LayerNorm(c.n_embd, c.bias)
-        self.c_fc, self.c_proj = nn.Linear(c.n_embd, 4 * c.n_embd, bias=c.bias), nn.Linear(4 * c.n_embd, c.n_embd, bias=c.bias)
+        self.c_fc, self.c_proj = (
+            nn.Linear(c.n_embd, 4 * c.n_embd, bias=c.bias),
+            nn.Linear(4 * c.n_embd, c.n_embd, bias=c.bias),
+        )
 
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))

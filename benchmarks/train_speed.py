@@ -22,6 +22,7 @@
     python benchmarks/train_speed.py --part speed     # 1 and 2 only
     python benchmarks/train_speed.py --part runs      # 3 only
     python benchmarks/train_speed.py --quick          # fewer windows, 300-iteration runs
+    python benchmarks/train_speed.py --part nanogpt   # steps in 5 minutes: nanoGPT's loop beside ours
 
 Prints tables and writes benchmarks/results/train_speed.json (train_speed_<part>.json for one part).
 """
@@ -32,6 +33,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,10 +218,52 @@ def bench_runs(quick: bool) -> list[dict[str, Any]]:
     return runs
 
 
+def ours_for(seconds: float, compile_mode: str, seed: int = 1337) -> dict[str, Any]:
+    """Our trainer, the classic recipe at nanoGPT's CPU shape, for `seconds` of wall time from the call (model
+    building and any compiling included), no evaluation until the last one: steps done."""
+    from core.config import recipe_configs, replace_known
+
+    model_config, train_config = recipe_configs("classic")
+    model_config = replace_known(model_config, {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64,
+                                                "dropout": 0.0})  # fmt: skip
+    train_config = replace_known(train_config, {
+        "data_dir": str(DATA_DIR), "batch_size": 12, "max_iters": 0, "max_minutes": seconds / 60, "lr": 1e-3,
+        "eval_interval": 10**9, "eval_iters": 1, "sample_chars": 0, "seed": seed, "compile": compile_mode,
+    })  # fmt: skip
+    started = time.perf_counter()
+    result = train(model_config, train_config)
+    return {"steps": result.iters, "wall_s": time.perf_counter() - started, "loss": result.train_loss}
+
+
+def bench_nanogpt(minutes: float, repeats: int) -> list[dict[str, Any]]:
+    """Steps in `minutes` of wall time: nanoGPT's loop beside ours (compile auto and off), alternating, on a
+    quiet machine; the ratio of medians is the speed-up."""
+    from nanogpt_baseline import NanoConfig, train_for
+
+    tokens = Dataset(DATA_DIR).tokens["train"]
+    vocab = len(Dataset(DATA_DIR).vocab)
+    rows = []
+    for repeat in range(repeats):
+        for name in ("nanoGPT", "ours, compile auto", "ours, compile off"):
+            wait_for_quiet(60)
+            if name == "nanoGPT":
+                run = train_for(tokens, NanoConfig(vocab_size=vocab), 12, minutes * 60)
+            else:
+                run = ours_for(minutes * 60, "auto" if "auto" in name else "off")
+            rows.append({"run": name, "repeat": repeat, **run, "ms_per_step": 1e3 * run["wall_s"] / run["steps"]})
+            print_table(rows[-1:], ["run", "repeat", "steps", "wall_s", "ms_per_step", "loss"])
+    base = statistics.median(r["steps"] for r in rows if r["run"] == "nanoGPT")
+    for row in rows:
+        row["speedup_vs_nanogpt"] = row["steps"] / base
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer timed windows; 300-iteration runs")
-    parser.add_argument("--part", choices=("all", "speed", "runs"), default="all")
+    parser.add_argument("--part", choices=("all", "speed", "runs", "nanogpt"), default="all")
+    parser.add_argument("--minutes", type=float, default=5.0, help="--part nanogpt: wall time of each run")
+    parser.add_argument("--repeats", type=int, default=1, help="--part nanogpt: runs of each kind")
     args = parser.parse_args()
     if not (DATA_DIR / "vocab.txt").exists():
         prepare(None, DATA_DIR)
@@ -283,6 +327,12 @@ def main() -> None:
         gap = results["loss_comparison"]
         print(f"val loss gap between dtypes {gap['dtype_gap']:.4f}; between fp32 seeds {gap['seed_gap_fp32']:.4f}")
         print(f"\nlast sample ({default['dtype']}):\n{default['last_sample']}")
+
+    if args.part == "nanogpt":
+        rows = bench_nanogpt(args.minutes, args.repeats)
+        results.update(nanogpt=rows, minutes=args.minutes, target_speedup=1.3)
+        print(f"\nsteps in {args.minutes:g} minutes, classic arithmetic at 4x128, context 64, batch 12 (target 1.3x)")
+        print_table(rows, ["run", "repeat", "steps", "wall_s", "ms_per_step", "speedup_vs_nanogpt", "loss"])
 
     write_results("train_speed" if args.part == "all" else f"train_speed_{args.part}", results)
 
