@@ -28,6 +28,7 @@ from core.card import CARD, write_card
 from core.checkpoint import VOCAB_TXT, LoadedModel, ModelError, load_model, read_config
 from core.fileio import fsync_dir
 from core.model import GPT
+from core.runs import shown_model
 
 EXPORT_DIR = "export"
 ONNX_FILE = "model.onnx"
@@ -133,13 +134,15 @@ def export_model(
     try:
         building = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=folder))
     except OSError as err:
-        raise ExportError(f"cannot write in {folder} ({err.strerror}); check its permissions and free space") from None
+        raise ExportError(f"cannot write in {shown_model(folder)} ({err.strerror}); check its permissions and free "
+                          "space") from None  # fmt: skip
     try:
         onnx_path = building / ONNX_FILE
         try:
             write_onnx(loaded.model, onnx_path)
         except OSError as err:
-            raise ExportError(f"cannot write {final / ONNX_FILE} ({err.strerror}); free disk space") from None
+            raise ExportError(f"cannot write {shown_model(final)}/{ONNX_FILE} ({err.strerror}); free disk space"
+                              ) from None  # fmt: skip
         difference = max_logit_difference(loaded.model, onnx_path) if check else None
         if difference is not None and not difference <= MAX_ABS_DIFF:
             raise ExportError(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from core.data import prepare
+from core.data import Dataset, prepare
 from tests.helpers import ROOT, TEXT, TINY_SPACE, running_workbench
 
 CHROMIUM = "/usr/bin/chromium"
@@ -26,11 +26,16 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("browser-project")
     (root / "verse.txt").write_text(TEXT, encoding="utf-8")
     prepare([root / "verse.txt"], root / "dataset")
-    with running_workbench(root) as server:  # all cores for its jobs: the page must stay responsive all the same
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(project):
+    with running_workbench(project) as server:  # all cores for its jobs: the page must stay responsive all the same
         yield server.url
 
 
@@ -244,6 +249,44 @@ def test_chat_tab_streams_a_reply_and_clears(page):
     )
     page.locator("#chat-clear").click()
     page.get_by_test_id("user").wait_for(state="detached")
+
+
+def test_chat_tab_shows_the_models_card_and_exports_it_to_onnx(page):
+    open_tab(page, "Chat")
+    page.get_by_role("button", name="Refresh list").click()
+    page.get_by_text("Model card and export").click()
+    card = page.locator("#model-card")
+    card.get_by_text("nats per character").wait_for()
+    page.get_by_role("button", name="Export to ONNX").click()
+    page.get_by_text("Checked in onnxruntime").wait_for(timeout=180_000)
+    page.get_by_text("-onnx.zip").first.wait_for()
+    shoot(page, "chat-card-export")
+
+
+def test_chat_tab_chats_with_a_bpe_model_in_any_script(page, project):
+    from core import checkpoint as ckpt
+    from core.config import ModelConfig
+    from core.model import GPT
+
+    prepare([project / "verse.txt"], project / "bpe-data", tokenizer="bpe", vocab_size=300)
+    vocab = Dataset(project / "bpe-data").vocab
+    config = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=len(vocab))
+    ckpt.save_model(project / "models" / "browser-bpe", ckpt.weights_for_saving(GPT(config)), config, vocab, {})
+    open_tab(page, "Chat")
+    page.get_by_role("button", name="Refresh list").click()
+    chooser = page.get_by_label("Model", exact=True).filter(visible=True)
+    chooser.click()
+    chooser.fill("browser-bpe")
+    chooser.press("Enter")
+    box = page.get_by_placeholder("Type a message and press Enter")
+    box.fill("Ça va? 日本 ☃")
+    box.press("Enter")
+    page.get_by_test_id("user").get_by_text("Ça va? 日本 ☃").wait_for()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=bot]')].some(b => b.innerText.trim().length > 5)"
+    )
+    assert not page.get_by_text("not in this model's vocabulary").count()  # a byte-level BPE knows every character
+    shoot(page, "chat-bpe")
 
 
 def test_train_tab_compares_saved_models(page):

@@ -102,3 +102,25 @@ def test_the_minimums_are_not_measured_beside_a_running_job(project):
         release.set()
     control.jobs.get("train").thread.join(5)
     assert "**Plan:**" in control.plan_text({"study": "s", "model": "best", "fixed": TINY, "minutes": 3})
+
+
+def test_the_chat_tab_shows_a_models_card_and_exports_a_zip_of_its_checked_onnx(project):
+    import zipfile
+
+    from core import checkpoint as ckpt
+    from core.config import ModelConfig
+    from core.data import Dataset
+    from core.model import GPT
+    from workbench.controllers.chat import ChatController, ChatError
+
+    vocab = Dataset(project.data_dir).vocab
+    config = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=len(vocab))
+    ckpt.save_model(project.models_dir / "m", ckpt.weights_for_saving(GPT(config)), config, vocab, {})
+    control = ChatController(project)
+    assert control.card("m").startswith("# m\n") and "python app.py export --model m" in control.card("m")
+    assert control.card("ghost").startswith("No card:") and control.card(None) == "No model chosen."
+    archive, message = control.export("m")
+    assert "Checked in onnxruntime" in message and "models/m/export" in message and str(project.root) not in message
+    assert sorted(zipfile.ZipFile(archive).namelist()) == ["README.md", "model.onnx", "vocab.txt"]
+    with pytest.raises(ChatError, match="no saved model named 'ghost' \\(saved models: m\\)"):
+        control.export("ghost")

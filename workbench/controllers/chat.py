@@ -28,6 +28,15 @@ UPDATE_EVERY_S = 0.05  # streamed replies reach the page at most 20 times a seco
 CONCURRENT_CHATS = 32  # replies generated at once; more sessions wait in Gradio's queue
 
 
+def saved_model(project: Project, name: str) -> Path:
+    """The folder of saved model `name`; the error names the saved models, never a server path."""
+    folder = ckpt.model_dir(name, project.models_dir)
+    if not (folder / ckpt.WEIGHTS).is_file():
+        known = ", ".join(model_names(project)) or "none yet"
+        raise ckpt.ModelError(f"no saved model named {name!r} (saved models: {known})")
+    return folder
+
+
 class ModelCache:
     """Loaded models keyed by (folder, weights mtime); the few most recent are kept."""
 
@@ -38,11 +47,8 @@ class ModelCache:
         self._lock = threading.Lock()
 
     def get(self, name: str) -> ckpt.LoadedModel:
-        folder = ckpt.model_dir(name, self.project.models_dir)
+        folder = saved_model(self.project, name)
         weights = folder / ckpt.WEIGHTS
-        if not weights.is_file():
-            known = ", ".join(model_names(self.project)) or "none yet"
-            raise ckpt.ModelError(f"no saved model named {name!r} (saved models: {known})")
         key = (str(folder), weights.stat().st_mtime_ns)
         with self._lock:
             if key in self._models:
@@ -106,7 +112,7 @@ class ChatController:
         if not name:
             return "No model chosen."
         try:
-            return read_card(ckpt.model_dir(name, self.project.models_dir))
+            return read_card(saved_model(self.project, name))
         except (ckpt.ModelError, OSError, ValueError) as err:
             return f"No card: {err}"
 
@@ -115,7 +121,7 @@ class ChatController:
         if not name:
             raise ChatError("No model chosen: train one in the Train tab, then press Refresh list.")
         try:
-            result = export_model(name, self.project.models_dir, check=True)
+            result = export_model(saved_model(self.project, name), check=True)
         except ckpt.ModelError as err:
             raise ChatError(str(err)) from None
         archive = shutil.make_archive(str(Path(tempfile.mkdtemp(prefix="export-")) / f"{name}-onnx"), "zip",

@@ -30,7 +30,7 @@ TABLE_HEADERS = ["Trial", "State", "Val loss (nats/char)", "Step", "Duration", "
 SPACE_HELP = (
     '`[low, high]` is a range (whole numbers if both are), `{"low": .., "high": .., "log": true}` a log '
     'range, `{"choices": [..]}` a list, and a plain number a fixed value. Width is `n_head × head_size`, so '
-    "every sampled model is valid. `tokenizer` `\"prepared\"` keeps the dataset's own; "
+    'every sampled model is valid. `tokenizer` `"prepared"` keeps the dataset\'s own; '
     '`{"choices": ["char", "bpe"]}` with `vocab_size` compares tokenizers (each built once under dataset/tokenized).'
 )
 
