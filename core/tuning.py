@@ -332,7 +332,7 @@ def apply_params(
     """
     values = {k: v for k, v in params.items() if k not in keep}
     tokenizer, vocab_size = values.pop("tokenizer", AS_PREPARED), values.pop("vocab_size", 0)
-    if tokenizer != AS_PREPARED and "data_dir" not in keep:  # the prepared text under that tokenizer
+    if tokenizer != AS_PREPARED:  # the run's dataset (the user's --data-dir too) under that tokenizer
         values["data_dir"] = str(variant_dir(train_config.data_dir, tokenizer, vocab_size))
     if "warmup_iters" in keep:
         values.pop("warmup_fraction", None)
