@@ -92,7 +92,11 @@ def load(url: str, sessions: int, rounds: int, max_new: int) -> dict[str, Any]:
         thread.start()
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - started
+    return summarize(results, sessions, time.perf_counter() - started)
+
+
+def summarize(results: list[dict], sessions: int, wall: float) -> dict[str, Any]:
+    """One table row of a load run: replies, errors, time to first token, streaming speed."""
     ok = [r for r in results if r["ok"]]
     ttft = [r["ttft_s"] for r in ok]
     speeds = [r["chars_per_s"] for r in ok if r["chars_per_s"]]

@@ -13,7 +13,6 @@ Prints a table and writes benchmarks/results/serve_api.json.
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chat_load import MESSAGES, MODEL, percentile  # noqa: E402
+from chat_load import MESSAGES, MODEL, summarize  # noqa: E402
 from chat_load import load as chat_tab_load  # noqa: E402
 from common import print_table, write_results  # noqa: E402
 from workbench_server import running_workbench, throwaway_project, train_small_model  # noqa: E402
@@ -66,21 +65,7 @@ def api_load(url: str, clients: int, rounds: int, max_new: int) -> dict[str, Any
         thread.start()
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - started
-    ok = [r for r in results if r["ok"]]
-    ttft = [r["ttft_s"] for r in ok]
-    speeds = [r["chars_per_s"] for r in ok if r["chars_per_s"]]
-    return {
-        "sessions": clients,
-        "replies": len(ok),
-        "errors": len(results) - len(ok),
-        "ttft_median_s": statistics.median(ttft) if ttft else float("nan"),
-        "ttft_p95_s": percentile(ttft, 0.95) if ttft else float("nan"),
-        "chars_per_s_median": statistics.median(speeds) if speeds else 0.0,
-        "total_chars_per_s": sum(r["chars"] for r in ok) / wall,
-        "wall_s": wall,
-        "error_samples": [r["error"] for r in results if not r["ok"]][:3],
-    }
+    return summarize(results, clients, time.perf_counter() - started)
 
 
 def serve_api(root: Path) -> tuple[subprocess.Popen, str]:
