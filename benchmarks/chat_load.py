@@ -113,12 +113,17 @@ def summarize(results: list[dict], sessions: int, wall: float) -> dict[str, Any]
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def load_arguments(doc: str) -> tuple[argparse.Namespace, int, int]:
+    """The flags of a load benchmark: (args, requests a client, characters a request)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter replies")
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16])
     args = parser.parse_args()
-    rounds, max_new = (2, 60) if args.quick else (4, 120)
+    return (args, 2, 60) if args.quick else (args, 4, 120)
+
+
+def main() -> None:
+    args, rounds, max_new = load_arguments(__doc__)
 
     from gradio_client import Client
 

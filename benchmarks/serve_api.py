@@ -12,7 +12,6 @@ Prints a table and writes benchmarks/results/serve_api.json.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chat_load import MESSAGES, MODEL, summarize  # noqa: E402
+from chat_load import MESSAGES, MODEL, load_arguments, summarize  # noqa: E402
 from chat_load import load as chat_tab_load  # noqa: E402
 from common import print_table, write_results  # noqa: E402
 from workbench_server import running_workbench, throwaway_project, train_small_model  # noqa: E402
@@ -86,11 +85,7 @@ def serve_api(root: Path) -> tuple[subprocess.Popen, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter replies")
-    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16])
-    args = parser.parse_args()
-    rounds, max_new = (2, 60) if args.quick else (4, 120)
+    args, rounds, max_new = load_arguments(__doc__)
 
     rows = []
     with throwaway_project() as root:

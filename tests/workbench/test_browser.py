@@ -227,15 +227,20 @@ def test_train_tab_trains_survives_a_reload_and_stops(page, server):
     field(page, "Model").wait_for()
 
 
-def test_chat_tab_streams_a_reply_and_clears(page):
-    open_tab(page, "Chat")
+def send_message(page, text: str) -> None:
+    """Type `text` in the Chat tab and wait for it and the start of a reply."""
     box = page.get_by_placeholder("Type a message and press Enter")
-    box.fill("To be, or not")
+    box.fill(text)
     box.press("Enter")
-    page.get_by_test_id("user").get_by_text("To be, or not").wait_for()
+    page.get_by_test_id("user").get_by_text(text).wait_for()
     page.wait_for_function(
         "() => [...document.querySelectorAll('[data-testid=bot]')].some(b => b.innerText.trim().length > 5)"
     )
+
+
+def test_chat_tab_streams_a_reply_and_clears(page):
+    open_tab(page, "Chat")
+    send_message(page, "To be, or not")
     shoot(page, "chat")
     # Clear cancels a streaming reply, but an update already on its way may land after it: wait until the reply
     # stops growing (as a reader would), then clear
@@ -278,13 +283,7 @@ def test_chat_tab_chats_with_a_bpe_model_in_any_script(page, project):
     chooser.click()
     chooser.fill("browser-bpe")
     chooser.press("Enter")
-    box = page.get_by_placeholder("Type a message and press Enter")
-    box.fill("Ça va? 日本 ☃")
-    box.press("Enter")
-    page.get_by_test_id("user").get_by_text("Ça va? 日本 ☃").wait_for()
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('[data-testid=bot]')].some(b => b.innerText.trim().length > 5)"
-    )
+    send_message(page, "Ça va? 日本 ☃")
     assert not page.get_by_text("not in this model's vocabulary").count()  # a byte-level BPE knows every character
     shoot(page, "chat-bpe")
 
