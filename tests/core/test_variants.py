@@ -65,8 +65,8 @@ def test_a_study_over_tokenizers_records_losses_per_character_and_its_winner_tra
         "n_head": {"choices": [2]}, "head_size": {"choices": [8]}, "dropout": 0, "batch_size": {"choices": [8]},
         "block_size": {"choices": [16]}, "weight_decay": 0, "warmup_fraction": 0,
     })  # fmt: skip
-    config = TuneConfig(study_name="tokens", storage=f"sqlite:///{tmp_path / 't.db'}", trials=2, trial_iters=40,
-                        data_dir=str(dataset_dir), pruner="none", device="cpu", eval_iters=4)  # fmt: skip
+    config = TuneConfig(study="tokens", storage=f"sqlite:///{tmp_path / 't.db'}", trials=2, trial_iters=40,
+                        data_dir=str(dataset_dir), pruner="none", device="cpu", eval_iters=4, eval_interval=20)  # fmt: skip
     study = create_study(config)
     study.enqueue_trial({"tokenizer": "char"})
     study.enqueue_trial({"tokenizer": "bpe"})
