@@ -29,6 +29,10 @@ def _recipe(model: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _plural(count: Any, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _count(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else "unknown"
 
@@ -109,7 +113,8 @@ def render_card(name: str, config: dict[str, Any]) -> str:
         "from `config.json` each time the model is saved; do not edit it.",
         "",
         "## Model",
-        f"- Shape: {model.get('n_layer')} layers x {model.get('n_head')} heads x {model.get('n_embd')} wide, "
+        f"- Shape: {_plural(model.get('n_layer'), 'layer')} x {_plural(model.get('n_head'), 'head')} x "
+        f"{model.get('n_embd')} wide, "
         f"context {model.get('block_size')} {unit}, {_count(config.get('parameters'))} parameters "
         "(without position embeddings)",
         f"- Recipe: {_recipe(model)}",
