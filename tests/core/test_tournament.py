@@ -187,7 +187,7 @@ def test_a_rotary_survivor_continues_at_twice_its_context_from_where_it_was(tmp_
 
 
 def test_a_default_only_plan_trains_and_saves_the_default(tmp_path, dataset_dir):
-    result = run_app(*budget_command(tmp_path, dataset_dir, search_rungs=2), cwd=tmp_path)
+    result = run_app(*budget_command(tmp_path, dataset_dir, budget="20s", search_rungs=2), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "no search" in result.stderr and "--search-rungs 1 searches even a short budget" in result.stderr
     trials = rung_trials(tmp_path)
