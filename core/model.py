@@ -92,6 +92,17 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
+    """Causal scaled-dot-product attention; on a CPU always in float32. Under bf16 autocast, PyTorch's CPU flash
+    kernel took 5.3 ms forward and backward for a (12, 4, 64, 32) batch against 1.5 ms in float32 (2 AVX512-BF16
+    cores), 42% of the small model's training step; the matrix products around it stay in bf16."""
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+    with torch.autocast("cpu", enabled=False):  # (with QK-norm, q and k come out of it in float32, v in bf16)
+        y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout, is_causal=True)
+    return y.to(v.dtype)
+
+
 def make_norm(config: ModelConfig) -> nn.Module:
     if config.norm == "rmsnorm":
         return nn.RMSNorm(config.n_embd)
@@ -123,9 +134,7 @@ class CausalSelfAttention(nn.Module):
         else:  # the classic model's graph as it was: a different one changes its gradients' rounding
             q, k, v = qkv.unbind(0)
         if cache is None:
-            y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-            )
+            y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
         else:
             start = cache.length
             cache.keys[layer, :, :, start : start + T] = k
