@@ -84,6 +84,32 @@ def onnx_example(tokenizer: str, context: int) -> str:
     )
 
 
+def _training(train: dict[str, Any], summary: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    return [
+        f"- {_count(summary.get('iters'))} steps of {_count(train.get('batch_size'))} x "
+        f"{_count(train.get('grad_accum'))} windows, {_count(summary.get('tokens_seen'))} tokens seen, "
+        f"in {_duration(summary.get('seconds'))} on {config.get('device', 'an unrecorded device')}",
+        f"- Optimizer {train.get('optimizer')}, learning rate {train.get('lr')}, schedule {train.get('schedule')}, "
+        f"seed {train.get('seed')}",
+    ]
+
+
+def _parameters(config: dict[str, Any]) -> int | None:
+    """The parameter count config.json records, or (a model saved before it did) counted from its shape."""
+    if isinstance(config.get("parameters"), int):
+        return config["parameters"]
+    try:
+        import torch
+
+        from core.config import ModelConfig
+        from core.model import GPT
+
+        with torch.device("meta"):
+            return GPT(ModelConfig.from_saved(config.get("model", {}))).num_params()
+    except (TypeError, ValueError):
+        return None
+
+
 def render_card(name: str, config: dict[str, Any]) -> str:
     """The card of model `name` from its config.json (`config`)."""
     model, train, summary = config.get("model", {}), config.get("train", {}), config.get("summary", {})
@@ -115,7 +141,7 @@ def render_card(name: str, config: dict[str, Any]) -> str:
         "## Model",
         f"- Shape: {_plural(model.get('n_layer'), 'layer')} x {_plural(model.get('n_head'), 'head')} x "
         f"{model.get('n_embd')} wide, "
-        f"context {model.get('block_size')} {unit}, {_count(config.get('parameters'))} parameters "
+        f"context {model.get('block_size')} {unit}, {_count(_parameters(config))} parameters "
         "(without position embeddings)",
         f"- Recipe: {_recipe(model)}",
         f"- Vocabulary: {_count(model.get('vocab_size'))} "
@@ -127,11 +153,11 @@ def render_card(name: str, config: dict[str, Any]) -> str:
         f"- Characters: {_count(chars.get('train'))} for training, {_count(chars.get('val'))} for validation",
         "",
         "## Training",
-        f"- {_count(summary.get('iters'))} steps of {_count(train.get('batch_size'))} x "
-        f"{_count(train.get('grad_accum'))} windows, {_count(summary.get('tokens_seen'))} tokens seen, "
-        f"in {_duration(summary.get('seconds'))} on {config.get('device', 'an unrecorded device')}",
-        f"- Optimizer {train.get('optimizer')}, learning rate {train.get('lr')}, schedule {train.get('schedule')}, "
-        f"seed {train.get('seed')}",
+        *(
+            _training(train, summary, config)
+            if train
+            else ["- Not recorded: this model was saved without its training."]
+        ),
         f"- {tuned}",
         f"- Saved {summary.get('saved_at', 'at an unrecorded time')}",
         "",

@@ -79,7 +79,9 @@ def build_chat(project: Project) -> dict[str, Any]:
                    api_visibility="private")  # fmt: skip
     ui.model.change(lambda: ([], "", ""), None, [ui.chatbot, transcript, ui.notice], api_visibility="private")
 
-    ui.model.change(control.card, ui.model, card, api_visibility="private")
+    # another model: its card, and no download or message left from the last one's export
+    ui.model.change(lambda name: (control.card(name), None, ""), ui.model, [card, download, exported],
+                    api_visibility="private")  # fmt: skip
 
     def export_model(name: str | None):
         try:
