@@ -2,7 +2,7 @@
 
     python benchmarks/code_at_equal_time.py --base 6e891b4 --minutes 10 --seeds 0,1,2
 
-Each run is `python app.py train --name ... --max-minutes M --seed S` on the default corpus (all defaults,
+Each run is `python app.py train --name ... --max-iters 0 --max-minutes M --seed S` on the default corpus (all defaults,
 `--compile auto` where the code has it), one at a time, the earlier code from a git worktree of `--base`; every
 saved model is then scored by this code's `core.evaluate` on the whole validation split (nats per character).
 Prints a table and writes benchmarks/results/code_at_equal_time.json.
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def train_with(code: Path, project: Path, name: str, minutes: float, seed: int) -> None:
     wait_for_quiet(60)
-    command = [sys.executable, str(code / "app.py"), "train", "--name", name, "--max-minutes", str(minutes),
+    command = [sys.executable, str(code / "app.py"), "train", "--name", name, "--max-iters", "0", "--max-minutes", str(minutes),
                "--seed", str(seed), "--sample-chars", "0"]  # fmt: skip
     done = subprocess.run(command, cwd=project, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(code)})  # fmt: skip
     if done.returncode:
