@@ -81,11 +81,13 @@ def session(url: str, rounds: int, max_new: int, seed: int, results: list[dict],
             results.append({"ok": False, "error": f"{type(err).__name__}: {err}"[:200]})
 
 
-def load(url: str, sessions: int, rounds: int, max_new: int) -> dict[str, Any]:
+def load(url: str, sessions: int, rounds: int, max_new: int, client=None) -> dict[str, Any]:
+    """`sessions` clients at once (`client`, default a Chat tab session), each sending `rounds` requests."""
     results: list[dict] = []
     ready = threading.Barrier(sessions)
     threads = [
-        threading.Thread(target=session, args=(url, rounds, max_new, seed, results, ready)) for seed in range(sessions)
+        threading.Thread(target=client or session, args=(url, rounds, max_new, seed, results, ready))
+        for seed in range(sessions)
     ]
     started = time.perf_counter()
     for thread in threads:

@@ -23,7 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chat_load import MESSAGES, MODEL, load_arguments, summarize  # noqa: E402
+from chat_load import MESSAGES, MODEL, load_arguments  # noqa: E402
 from chat_load import load as chat_tab_load  # noqa: E402
 from common import print_table, write_results  # noqa: E402
 from workbench_server import running_workbench, throwaway_project, train_small_model  # noqa: E402
@@ -55,16 +55,7 @@ def api_client(url: str, rounds: int, max_new: int, seed: int, results: list[dic
 
 
 def api_load(url: str, clients: int, rounds: int, max_new: int) -> dict[str, Any]:
-    results: list[dict] = []
-    ready = threading.Barrier(clients)
-    threads = [threading.Thread(target=api_client, args=(url, rounds, max_new, seed, results, ready))
-               for seed in range(clients)]  # fmt: skip
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return summarize(results, clients, time.perf_counter() - started)
+    return chat_tab_load(url, clients, rounds, max_new, client=api_client)
 
 
 def serve_api(root: Path) -> tuple[subprocess.Popen, str]:
