@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,8 +121,6 @@ def export_model(
 ) -> ExportResult:
     """Export a saved model to `models/<name>/export/` (see the module docstring); with `check`, refuse to
     keep a graph whose logits differ from PyTorch's by more than MAX_ABS_DIFF."""
-    import time
-
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     missing = missing_packages()

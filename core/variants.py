@@ -89,7 +89,7 @@ def _ensure_variant(path: Path) -> None:
             except OSError:
                 shutil.copy2(base / name, building / name)
         if kind == "bpe":
-            train_chars = sum(len(piece) for piece in _chars_of(building / TRAIN_TXT))
+            train_chars = _train_chars(base) or sum(len(piece) for piece in _chars_of(building / TRAIN_TXT))
             fit_bpe(building, int(size), train_chars).save(building / TOKENIZER_JSON)
         vocab = load_tokenizer(building)
         encode_text_files(building, vocab)
@@ -118,6 +118,14 @@ def _keep_source_stats(base: Path, variant: Path) -> None:
         return
     if stats:
         atomic_write_text(variant / META_JSON, json.dumps({**meta, "stats": stats}, indent=2) + "\n")
+
+
+def _train_chars(base: Path) -> int | None:
+    """The training split's characters as prepare recorded them (no second read of the text)."""
+    try:
+        return json.loads((base / META_JSON).read_text(encoding="utf-8")).get("chars", {}).get("train")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _chars_of(path: Path):
