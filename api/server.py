@@ -1,14 +1,18 @@
 """An OpenAI-style completion API over a saved model (`python app.py serve-api`): POST /v1/completions, streamed
 with "stream": true, and GET /v1/models, in the shapes OpenAI's clients read.
 
-Each request generates in a worker thread with its own KV cache (PyTorch releases the GIL in its kernels), so
-requests do not wait for one another; the shared model is only read.
+Each request generates with its own KV cache; the model steps of all requests take turns (`taking_turns`),
+and every other part of a request (reading and checking it, decoding, stop strings) runs outside that turn,
+one piece at a time in the thread pool, so no request holds a thread or the model while others wait.
+Every input is bounded (docs/reliability-and-security.md): the body, the prompt, the stop strings.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,16 +20,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool
+from starlette.exceptions import HTTPException
 
 from core.checkpoint import LoadedModel
-from core.sampling import SamplingConfig, stream, taking_turns
+from core.sampling import SamplingConfig, stream
 from core.vocab import describe_chars
 
 MAX_PROMPT_BYTES = 1_000_000
 MAX_STOPS = 4
+MAX_STOP_CHARS = 1_000
+BODY_OVERHEAD_BYTES = 64_000  # what a body may hold besides its prompt and stop strings
 OWNER = "chargpt-workbench"
+DISCONNECT_CHECK_EVERY = 16  # pieces of a non-streamed reply between checks that its client is still there
 
 
 class ApiError(ValueError):
@@ -45,6 +54,52 @@ class ApiError(ValueError):
 class Limits:
     max_tokens: int = 4096  # the most a request may ask for
     prompt_bytes: int = MAX_PROMPT_BYTES
+    stop_chars: int = MAX_STOP_CHARS  # each stop string
+
+    @property
+    def body_bytes(self) -> int:
+        return self.prompt_bytes + MAX_STOPS * self.stop_chars * 4 + BODY_OVERHEAD_BYTES
+
+
+@dataclass
+class Access:
+    """Who may call: the key every request must carry, and which Host and Origin headers are let in.
+
+    A keyless server on this machine answers only requests addressed to this machine (a page whose name was
+    rebound to 127.0.0.1 sends its own Host) and no browser page except `origins`: any page can send a
+    POST to 127.0.0.1, and the browser adds its Origin."""
+
+    api_key: str | None = None
+    local: bool = True  # bound to this machine only: the Host header must name it
+    origins: tuple[str, ...] = ()  # browser pages that may call (`--allow-origin`), "*" for any
+
+    def refusal(self, request: Request) -> ApiError | None:
+        if self.local and not _names_this_machine(request.headers.get("host", "")):
+            return ApiError("this server answers requests to localhost only (the Host header names another "
+                            "machine)", status=403, code="host_not_allowed")  # fmt: skip
+        origin = request.headers.get("origin")
+        if origin is not None and "*" not in self.origins and origin not in self.origins:
+            return ApiError(f"browser pages from {origin[:100]} may not call this server; start it with "
+                            f"--allow-origin {origin[:100]} to let them", status=403,
+                            code="origin_not_allowed")  # fmt: skip
+        if self.api_key is not None:
+            given = request.headers.get("authorization", "")
+            token = given[7:] if given.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), self.api_key.encode()):
+                return ApiError("invalid or missing API key (Authorization: Bearer KEY)", status=401,
+                                code="invalid_api_key")  # fmt: skip
+        return None
+
+
+def _names_this_machine(host: str) -> bool:
+    """Whether a Host header (`name[:port]`, `[v6]:port`) names this machine by a loopback name or address."""
+    name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.rsplit(":", 1)[0]
+    if name.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -67,6 +122,8 @@ class _Field:
 
 def _number(low: float, high: float, *, low_open: bool = False):
     def check(value):
+        if not math.isfinite(value):
+            return "must be a finite number"
         below = value <= low if low_open else value < low
         if below or value > high:
             return f"must be in {'(' if low_open else '['}{low:g}, {high:g}]"
@@ -131,6 +188,7 @@ def parse_completion(body: Any, loaded: LoadedModel, limits: Limits) -> Completi
         prompt = ""
     if len(prompt.encode("utf-8", "surrogatepass")) > limits.prompt_bytes:
         raise ApiError(f"prompt is longer than {limits.prompt_bytes:,} bytes", "prompt")
+    _require_utf8(prompt, "prompt")
     missing = loaded.vocab.unknown(prompt)
     if missing:
         raise ApiError(f"prompt has characters this model does not know: {describe_chars(missing, 5)}", "prompt")
@@ -138,6 +196,11 @@ def parse_completion(body: Any, loaded: LoadedModel, limits: Limits) -> Completi
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if len(stops) > MAX_STOPS or not all(isinstance(s, str) for s in stops):
         raise ApiError(f"stop must be a string or a list of up to {MAX_STOPS} strings", "stop")
+    for each in stops:
+        if len(each) > limits.stop_chars:
+            raise ApiError(f"a stop string may be {limits.stop_chars:,} characters long at most, got {len(each):,}",
+                           "stop")  # fmt: skip
+        _require_utf8(each, "stop")
     sampling = SamplingConfig(
         temperature=float(values["temperature"]),
         top_p=float(values["top_p"]),
@@ -145,6 +208,13 @@ def parse_completion(body: Any, loaded: LoadedModel, limits: Limits) -> Completi
         seed=values["seed"] if values["seed"] is not None else -1,
     )
     return Completion(prompt, sampling, tuple(s for s in stops if s), bool(values["stream"]))
+
+
+def _require_utf8(text: str, name: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ApiError(f"{name} holds a lone surrogate ({text[err.start]!r} at {err.start}): not text", name) from None
 
 
 @dataclass
@@ -155,10 +225,15 @@ class _Reply:
     request: Completion
     finish_reason: str = "length"
     pieces: list[str] = field(default_factory=list)
+    tokens: int = 0  # generated, whether shown or cut by a stop string
+
+    def _count(self, _token: int) -> None:
+        self.tokens += 1
 
     def __iter__(self) -> Iterator[str]:
-        model, vocab = self.loaded.model, self.loaded.vocab
-        generator = taking_turns(stream(model, vocab, self.request.prompt, self.request.sampling, self.request.stop))
+        model, vocab, request = self.loaded.model, self.loaded.vocab, self.request
+        generator = stream(model, vocab, request.prompt, request.sampling, request.stop, shared=True,
+                           on_token=self._count)  # fmt: skip
         while True:
             try:
                 piece = next(generator)
@@ -170,50 +245,91 @@ class _Reply:
 
     def usage(self) -> dict[str, int]:
         prompt = len(self.loaded.vocab.encode(self.request.prompt))
-        completion = len(self.loaded.vocab.encode("".join(self.pieces)))
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return {"prompt_tokens": prompt, "completion_tokens": self.tokens, "total_tokens": prompt + self.tokens}
 
 
-def create_app(loaded: LoadedModel, *, api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it is known to be longer than `limit` (by its header, or while it arrives)."""
+    too_long = ApiError(f"the body is longer than this server reads ({limit:,} bytes: the prompt, the stop strings "
+                        "and the other fields)", status=413, code="body_too_large")  # fmt: skip
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_long
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_long
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ApiError(f"the body is not valid JSON ({err})") from None
+    except RecursionError:
+        raise ApiError("the body is nested too deeply to be a request") from None
+
+
+def create_app(
+    loaded: LoadedModel, *, api_key: str | None = None, limits: Limits | None = None, access: Access | None = None
+) -> FastAPI:
     """The API of one loaded model; with `api_key`, every request must carry `Authorization: Bearer KEY`."""
     limits = limits or Limits()
+    access = access or Access(api_key=api_key)
     app = FastAPI(title=f"chargpt-workbench: {loaded.name}", docs_url=None, redoc_url=None, openapi_url=None)
     created = int(loaded.path.joinpath("model.safetensors").stat().st_mtime)
+    model_card = {"id": loaded.name, "object": "model", "created": created, "owned_by": OWNER}
 
     @app.middleware("http")
-    async def require_key(request: Request, call_next):
-        if api_key is not None:
-            given = request.headers.get("authorization", "")
-            token = given[7:] if given.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), api_key.encode()):
-                return ApiError("invalid or missing API key (Authorization: Bearer KEY)", status=401,
-                                code="invalid_api_key").response()  # fmt: skip
-        return await call_next(request)
+    async def guard(request: Request, call_next):
+        refusal = access.refusal(request)
+        return refusal.response() if refusal else await call_next(request)
+
+    if access.origins:  # outside the guard: it answers the browser's preflight for the pages let in
+        app.add_middleware(CORSMiddleware, allow_origins=list(access.origins), allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"])  # fmt: skip
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, err: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code)
+        return ApiError(str(err.detail), status=err.status_code, code=code).response()
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, err: ApiError) -> JSONResponse:
+        return err.response()
+
+    @app.exception_handler(Exception)
+    async def server_error(_request: Request, _err: Exception) -> JSONResponse:
+        return ApiError("the server failed on this request; its log says why", status=500).response()
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": loaded.name, "object": "model", "created": created,
-                                            "owned_by": OWNER}]}  # fmt: skip
+        return {"object": "list", "data": [model_card]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
+        if model_id != loaded.name:
+            raise ApiError(f"model {model_id[:100]!r} is not served here; this server serves {loaded.name!r}",
+                           "model", status=404, code="model_not_found")  # fmt: skip
+        return model_card
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        raw = await request.body()
-        if len(raw) > limits.prompt_bytes + 64_000:
-            return ApiError(f"the body is longer than the {limits.prompt_bytes:,}-byte prompt allows", "prompt").response()  # fmt: skip
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as err:
-            return ApiError(f"the body is not valid JSON ({err})").response()
-        try:
-            completion = parse_completion(body, loaded, limits)
-        except ApiError as err:
-            return err.response()
+        completion = parse_completion(_parse_json(await _read_body(request, limits.body_bytes)), loaded, limits)
         reply = _Reply(loaded, completion)
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
                 "model": loaded.name}  # fmt: skip
         if not completion.stream:
-            text = await run_in_threadpool(lambda: "".join(reply))
-            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": reply.finish_reason}
+            pieces = 0
+            async for _ in iterate_in_threadpool(iter(reply)):  # a thread for each piece, not the whole reply
+                pieces += 1
+                if pieces % DISCONNECT_CHECK_EVERY == 0 and await request.is_disconnected():
+                    return JSONResponse({}, status_code=499)
+            choice = {"text": "".join(reply.pieces), "index": 0, "logprobs": None,
+                      "finish_reason": reply.finish_reason}  # fmt: skip
             return {**head, "choices": [choice], "usage": reply.usage()}
 
         def events() -> Iterator[str]:

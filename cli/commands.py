@@ -481,7 +481,7 @@ def cmd_serve_api(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from api.server import Limits, create_app
+    from api.server import Access, Limits, create_app
     from core.device import pick_device
     from core.net import is_local
 
@@ -489,10 +489,14 @@ def cmd_serve_api(args: argparse.Namespace) -> int:
     if not is_local(args.host) and not api_key:
         raise CliError(f"--host {args.host} lets other machines call the API: give --api-key KEY (or set "
                        "CHARGPT_API_KEY), which every request must send as 'Authorization: Bearer KEY'")  # fmt: skip
-    if args.max_tokens_limit < 1:
-        raise CliError(f"--max-tokens-limit must be >= 1, got {args.max_tokens_limit}")
+    for flag in ("max_tokens_limit", "max_prompt_bytes", "max_stop_chars"):
+        if getattr(args, flag) < 1:
+            raise CliError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     loaded = ckpt.load_model(args.model, args.models_dir, device=pick_device(args.device))
-    app = create_app(loaded, api_key=api_key, limits=Limits(max_tokens=args.max_tokens_limit))
+    limits = Limits(max_tokens=args.max_tokens_limit, prompt_bytes=args.max_prompt_bytes,
+                    stop_chars=args.max_stop_chars)  # fmt: skip
+    access = Access(api_key=api_key, local=is_local(args.host), origins=tuple(args.allow_origin))
+    app = create_app(loaded, limits=limits, access=access)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"serving {loaded.name} at http://{shown}:{args.port}/v1 (POST /v1/completions, GET /v1/models)"
           f"{', API key required' if api_key else ''}; Ctrl+C stops", file=sys.stderr)  # fmt: skip

@@ -110,6 +110,11 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: $CHARGPT_API_KEY; none on 127.0.0.1)")  # fmt: skip
     p.add_argument("--max-tokens-limit", type=int, default=4096, help="the most max_tokens a request may ask")
+    p.add_argument("--max-prompt-bytes", type=int, default=1_000_000, help="the longest prompt, in UTF-8 bytes")
+    p.add_argument("--max-stop-chars", type=int, default=1_000, help="the longest stop string, in characters")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a browser page that may call the API (e.g. http://localhost:3000; '*' for any); "
+                   "repeat for more; by default browsers are refused")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_serve_api)
 

@@ -28,6 +28,7 @@ class ChatSession:
     loaded: LoadedModel
     settings: SamplingConfig = field(default_factory=SamplingConfig)
     transcript: str = ""
+    shared: bool = False  # other streams of this process use the model too (see `core.sampling.stream`)
 
     def reset(self) -> None:
         self.transcript = ""
@@ -50,7 +51,7 @@ class ChatSession:
         context = self.transcript[-self.loaded.model.config.block_size :]
         parts = []
         pieces = stream(self.loaded.model, self.loaded.vocab, context, self.settings, stop=(REPLY_END,),
-                        skip_leading="\n", stop_after=self.settings.min_reply_chars)  # fmt: skip
+                        skip_leading="\n", stop_after=self.settings.min_reply_chars, shared=self.shared)  # fmt: skip
         for piece in pieces:
             parts.append(piece)
             yield piece

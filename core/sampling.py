@@ -6,8 +6,9 @@ The CLI chat, the workbench's Chat tab and the samples printed during training a
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from core.decoding import decoder_for
 from core.device import autocast, has_native_bf16
 from core.model import GPT, KVCache
+from core.stops import StopMatcher
 from core.vocab import Vocab
 
 REPETITION_WINDOW = 64
@@ -52,6 +54,9 @@ class SamplingConfig:
     )
 
     def validate(self) -> SamplingConfig:
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
@@ -94,14 +99,16 @@ def sample_next(
         logits = logits.scatter(1, recent, penalised)
     if config.temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / config.temperature
+    # less the largest first: a tiny temperature then sends the others to -inf, never the largest to inf
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / config.temperature
     if 0 < config.top_k < logits.size(-1):
         kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if config.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop = cumulative - sorted_logits.softmax(dim=-1) >= config.top_p  # keeps at least the top token
+        drop = cumulative - sorted_logits.softmax(dim=-1) >= config.top_p
+        drop[:, 0] = False  # the top token stays, even where top_p rounds to 0 in float32
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
     probs = logits.softmax(dim=-1)
@@ -180,7 +187,8 @@ def generate_ids(
     was_training = model.training
     model.eval()
     try:
-        history = list(prompt_ids or [0])
+        # the model reads the last `block` tokens; the guesses look further back, but not through a whole book
+        history = list(prompt_ids[-max(4 * block, 4096) :] or [0])
         # Guessing steps stay float32: several rows are not faster in float16, and a guess must be checked
         # with the arithmetic of the step it replaces.
         half = not config.exact and config.guesses == 0
@@ -233,23 +241,30 @@ def stream(
     skip_leading: str = "",
     use_cache: bool = True,
     stop_after: int = 0,
+    shared: bool = False,
+    on_token: Callable[[int], None] | None = None,
 ) -> Generator[str, None, str]:
     """Yield generated text piece by piece; stops before any of the `stop` strings. Returns why it ended:
     "stop" (a stop string) or "length" (`max_new_tokens` generated).
 
-    Text that might be the start of a stop string is held back until it is known not to be one.
-    Characters in `skip_leading` are dropped until the first other one, so a reply that starts with
-    blank lines is not mistaken for one that ended. Characters of `prompt` that are not in the
-    vocabulary are dropped (see `Vocab.filter_known`). The `stop` strings count only once `stop_after`
-    characters were yielded, so that a chat reply is more than its first short line.
+    Text that might be the start of a stop string is held back until it is known not to be one
+    (`StopMatcher`, linear in the text and the stop strings). Characters in `skip_leading` are dropped until
+    the first other one, so a reply that starts with blank lines is not mistaken for one that ended.
+    Characters of `prompt` that are not in the vocabulary are dropped (see `Vocab.filter_known`). The `stop`
+    strings count only once `stop_after` characters were yielded, so that a chat reply is more than its
+    first short line. `shared`: the model serves other streams of this process, so each model step takes
+    its turn (`taking_turns`); decoding and stop matching stay outside the turn. `on_token` sees each
+    generated token id (a server counts them).
     """
     known, _ = vocab.filter_known(prompt)
-    stop = tuple(s for s in stop if s)
-    held = ""
+    matcher = StopMatcher(stop)
     started = not skip_leading
     yielded = 0
     decode = vocab.stream_decoder()  # a token's text: one character, or with a BPE several or none yet
-    for token in generate_ids(model, vocab.encode(known), config, use_cache=use_cache):
+    tokens = generate_ids(model, vocab.encode(known), config, use_cache=use_cache)
+    for token in taking_turns(tokens) if shared else tokens:
+        if on_token is not None:
+            on_token(token)
         piece = decode(token)
         if not started:
             piece = piece.lstrip(skip_leading)
@@ -260,16 +275,12 @@ def stream(
             yielded += len(piece)
             yield piece
             continue
-        held += piece
-        found = [held.index(s) for s in stop if s in held]
-        if found:
-            if min(found):
-                yield held[: min(found)]
+        shown, stopped = matcher.feed(piece)
+        if shown:
+            yield shown
+        if stopped:
             return "stop"
-        hold = max((n for s in stop for n in range(1, len(s)) if held.endswith(s[:n])), default=0)
-        if len(held) > hold:
-            yield held[: len(held) - hold]
-            held = held[len(held) - hold :]
+    held = matcher.flush()
     if held:
         yield held
     return "length"
@@ -278,8 +289,8 @@ def stream(
 _GENERATION_LOCK = threading.Lock()
 
 
-def taking_turns(pieces: Generator[str, None, Any]) -> Generator[str, None, Any]:
-    """`pieces`, each generated while no other stream in this process generates (a server's many streams).
+def taking_turns(pieces: Iterator[Any]) -> Generator[Any, None, Any]:
+    """`pieces`, each made while no other stream in this process makes one (a server's many streams).
 
     Many threads running small forward passes at once oversubscribe the cores (each op is itself
     multi-threaded) and fight over the GIL; one step at a time serves every stream faster

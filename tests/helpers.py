@@ -100,3 +100,46 @@ def running_workbench(root: Path, dashboard: bool = True, timeout_s: float = 90)
             process.wait(30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def save_verse_model(root: Path, name: str = "verse", tokenizer: str = "char"):
+    """A tiny untrained model over the verse corpus, saved in root/models and loaded (for the API's tests)."""
+    import torch
+
+    from core import checkpoint as ckpt
+    from core.config import ModelConfig
+    from core.data import Dataset, prepare
+    from core.model import GPT
+
+    (root / "verse.txt").write_text(TEXT * 2, encoding="utf-8")
+    data = root / f"dataset-{tokenizer}"
+    prepare([root / "verse.txt"], data, tokenizer=tokenizer, vocab_size=300)
+    vocab = Dataset(data).vocab
+    torch.manual_seed(0)
+    config = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=len(vocab))
+    ckpt.save_model(root / "models" / name, ckpt.weights_for_saving(GPT(config)), config, vocab, {})
+    return ckpt.load_model(name, root / "models")
+
+
+@contextlib.contextmanager
+def serving(loaded, **kwargs) -> Iterator[str]:
+    """The completion API of `loaded` on a free port in this process; yields its base URL (.../v1)."""
+    import threading
+
+    import uvicorn
+
+    from api.server import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(loaded, **kwargs), port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the API did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -3,33 +3,29 @@ HTTP for what a client would never send, and several requests at once."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 import torch
-import uvicorn
 
-from api.server import Limits, create_app
+from api.server import Limits
 from core import checkpoint as ckpt
 from core.config import ModelConfig
-from core.data import Dataset
+from core.data import Dataset, prepare
 from core.model import GPT
 from core.sampling import SamplingConfig, complete
-from tests.helpers import free_port, run_app
+from tests.helpers import run_app, serving
 
 KEY = "test-key"
 
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory) -> ckpt.LoadedModel:
-    from core.data import prepare
     from tests.conftest import VERSE
 
     root = tmp_path_factory.mktemp("api")
@@ -40,23 +36,6 @@ def loaded(tmp_path_factory) -> ckpt.LoadedModel:
     config = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=len(vocab))
     ckpt.save_model(root / "models" / "verse", ckpt.weights_for_saving(GPT(config)), config, vocab, {})
     return ckpt.load_model("verse", root / "models")
-
-
-@contextlib.contextmanager
-def serving(loaded, **kwargs) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(loaded, **kwargs), port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the API did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from core.card import read_card
 from core.chat import REPLY_END, ChatSession
 from core.device import pick_device
 from core.export import export_model
-from core.sampling import SamplingConfig, taking_turns
+from core.sampling import SamplingConfig
 from workbench.project import Project
 from workbench.studies import model_names
 
@@ -93,11 +93,11 @@ class ChatController:
             ).validate()  # fmt: skip
         except (ckpt.ModelError, ValueError) as err:
             raise ChatError(str(err)) from None
-        session = ChatSession(loaded, settings, transcript=text or "")
+        session = ChatSession(loaded, settings, transcript=text or "", shared=True)
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         yield history, session.transcript, "", session.unknown_notice(message) or ""
         reply, last_sent = "", 0.0
-        for piece in taking_turns(session.reply(message)):  # it adds the message to its transcript first
+        for piece in session.reply(message):  # it adds the message to its transcript first
             reply += piece
             now = time.monotonic()
             if now - last_sent >= UPDATE_EVERY_S:  # each update resends the conversation: not one per character
