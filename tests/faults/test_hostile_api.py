@@ -48,8 +48,13 @@ ATTACKS = [
     Attack("a lone surrogate prompt", _json(prompt="\ud800"), 400, "lone surrogate"),
     Attack("a lone surrogate stop", _json(stop="\udcff"), 400, "lone surrogate"),
     Attack("a page rebound to 127.0.0.1", _json(), 403, "localhost only", headers={"host": "evil.example:8000"}),
-    Attack("a page's cross-origin POST", _json(), 403, "may not call this server; start it with --allow-origin",
-           headers={"origin": "http://evil.example", "content-type": "text/plain"}),  # fmt: skip
+    Attack(
+        "a page's cross-origin POST",
+        _json(),
+        403,
+        "may not call this server; start it with --allow-origin",
+        headers={"origin": "http://evil.example", "content-type": "text/plain"},
+    ),  # fmt: skip
     Attack("an unknown path", None, 404, "Not Found", path="/nowhere"),
     Attack("a wrong method", None, 405, "Method Not Allowed", method="DELETE"),
     Attack("another model's id", None, 404, "'other' is not served here", path="/models/other"),
