@@ -10,7 +10,6 @@ import math
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from cli.flags import given
@@ -52,6 +51,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             on_progress=on_progress,
             tokenizer=args.tokenizer,
             vocab_size=args.vocab_size,
+            max_unpacked_chars=int(args.max_unpacked_gb * 1e9),
         )
     print(stats.summary())
     return 0
@@ -387,20 +387,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from core.evaluate import evaluate
 
     loaded = ckpt.load_model(args.model, args.models_dir, device=pick_device(args.device))
-    text = None
-    if args.text:
-        try:
-            text = Path(args.text).read_text(encoding="utf-8")
-        except UnicodeDecodeError as err:
-            raise CliError(f"{args.text} is not UTF-8 text (byte {err.start}); convert it first") from None
     where = args.text or f"the validation split of {args.data_dir}"
-    with tqdm(total=0, unit="window", desc=f"evaluate {loaded.name}", file=sys.stderr, mininterval=0.5) as bar:
+    with tqdm(total=None, unit="window", desc=f"evaluate {loaded.name}", file=sys.stderr, mininterval=0.5,
+              delay=0.5) as bar:  # fmt: skip
 
         def on_progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        result = evaluate(loaded, text=text, data_dir=args.data_dir, stride=args.stride, on_progress=on_progress)
+        result = evaluate(
+            loaded, text_file=args.text or None, data_dir=args.data_dir, stride=args.stride, on_progress=on_progress
+        )
     print(f"{loaded.name} on {where}: {result.nats_per_char:.4f} nats ({result.bits_per_char:.4f} bits) per character",
           file=sys.stderr)  # fmt: skip
     print(result.line())

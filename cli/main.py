@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="char: one token a character (default); bpe: a byte-level BPE trained on the training split",
     )
     p.add_argument("--vocab-size", type=int, default=2048, help="--tokenizer bpe: tokens in its vocabulary (256-65535)")  # fmt: skip
+    p.add_argument("--max-unpacked-gb", type=float, default=2.0,
+                   help="the most archives and compressed files may expand to, in billions of characters (default 2)")  # fmt: skip
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train a model and save it under models/NAME")

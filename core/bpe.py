@@ -78,8 +78,14 @@ class BpeTokenizer:
         piece boundary can only change how the whitespace before a newline is split, once in 64k characters)."""
         pieces, start = [], 0
         while start < len(text):
-            end = text.find("\n", start + piece_chars)
-            end = len(text) if end < 0 else end + 1
+            end = text.find("\n", start + piece_chars, start + 2 * piece_chars)
+            if end >= 0:
+                end += 1
+            elif len(text) - start <= 2 * piece_chars:
+                end = len(text)
+            else:  # a line too long: cut at a space, else anywhere (memory grows with a piece's length)
+                space = text.rfind(" ", start + piece_chars, start + 2 * piece_chars)
+                end = space + 1 if space >= 0 else start + 2 * piece_chars
             pieces.append(text[start:end])
             start = end
         ids = [encoding.ids for encoding in self._tokenizer.encode_batch(pieces)] if pieces else []

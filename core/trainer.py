@@ -29,7 +29,7 @@ from core.config import COMPILE_MIN_MINUTES, ModelConfig, TrainConfig, to_dict
 from core.data import BatchSampler, DataError, Dataset
 from core.device import autocast, autocast_dtype, configure, device_name, pick_device, seed_everything
 from core.distributed import SINGLE, DistContext
-from core.fileio import append_line, atomic_write_text
+from core.fileio import append_line, atomic_write_text, printable
 from core.model import GPT
 from core.sampling import SamplingConfig, complete
 from core.variants import open_dataset
@@ -219,9 +219,9 @@ def data_record(dataset: Dataset) -> dict[str, Any]:
     """What a saved model keeps of its data, for its card: where it came from and how it was split."""
     stats = dataset.stats
     return {
-        "dir": str(dataset.data_dir),
+        "dir": printable(str(dataset.data_dir)),
         "tokenizer": dataset.vocab.kind,
-        "sources": stats.get("sources", [])[:20],
+        "sources": [printable(str(name)) for name in stats.get("sources", [])[:20]],
         "chars": {"train": stats.get("train_chars"), "val": stats.get("val_chars")},
         "tokens": {split: len(tokens) for split, tokens in dataset.tokens.items()},
     }
