@@ -9,6 +9,7 @@ Every input is bounded (docs/reliability-and-security.md): the body, the prompt,
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -34,6 +36,7 @@ MAX_STOPS = 4
 MAX_STOP_CHARS = 1_000
 BODY_OVERHEAD_BYTES = 64_000  # what a body may hold besides its prompt and stop strings
 OWNER = "chargpt-workbench"
+WORKER_THREADS = 128
 DISCONNECT_CHECK_EVERY = 16  # pieces of a non-streamed reply between checks that its client is still there
 
 
@@ -279,7 +282,15 @@ def create_app(
     """The API of one loaded model; with `api_key`, every request must carry `Authorization: Bearer KEY`."""
     limits = limits or Limits()
     access = access or Access(api_key=api_key)
-    app = FastAPI(title=f"chargpt-workbench: {loaded.name}", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        # a request waiting for its model turn waits in a thread: room for many more than anyio's 40
+        anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
+        yield
+
+    app = FastAPI(title=f"chargpt-workbench: {loaded.name}", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)  # fmt: skip
     created = int(loaded.path.joinpath("model.safetensors").stat().st_mtime)
     model_card = {"id": loaded.name, "object": "model", "created": created, "owned_by": OWNER}
 

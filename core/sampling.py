@@ -6,6 +6,9 @@ The CLI chat, the workbench's Chat tab and the samples printed during training a
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
 import math
 import threading
 from collections.abc import Callable, Generator, Iterator
@@ -286,22 +289,56 @@ def stream(
     return "length"
 
 
-_GENERATION_LOCK = threading.Lock()
+class Turns:
+    """One model step at a time across a process's streams, the next turn going to the stream that has had the
+    fewest (least attained service): a short request waiting behind fifty long ones gets its turns before theirs,
+    and equals take turns in the order they asked. A turn is handed over directly to the waiter it goes to."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._busy = False
+        self._waiting: list[tuple[int, int, threading.Event]] = []  # a heap of (turns had, arrival, its wake-up)
+        self._arrivals = itertools.count()
+
+    @contextlib.contextmanager
+    def turn(self, had: int) -> Iterator[None]:
+        with self._mutex:
+            granted = not self._busy
+            self._busy = True
+            if not granted:
+                wake = threading.Event()
+                heapq.heappush(self._waiting, (had, next(self._arrivals), wake))
+        if not granted:
+            wake.wait()
+        try:
+            yield
+        finally:
+            with self._mutex:
+                if self._waiting:
+                    heapq.heappop(self._waiting)[2].set()  # still busy: the turn passes to it
+                else:
+                    self._busy = False
 
 
-def taking_turns(pieces: Iterator[Any]) -> Generator[Any, None, Any]:
+_TURNS = Turns()
+
+
+def taking_turns(pieces: Iterator[Any], turns: Turns = _TURNS) -> Generator[Any, None, Any]:
     """`pieces`, each made while no other stream in this process makes one (a server's many streams).
 
     Many threads running small forward passes at once oversubscribe the cores (each op is itself
     multi-threaded) and fight over the GIL; one step at a time serves every stream faster
-    (benchmarks/chat_load.py, benchmarks/serve_api.py).
+    (benchmarks/chat_load.py, benchmarks/serve_api.py), and fewest-turns-first keeps short requests short
+    (benchmarks/hostile_api.py).
     """
+    had = 0
     while True:
-        with _GENERATION_LOCK:
+        with turns.turn(had):
             try:
                 piece = next(pieces)
             except StopIteration as done:
                 return done.value  # why `stream` ended
+        had += 1
         yield piece
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 
 import pytest
 import torch
@@ -156,3 +158,33 @@ def test_sampled_replies_step_in_half_precision_unless_exact_and_greedy_ones_nev
     assert built == [True, False, False]
     exact = SamplingConfig(seed=1, exact=True, max_new_tokens=5)  # float32 throughout: as if uncached
     assert list(generate_ids(model, prompt, exact)) == list(generate_ids(model, prompt, exact, use_cache=False))
+
+
+def test_the_next_turn_goes_to_the_stream_that_has_had_the_fewest():
+    from core.sampling import Turns
+
+    turns, order, holding = Turns(), [], threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with turns.turn(0):
+            holding.set()
+            release.wait(10)
+
+    def ask(had: int, name: str) -> None:
+        with turns.turn(had):
+            order.append(name)
+
+    first = threading.Thread(target=hold)
+    first.start()
+    assert holding.wait(10)
+    long_one = threading.Thread(target=ask, args=(500, "long"))
+    long_one.start()
+    time.sleep(0.2)  # the long stream asks first
+    short_one = threading.Thread(target=ask, args=(0, "short"))
+    short_one.start()
+    time.sleep(0.2)
+    release.set()
+    for thread in (first, long_one, short_one):
+        thread.join(10)
+    assert order == ["short", "long"]
