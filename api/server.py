@@ -24,7 +24,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.concurrency import iterate_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from core.checkpoint import LoadedModel
@@ -61,7 +61,8 @@ class Limits:
 
     @property
     def body_bytes(self) -> int:
-        return self.prompt_bytes + MAX_STOPS * self.stop_chars * 4 + BODY_OVERHEAD_BYTES
+        # as JSON: a client may escape every character (\\uXXXX is 6 bytes, an emoji's surrogate pair 12)
+        return 6 * self.prompt_bytes + MAX_STOPS * self.stop_chars * 12 + BODY_OVERHEAD_BYTES
 
 
 @dataclass
@@ -81,7 +82,7 @@ class Access:
             return ApiError("this server answers requests to localhost only (the Host header names another "
                             "machine)", status=403, code="host_not_allowed")  # fmt: skip
         origin = request.headers.get("origin")
-        if origin is not None and "*" not in self.origins and origin not in self.origins:
+        if origin is not None and "*" not in self.origins and normal_origin(origin) not in self.origins:
             return ApiError(f"browser pages from {origin[:100]} may not call this server; start it with "
                             f"--allow-origin {origin[:100]} to let them", status=403,
                             code="origin_not_allowed")  # fmt: skip
@@ -94,9 +95,24 @@ class Access:
         return None
 
 
+def normal_origin(origin: str) -> str:
+    """An origin as browsers send it: lower-case, no trailing slash (`--allow-origin http://LocalHost:3000/`)."""
+    return origin.strip().rstrip("/").lower()
+
+
 def _names_this_machine(host: str) -> bool:
-    """Whether a Host header (`name[:port]`, `[v6]:port`) names this machine by a loopback name or address."""
-    name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.rsplit(":", 1)[0]
+    """Whether a Host header (`name[:port]`, `[v6]:port`) names this machine by a loopback name or address;
+    no Host at all (HTTP/1.0) is no browser's request."""
+    if not host:
+        return True
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+            return False
+    else:
+        name, _, port = host.partition(":")
+        if port and not port.isdigit():
+            return False
     if name.lower() in ("localhost", "localhost."):
         return True
     try:
@@ -125,7 +141,11 @@ class _Field:
 
 def _number(low: float, high: float, *, low_open: bool = False):
     def check(value):
-        if not math.isfinite(value):
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer of hundreds of digits
+            finite = False
+        if not finite:
             return "must be a finite number"
         below = value <= low if low_open else value < low
         if below or value > high:
@@ -306,7 +326,9 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, err: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code)
-        return ApiError(str(err.detail), status=err.status_code, code=code).response()
+        answer = ApiError(str(err.detail), status=err.status_code, code=code).response()
+        answer.headers.update(err.headers or {})  # a 405's Allow
+        return answer
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, err: ApiError) -> JSONResponse:
@@ -329,7 +351,9 @@ def create_app(
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        completion = parse_completion(_parse_json(await _read_body(request, limits.body_bytes)), loaded, limits)
+        raw = await _read_body(request, limits.body_bytes)
+        # parsing and scanning a prompt of a megabyte takes a while: in a thread, not on the loop every stream uses
+        completion = await run_in_threadpool(lambda: parse_completion(_parse_json(raw), loaded, limits))
         reply = _Reply(loaded, completion)
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
                 "model": loaded.name}  # fmt: skip
@@ -341,7 +365,7 @@ def create_app(
                     return JSONResponse({}, status_code=499)
             choice = {"text": "".join(reply.pieces), "index": 0, "logprobs": None,
                       "finish_reason": reply.finish_reason}  # fmt: skip
-            return {**head, "choices": [choice], "usage": reply.usage()}
+            return {**head, "choices": [choice], "usage": await run_in_threadpool(reply.usage)}
 
         def events() -> Iterator[str]:
             for piece in reply:

@@ -34,6 +34,12 @@ class CliError(RuntimeError):
 # --- prepare ---------------------------------------------------------------------------------------
 
 
+def unpacked_limit(gigachars: float) -> int:
+    if not (gigachars > 0 and math.isfinite(gigachars)):
+        raise CliError(f"--max-unpacked-gb must be a positive number, got {gigachars}")
+    return int(gigachars * 1e9)
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -51,7 +57,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             on_progress=on_progress,
             tokenizer=args.tokenizer,
             vocab_size=args.vocab_size,
-            max_unpacked_chars=int(args.max_unpacked_gb * 1e9),
+            max_unpacked_chars=unpacked_limit(args.max_unpacked_gb),
         )
     print(stats.summary())
     return 0
@@ -159,7 +165,8 @@ def _run_training(args: argparse.Namespace, tuned: dict[str, Any] | None, dist: 
         return 0
     if result.stop_reason != "max_iters":
         print(f"stopped: {result.stop_reason.replace('_', ' ')} at step {result.iters}", file=sys.stderr)
-    print(f"saved {out_dir} (best val {result.val_loss:.4f} at step {result.best_step})", file=sys.stderr)
+    print(f"saved {out_dir} (val loss {result.shown_val_loss:.4f} nats/char over the whole validation split, the "
+          f"weights of step {result.best_step})", file=sys.stderr)  # fmt: skip
     print(result.final_line())
     return 0
 
@@ -478,7 +485,7 @@ def cmd_serve_api(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from api.server import Access, Limits, create_app
+    from api.server import Access, Limits, create_app, normal_origin
     from core.device import pick_device
     from core.net import is_local
 
@@ -492,7 +499,7 @@ def cmd_serve_api(args: argparse.Namespace) -> int:
     loaded = ckpt.load_model(args.model, args.models_dir, device=pick_device(args.device))
     limits = Limits(max_tokens=args.max_tokens_limit, prompt_bytes=args.max_prompt_bytes,
                     stop_chars=args.max_stop_chars)  # fmt: skip
-    access = Access(api_key=api_key, local=is_local(args.host), origins=tuple(args.allow_origin))
+    access = Access(api_key=api_key, local=is_local(args.host), origins=tuple(map(normal_origin, args.allow_origin)))
     app = create_app(loaded, limits=limits, access=access)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"serving {loaded.name} at http://{shown}:{args.port}/v1 (POST /v1/completions, GET /v1/models)"

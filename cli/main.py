@@ -203,12 +203,18 @@ def add_train_arguments(p: argparse.ArgumentParser, with_data_dir: bool = True) 
     add_dataclass_flags(p, TrainConfig, "final training", skip=skip)
 
 
+CHATTY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch._dynamo", "torch._inductor", "httpx", "urllib3")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:  # libraries' chatter (one export logged 159 INFO lines of onnxscript)
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     if args.command in (None, "serve"):
         from workbench.app import serve
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
@@ -48,6 +49,8 @@ def _duration(seconds: float | None) -> str:
 def _code(text: Any) -> str:
     """`text` as an inline code span that nothing in it can end (backticks, HTML, line breaks)."""
     text = " ".join(printable(str(text)).split())
+    if not text:
+        return "not recorded"
     fence = "`"
     while fence in text:
         fence += "`"
@@ -58,8 +61,28 @@ def _code(text: Any) -> str:
 def _where(path: Any) -> str:
     """A recorded path as the card shows it: a relative one as it is, an absolute one (a machine's) by its name."""
     text = str(path)
-    absolute = text.startswith("/") or PureWindowsPath(text).is_absolute()
+    absolute = text.startswith(("/", "\\")) or PureWindowsPath(text).is_absolute()
     return PureWindowsPath(text).name if absolute else text  # PureWindowsPath splits at / and \ alike
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _loss(summary: dict[str, Any]) -> str:
+    """The model's one validation figure: the kept weights over the whole split (what `evaluate` prints)."""
+    val, estimate, step = summary.get("val_loss"), summary.get("best_val_loss"), _count(summary.get("best_step"))
+    if _finite(val):
+        return (
+            f"**{val:.4f} nats per character** ({val / math.log(2):.4f} bits per character) over the whole validation "
+            f"split ({_count(summary.get('val_chars'))} characters), the weights kept at step {step}"
+        )
+    if _finite(estimate):  # saved before whole-split scoring: an estimate from sampled batches
+        return (
+            f"**{estimate:.4f} nats per character** ({estimate / math.log(2):.4f} bits per character), estimated on "
+            f"sampled batches of the validation split at step {step}; `evaluate` scores the whole split"
+        )
+    return "not evaluated yet"
 
 
 def _fence(text: str) -> str:
@@ -129,18 +152,14 @@ def _parameters(config: dict[str, Any]) -> int | None:
 
 def render_card(name: str, config: dict[str, Any]) -> str:
     """The card of model `name` from its config.json (`config`)."""
+    name = printable(name)  # a folder named in bytes that are not UTF-8
+    quoted = shlex.quote(name)
     model, train, summary = config.get("model", {}), config.get("train", {}), config.get("summary", {})
     data, source = config.get("data", {}), config.get("source")
     tokenizer = config.get("tokenizer", "char")
     vocab_file = "tokenizer.json" if tokenizer == "bpe" else "vocab.txt"
     unit = "tokens" if tokenizer == "bpe" else "characters"
-    val = summary.get("best_val_loss")
-    loss = (
-        f"**{val:.4f} nats per character** ({val / math.log(2):.4f} bits per character) on the validation split, "
-        f"at step {_count(summary.get('best_step'))}"
-        if isinstance(val, (int, float)) and math.isfinite(val)
-        else "not evaluated yet"
-    )
+    loss = _loss(summary)
     chars = data.get("chars") or {}
     sources = data.get("sources") or []
     tuned = (
@@ -150,7 +169,7 @@ def render_card(name: str, config: dict[str, Any]) -> str:
     )
     sample = summary.get("sample") or ""
     lines = [
-        f"# {name}",
+        f"# {name.replace('`', '')}",
         "",
         f"A decoder-only Transformer trained by chargpt-workbench on {unit} of its own text. This card is written "
         "from `config.json` each time the model is saved; do not edit it.",
@@ -187,10 +206,10 @@ def render_card(name: str, config: dict[str, Any]) -> str:
         "",
         "## Use it",
         "```bash",
-        f"python app.py chat --model {name}",
-        f"python app.py evaluate --model {name}                  # nats and bits per character",
-        f"python app.py export --model {name} --format onnx --check",
-        f"python app.py serve-api --model {name} --port 8000      # OpenAI-style /v1/completions",
+        f"python app.py chat --model {quoted}",
+        f"python app.py evaluate --model {quoted}                  # nats and bits per character",
+        f"python app.py export --model {quoted} --format onnx --check",
+        f"python app.py serve-api --model {quoted} --port 8000      # OpenAI-style /v1/completions",
         "```",
         "",
         f"After `export`, `export/` holds `model.onnx` (input `input_ids` int64 [batch, sequence], output `logits` "

@@ -18,7 +18,8 @@ from core.sampling import SamplingConfig, complete
 # The rows of the side-by-side table: the shape, the recipe, and what training reached.
 CONFIG_ROWS = (
     "n_layer", "n_head", "n_embd", "block_size", "pos_encoding", "norm", "mlp", "qk_norm", "tie_head",
-    "optimizer", "lr", "muon_lr", "schedule", "batch_size", "best_val_loss", "best_step", "iters", "parameters",
+    "optimizer", "lr", "muon_lr", "schedule", "batch_size", "val_loss", "best_val_loss", "best_step", "iters",
+    "parameters",
 )  # fmt: skip
 
 

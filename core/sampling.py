@@ -294,6 +294,8 @@ class Turns:
     fewest (least attained service): a short request waiting behind fifty long ones gets its turns before theirs,
     and equals take turns in the order they asked. A turn is handed over directly to the waiter it goes to."""
 
+    AGE_TURNS = 64
+
     def __init__(self) -> None:
         self._mutex = threading.Lock()
         self._busy = False
@@ -307,7 +309,8 @@ class Turns:
             self._busy = True
             if not granted:
                 wake = threading.Event()
-                heapq.heappush(self._waiting, (had, next(self._arrivals), wake))
+                # past AGE_TURNS a stream waits in order with the others: new requests come first only briefly
+                heapq.heappush(self._waiting, (min(had, self.AGE_TURNS), next(self._arrivals), wake))
         if not granted:
             wake.wait()
         try:

@@ -142,7 +142,12 @@ class Plan:
         parts = [f"{first.candidates} candidates train {_clock(first.seconds)} each"]
         parts += [f"the best {r.candidates} go on for {_clock(r.seconds)} more" for r in rest]
         grown = " at twice its context" if self.final_token_scale > 1 and self.final_longer_context else ""
-        return ", then ".join(parts) + f"; the winner trains for the last {_clock(final_s)}{grown} and is saved"
+        said = ", then ".join(parts) + f"; the winner trains for the last {_clock(final_s)}{grown} and is saved"
+        return f"{said} ({self.note})" if self.note else said
+
+
+def fmt_ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 0.02 else f"{seconds * 1000:.0f} ms"
 
 
 def _clock(seconds: float) -> str:
@@ -157,7 +162,7 @@ def plan_tournament(
     workers: int = 1,
     eta: int = 3,
     final_share: float = 0.7,
-    min_steps: int = 150,
+    min_steps: int | None = None,
     max_rungs: int = 4,
     search_rungs: int = 2,
     slice_overhead_s: float = SLICE_OVERHEAD_S,
@@ -171,7 +176,10 @@ def plan_tournament(
     single short slice and its time is lost, which cost more than the best neighbour of the default gained
     at 10 minutes on 2 cores (docs/tuning.md, Tuning within one budget). A budget that holds one rung but not
     `search_rungs`, or none, is spent on the default configuration alone; one shorter than `budget_minimums`'s
-    run_s (a first slice of the default, its scoring and the final save) is refused with that number."""
+    run_s (a first slice of the default, its scoring and the final save) is refused with that number.
+
+    `search_rungs` 1 is a short search ("search even if the budget is short"): where no rung of candidates
+    trains `min_steps`, one rung of `eta` (else 2) candidates of at least SHORT_MIN_STEPS, said in the note."""
     if not budget_s > 0 or not math.isfinite(budget_s):
         raise TuningError(f"the budget must be a positive duration, e.g. 10m or 1h, got {budget_s!r}")
     if eta < 2:
@@ -180,10 +188,11 @@ def plan_tournament(
         raise TuningError(f"final_share must be in (0, 1), got {final_share}")
     if not 1 <= search_rungs < max_rungs:
         raise TuningError(f"search_rungs must be in [1, {max_rungs - 1}], got {search_rungs}")
-    min_slice = max(2.0, min_steps * step_s)
-    explore_s = (1 - final_share) * (budget_s - END_MARGIN_S)
     least = budget_minimums(step_s, workers=workers, eta=eta, final_share=final_share, min_steps=min_steps,
                             search_rungs=search_rungs, slice_overhead_s=slice_overhead_s)  # fmt: skip
+    min_steps = min_steps or MIN_STEPS
+    min_slice = max(2.0, min_steps * step_s)
+    explore_s = (1 - final_share) * (budget_s - END_MARGIN_S)
 
     def plan(rungs: list[Rung], note: str = "") -> Plan:
         return Plan(
@@ -198,7 +207,12 @@ def plan_tournament(
         if slices[0] >= min_slice:
             if rungs - 1 < search_rungs:
                 return plan([Rung(1, 0.0)], _no_search_note(budget_s, least, f"holds {rungs - 1} exploration rung(s)"))
-            return plan([Rung(n, s) for n, s in zip(counts, slices)] + [Rung(1, 0.0)])
+            return plan([Rung(n, s) for n, s in zip(counts, slices)] + [Rung(1, 0.0)], _short_note(search_rungs,
+                        slices[0], step_s))  # fmt: skip
+    for count in (eta, 2) if search_rungs == 1 else ():  # a short search: the most candidates that fit
+        first = explore_s / math.ceil(count / workers) - slice_overhead_s
+        if first >= max(2.0, SHORT_MIN_STEPS * step_s):
+            return plan([Rung(count, first), Rung(1, 0.0)], _short_note(search_rungs, first, step_s))
     if budget_s >= least.run_s:
         return plan([Rung(1, 0.0)], _no_search_note(budget_s, least, "is too short for a search"))
     raise TuningError(
@@ -207,12 +221,18 @@ def plan_tournament(
     )
 
 
+MIN_STEPS = 150  # steps of a candidate's first slice that judge it reliably
+SHORT_MIN_STEPS = 40  # what a short search (search_rungs 1) accepts instead
+
+
 @dataclass
 class Minimums:
-    """The smallest budgets, in seconds: one that trains the default model, one that searches."""
+    """The smallest budgets, in seconds: one that trains the default model, one that searches, and one that
+    searches when a short search is asked for (the smallest: two candidates of SHORT_MIN_STEPS)."""
 
     run_s: float
     search_s: float
+    short_search_s: float = 0.0
 
 
 def budget_minimums(
@@ -221,21 +241,34 @@ def budget_minimums(
     workers: int = 1,
     eta: int = 3,
     final_share: float = 0.7,
-    min_steps: int = 150,
+    min_steps: int | None = None,
     search_rungs: int = 2,
     slice_overhead_s: float = SLICE_OVERHEAD_S,
 ) -> Minimums:
-    slice_s = max(2.0, min_steps * step_s) + slice_overhead_s
+    """The same for every budget: they depend on the speed and the search's shape only."""
+    slice_s = max(2.0, (min_steps or MIN_STEPS) * step_s) + slice_overhead_s
+    short_slice_s = max(2.0, SHORT_MIN_STEPS * step_s) + slice_overhead_s
+    search_s = _smallest_budget(max(search_rungs, 2), eta, slice_s, workers, final_share)
     return Minimums(
         run_s=math.ceil(slice_s + END_MARGIN_S),
-        search_s=math.ceil(_smallest_budget(search_rungs, eta, slice_s, workers, final_share)),
+        search_s=math.ceil(search_s),
+        short_search_s=math.ceil(_smallest_budget(1, 2, short_slice_s, workers, final_share)),
     )
+
+
+def _short_note(search_rungs: int, first_slice_s: float, step_s: float) -> str:
+    if search_rungs != 1:
+        return ""
+    steps = int(first_slice_s / step_s)
+    if steps >= MIN_STEPS:
+        return ""
+    return f"a short search: about {steps:,} steps a candidate, fewer than the {MIN_STEPS} that judge one reliably"
 
 
 def _no_search_note(budget_s: float, least: Minimums, why: str) -> str:
     return (
-        f"no search: {budget_s:.0f}s {why}, and a search that pays needs at least {least.search_s:.0f}s; "
-        "the default configuration trains for all of it"
+        f"no search: {budget_s:.0f}s {why}, and a search that pays needs at least {least.search_s:.0f}s (a short "
+        f"search {least.short_search_s:.0f}s); the default configuration trains for all of it"
     )
 
 
@@ -246,15 +279,21 @@ def _smallest_budget(search_rungs: int, eta: int, slice_s: float, workers: int, 
     return search_rungs * per_rung / (1 - final_share) + END_MARGIN_S
 
 
-def measure_step_s(config: TuneConfig, dataset: Dataset, steps: int = 11) -> float:
-    """Seconds a typical step of the default model takes on this device: the median interval, so that a
-    one-off stall (the server answering a page, a collection) does not shrink the plan. On two busy cores a
-    tiny model's steps took 9-16 ms with stalls of 55-194 ms; their mean over 5 steps read 36 ms."""
+WARM_STEPS, TIMED_BLOCKS, BLOCK_STEPS = 5, 4, 5  # how the default model's pace is measured
+
+
+def measure_step_s(config: TuneConfig, dataset: Dataset) -> float:
+    """Seconds a step of the default model takes here: steps timed after WARM_STEPS (allocations, the first
+    kernels), the fastest median of TIMED_BLOCKS blocks of BLOCK_STEPS, since another process on the cores can
+    only slow a block down. Eagerly: where the run compiles, it does so because compiled steps are faster."""
     model_config, train_config = candidate_configs(default_params(config.overrides), config, 0, len(dataset.vocab))
-    train_config = replace_known(train_config, {"max_iters": steps, "max_minutes": 0.0, "warmup_iters": 0})
+    steps = WARM_STEPS + TIMED_BLOCKS * BLOCK_STEPS + 1
+    train_config = replace_known(train_config, {"max_iters": steps, "max_minutes": 0.0, "warmup_iters": 0,
+                                                "compile": "off"})  # fmt: skip
     timings: list[float] = []
     train(model_config, train_config, dataset=dataset, hooks=TrainHooks(on_step=lambda e: timings.append(e.elapsed_s)))
-    return statistics.median([b - a for a, b in zip(timings, timings[1:])])
+    gaps = [b - a for a, b in zip(timings, timings[1:])][WARM_STEPS:]
+    return min(statistics.median(gaps[i : i + BLOCK_STEPS]) for i in range(0, len(gaps), BLOCK_STEPS))
 
 
 def measure_score_s(config: TuneConfig, dataset: Dataset) -> float:
@@ -409,11 +448,17 @@ class RungEvent:
     message: str = ""
     step: int = 0  # the candidate's training steps so far (its earlier rungs included)
     loss: float | None = None  # its latest training loss (step events)
+    step_s: float | None = None  # its pace: the median of its recent steps (step events)
 
     def text(self) -> str:
         """One line for a person: the CLI prints it, the Tune tab shows it."""
+        if self.kind == "step" and self.message:
+            return f"rung {self.rung}: candidate {self.candidate}: {self.message}"
         if self.kind == "step":
-            return f"rung {self.rung}: candidate {self.candidate} at step {self.step:,}, loss {self.loss:.3f}"
+            pace = f", {fmt_ms(self.step_s)} a step" if self.step_s else ""
+            return (
+                f"rung {self.rung}: candidate {self.candidate} at step {self.step:,}, train loss {self.loss:.3f}{pace}"
+            )
         if self.kind == "start":
             return f"rung {self.rung} ({self.alive} alive): training candidate {self.candidate}"
         if self.kind == "end":
@@ -464,26 +509,53 @@ def measured_speed(config: TuneConfig, dataset: Dataset, measure: bool = True) -
     """The default model's speed here, measured once per dataset, device and fixed fields and then read from
     the dataset folder, so that the minimum budget the page shows is the one Start applies; None when it is
     not known yet and `measure` is False (another job busy on the cores would make a measurement too slow)."""
-    key = json.dumps(
-        [str(pick_device(config.device)), torch.get_num_threads(), len(dataset.vocab), config.overrides],
-        sort_keys=True, default=str,
-    )  # fmt: skip
-    path = Path(config.data_dir) / SPEED_FILE
-    try:
-        known = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        known = {}
-    if not isinstance(known, dict):
-        known = {}
+    key, known = _speed_key(config, dataset), _known_speeds(config)
     if isinstance(known.get(key), dict):
         with contextlib.suppress(TypeError):
             return Speed(**known[key])
     if not measure:
         return None
     speed = Speed(measure_step_s(config, dataset), measure_score_s(config, dataset))
-    with contextlib.suppress(OSError):  # a read-only dataset measures again next time
-        atomic_write_text(path, json.dumps({**known, key: asdict(speed)}, indent=2) + "\n")
+    _write_speed(config, key, speed)
     return speed
+
+
+def record_observed_speed(config: TuneConfig, dataset: Dataset, step_s: float) -> None:
+    """The default model's pace as a run found it, over the measured one when they differ by more than
+    OBSERVED_MARGIN: the next plan rests on what the machine did, not on a measurement the run disproved."""
+    key, known = _speed_key(config, dataset), _known_speeds(config)
+    with contextlib.suppress(TypeError):
+        speed = Speed(**known[key]) if isinstance(known.get(key), dict) else None
+        if speed is not None and abs(step_s / speed.step_s - 1) > OBSERVED_MARGIN:
+            log.info("the default model ran at %.0f ms/step, not the measured %.0f: the plans use it from now on",
+                     step_s * 1000, speed.step_s * 1000)  # fmt: skip
+            _write_speed(config, key, Speed(step_s, speed.score_s))
+
+
+OBSERVED_MARGIN = 0.2
+
+
+def _speed_key(config: TuneConfig, dataset: Dataset) -> str:
+    device = pick_device(config.device)
+    # the threads `train` will use (core.device.configure), not whatever this process has set so far
+    threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1) if device.type == "cpu" else 0
+    return json.dumps([str(device), threads, len(dataset.vocab), config.overrides], sort_keys=True, default=str)
+
+
+def _known_speeds(config: TuneConfig) -> dict[str, Any]:
+    try:
+        known = json.loads((Path(config.data_dir) / SPEED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def _write_speed(config: TuneConfig, key: str, speed: Speed) -> None:
+    known = _known_speeds(config)
+    with contextlib.suppress(OSError):  # a read-only dataset measures again next time
+        atomic_write_text(
+            Path(config.data_dir) / SPEED_FILE, json.dumps({**known, key: asdict(speed)}, indent=2) + "\n"
+        )
 
 
 def plan_for(config: TuneConfig, speed: Speed, workers: int = 1) -> Plan:
@@ -506,6 +578,7 @@ class Preview:
     plan: Plan | None
     error: str = ""
     continuing: bool = False
+    step_s: float = 0.0  # the default model's pace the minimums rest on
 
     def text(self) -> str:
         if self.error:
@@ -524,14 +597,14 @@ def preview(config: TuneConfig, workers: int = 1, measure: bool = True) -> Previ
             "the smallest budgets are measured on this machine when no job is running; they show here then"
         )
     least = budget_minimums(speed.step_s, workers=workers, eta=config.eta, final_share=config.final_share,
-                            search_rungs=config.search_rungs, slice_overhead_s=SLICE_OVERHEAD_S + speed.score_s)  # fmt: skip
+                            slice_overhead_s=SLICE_OVERHEAD_S + speed.score_s)  # fmt: skip
     recorded = recorded_plan(config)
     if recorded is not None:
-        return Preview(least, recorded, continuing=True)
+        return Preview(least, recorded, continuing=True, step_s=speed.step_s)
     try:
-        return Preview(least, plan_for(config, speed, workers))
+        return Preview(least, plan_for(config, speed, workers), step_s=speed.step_s)
     except TuningError as err:
-        return Preview(least, None, error=str(err))
+        return Preview(least, None, error=str(err), step_s=speed.step_s)
 
 
 def recorded_plan(config: TuneConfig) -> Plan | None:
@@ -795,10 +868,12 @@ def _run_rung(
             return
     if owned.check():
         return abandon()
+    if rung == 0 and candidate == 0 and watch.pace() is not None:  # the default model, at its own shape
+        record_observed_speed(config, dataset, watch.pace())
     trial.set_user_attr("seconds", round(time.time() - started, 2))
     latest = ckpt.latest_checkpoint(final_dir if final else folder)
     trial.set_user_attr("steps", latest.step if latest else 0)  # the candidate's training steps so far
-    if math.isfinite(score) and latest is not None and not stop.is_set():
+    if math.isfinite(score) and latest is not None and not stop.is_set() and latest.step not in watch.reported:
         trial.report(score, latest.step)  # its score among its intermediate values, for optuna-dashboard
     if stop.is_set():  # a stopped rung is not a result; the next run queues it again (`_requeue_stopped`)
         trial.set_user_attr("reason", STOPPED_REASON)
@@ -821,21 +896,37 @@ class _RungWatch:
     def __init__(self, trial: optuna.Trial, rung: int, candidate: int, plan: Plan, emit: Callable[[RungEvent], None]):
         self.trial, self.rung, self.candidate, self.plan, self.emit = trial, rung, candidate, plan, emit
         self._last = -math.inf
+        self._elapsed: list[float] = []
+        self.reported: set[int] = set(trial.storage.get_trial(trial._trial_id).intermediate_values)
+
+    def pace(self) -> float | None:
+        """The median seconds a step after the first ones (one compile or stall does not move a median)."""
+        gaps = [b - a for a, b in zip(self._elapsed, self._elapsed[1:])][WARM_STEPS:]
+        return statistics.median(gaps) if len(gaps) >= BLOCK_STEPS else None
+
+    def on_status(self, message: str) -> None:
+        self.emit(RungEvent("step", self.rung, self.candidate, self.trial.number, time_left_s=self.plan.deadline - time.time(),
+                            alive=self.plan.rungs[self.rung].candidates, message=message))  # fmt: skip
 
     def on_step(self, event) -> None:
+        self._elapsed.append(event.elapsed_s)
         now = time.monotonic()
         if now - self._last < REPORT_EVERY_S:
             return
         self._last = now
+        recent = [b - a for a, b in zip(self._elapsed[-21:], self._elapsed[-20:])]
         self.emit(RungEvent("step", self.rung, self.candidate, self.trial.number, alive=self.plan.rungs[self.rung].candidates,
-                            time_left_s=self.plan.deadline - time.time(), step=event.step, loss=event.loss))  # fmt: skip
+                            time_left_s=self.plan.deadline - time.time(), step=event.step, loss=event.loss,
+                            step_s=statistics.median(recent) if len(recent) >= 3 else None))  # fmt: skip
 
     def on_eval(self, event) -> None:
-        self.trial.report(event.val_loss, event.step)
+        if event.step not in self.reported:  # a resumed rung evaluates its first step again: Optuna would warn
+            self.reported.add(event.step)
+            self.trial.report(event.val_loss, event.step)
 
     def hooks(self, stop, on_finish=None, reports: bool = False) -> TrainHooks:
         return TrainHooks(on_step=self.on_step, on_eval=self.on_eval if reports else None, should_stop=stop.is_set,
-                          on_finish=on_finish)  # fmt: skip
+                          on_finish=on_finish, on_status=self.on_status)  # fmt: skip
 
 
 class _Ownership:
@@ -870,6 +961,7 @@ def _continue(folder: Path, model_config, train_config, dataset, hooks: TrainHoo
         resume=ckpt.latest_checkpoint(folder) is not None,
         dataset=dataset,
         hooks=hooks,
+        budget_spans_resumes=False,  # each slice has its own minutes
     )
 
 
@@ -967,7 +1059,6 @@ def _final_rung(
             "checkpoint_interval": max(20, int(30 / max(plan.step_s * plan.final_token_scale, 1e-3))),  # ~ every 30 s
         },
     )
-    scores: list[float] = []
     source = {"study": trial.study.study_name, "trial": trial.number, "tournament": True}
     record = {
         "params": trial.user_attrs["params"],
@@ -979,14 +1070,15 @@ def _final_rung(
     }
     ckpt.write_best_params(final_dir, record)
     with _machine_threads():
-        train(
+        result = train(
             model_config,
             final_config,
             out_dir=final_dir,
             resume=ckpt.latest_checkpoint(final_dir) is not None,  # none: a plan without search starts the default
+            budget_spans_resumes=False,
             dataset=dataset,
             info={"source": source},
-            hooks=watch.hooks(stop, on_finish=lambda m: scores.append(_score(m, dataset)), reports=True),
+            hooks=watch.hooks(stop, reports=True),
         )
     if stop.is_set():  # stopped, or the trial was lost: the run that continues it writes the history
         return math.nan
@@ -1001,6 +1093,8 @@ def _final_rung(
         for t in trial.study.get_trials(deepcopy=False)
         if t.user_attrs.get("candidate") == trial.user_attrs["candidate"] and t.number != trial.number
     ]
-    history.append({"rung": rung, "trial": trial.number, "seconds": seconds, "score": scores[0], "state": "COMPLETE"})
+    # the winner's value is its card's: the kept weights over the whole validation split
+    history.append({"rung": rung, "trial": trial.number, "seconds": seconds, "score": result.shown_val_loss,
+                    "state": "COMPLETE"})  # fmt: skip
     atomic_write_text(final_dir / RUNGS_JSON, json.dumps({"plan": plan.to_json(), "rungs": history}, indent=2) + "\n")
-    return scores[0]
+    return result.shown_val_loss

@@ -50,7 +50,8 @@ class StepEvent:
     loss: float
     lr: float
     tokens_per_s: float
-    elapsed_s: float
+    elapsed_s: float  # since this call started
+    run_s: float = 0.0  # the run's seconds across its resumes
 
 
 @dataclass
@@ -75,11 +76,14 @@ class TrainHooks:
     on_eval: Callable[[EvalEvent], None] | None = None
     should_stop: Callable[[], bool] | None = None
     on_finish: Callable[[GPT], None] | None = None  # the model as training left it (not the kept best weights)
+    on_status: Callable[[str], None] | None = None  # a phase with no steps for a while (compiling)
 
 
 @dataclass
 class TrainResult:
-    """`val_loss`/`train_loss` are those of the kept (best-val) weights."""
+    """`val_loss`/`train_loss` are those of the kept (best-val) weights, estimated on `eval_iters` batches (what
+    chose them); `whole_val_loss` is theirs over the whole validation split, as `evaluate` scores it, when the
+    run saves: the figure its card and every table show."""
 
     val_loss: float
     train_loss: float
@@ -90,10 +94,16 @@ class TrainResult:
     stop_reason: str  # max_iters, time_budget, early_stop, stopped
     out_dir: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    whole_val_loss: float | None = None
+
+    @property
+    def shown_val_loss(self) -> float:
+        """The one figure to show: the whole split's when scored, else the estimate."""
+        return self.whole_val_loss if self.whole_val_loss is not None else self.val_loss
 
     def final_line(self) -> str:
         return (
-            f"final val_loss={self.val_loss:.4f} train_loss={self.train_loss:.4f} "
+            f"final val_loss={self.shown_val_loss:.4f} train_loss={self.train_loss:.4f} "
             f"iters={self.iters} tokens_per_s={self.tokens_per_s:.0f}"
         )
 
@@ -187,6 +197,9 @@ def split_loss(
     return total / (windows * block)
 
 
+COMPILING = "compiling the training step (once; no steps for up to a minute on 2 cores)"
+
+
 class AutoCompile:
     """`--compile auto`: after the first steps, compile once if the run has COMPILE_MIN_MINUTES or more left.
 
@@ -215,6 +228,16 @@ class AutoCompile:
         return torch.compile(model)
 
 
+def score_kept_weights(weights: dict[str, torch.Tensor], model_config: ModelConfig, dataset: Dataset, device):
+    """The saved weights' loss per character on the whole validation split, as `evaluate` computes it."""
+    from core.evaluate import score_ids
+
+    with torch.random.fork_rng(devices=[]):  # building it draws initial weights: the run's random state stays
+        model = GPT(model_config)
+    ckpt.load_weights(model, weights, Path("the kept weights"))
+    return score_ids(model.to(device), dataset.vocab, dataset.tokens["val"])
+
+
 def data_record(dataset: Dataset) -> dict[str, Any]:
     """What a saved model keeps of its data, for its card: where it came from and how it was split."""
     stats = dataset.stats
@@ -237,8 +260,10 @@ def train(
     info: dict[str, Any] | None = None,
     dataset: Dataset | None = None,
     dist: DistContext = SINGLE,
+    budget_spans_resumes: bool = True,
 ) -> TrainResult:
     """Train a model; with `out_dir`, checkpoint and save it there (see core.checkpoint for the layout).
+    `max_minutes` is the run's across its resumes (`budget_spans_resumes`), or this call's (a tournament's slice).
 
     Under torchrun (`dist.enabled`) every rank trains on its own random windows, gradients are averaged,
     and only rank 0 writes checkpoints, metrics and the model; the global batch is
@@ -343,6 +368,8 @@ def train(
     }
     resumed = checkpoint.state if checkpoint is not None else {}
     best_sample, previous_seconds = resumed.get("best_sample", ""), resumed.get("seconds", 0.0)
+    if budget_s and budget_spans_resumes:  # what the earlier calls of this run spent is spent
+        budget_s = max(budget_s - previous_seconds, 1e-3)
 
     def tokens_per_s() -> float:
         return steps_this_run * tokens_per_step / max(train_seconds, 1e-9)
@@ -358,6 +385,8 @@ def train(
         if budget_s:
             fraction = max(fraction, (time.perf_counter() - started) / budget_s)
         return fraction
+
+    kept_score: dict[str, float] = {}  # the kept weights over the whole validation split, once training ends
 
     def save_all() -> None:
         if not writes:
@@ -393,6 +422,7 @@ def train(
                 "tokens_per_char": dataset.tokens_per_char["train"],  # 1 for characters; a BPE's is below
                 "seconds": round(previous_seconds + time.perf_counter() - started, 1),
                 "sample": best_sample,  # from the evaluation that kept the saved weights
+                **kept_score,
                 "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
             },
         }
@@ -487,11 +517,16 @@ def train(
         steps_this_run += 1
         train_seconds += time.perf_counter() - step_started
         if auto_compile and auto_compile.observe(time.perf_counter() - step_started, seconds_left()):
+            if hooks.on_status:
+                hooks.on_status(COMPILING)
             runner = wrap(auto_compile.compiled(model))
         if hooks.on_step:
             per_char = loss_value * dataset.tokens_per_char["train"]
+            elapsed = time.perf_counter() - started
             hooks.on_step(
-                StepEvent(step, train_config.max_iters, per_char, lr, tokens_per_s(), time.perf_counter() - started)
+                StepEvent(
+                    step, train_config.max_iters, per_char, lr, tokens_per_s(), elapsed, previous_seconds + elapsed
+                )
             )
         if train_config.eval_seconds:
             (due,) = dist.any(time.perf_counter() - started >= next_eval_s)  # clocks differ between ranks
@@ -512,6 +547,9 @@ def train(
         evaluate()
     if dist.enabled:
         summary["distributed"] = {"world_size": dist.world_size, "ranks_agree": dist.same_everywhere(model)}
+    if writes:  # the kept weights over the whole validation split: the one figure the card, evaluate and tables show
+        scored = score_kept_weights(best_weights or ckpt.weights_for_saving(model), model_config, dataset, device)
+        kept_score.update(val_loss=scored.nats_per_char, val_chars=scored.chars)
     save_all()
     if hooks.on_finish:
         hooks.on_finish(model)
@@ -525,4 +563,5 @@ def train(
         stop_reason=stop_reason,
         out_dir=str(out) if out else None,
         history=history,
+        whole_val_loss=kept_score.get("val_loss"),
     )

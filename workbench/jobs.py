@@ -188,6 +188,9 @@ class JobManager:
         error, result = None, None
         try:
             result = fn(job)
+        except ValueError as err:  # a user's mistake (TuningError, DataError, ConfigError...): its message is enough
+            log.error("%s job failed: %s: %s", job.kind, job.title, err)
+            error = err
         except BaseException as err:  # noqa: BLE001 - a job must never take the server down
             log.exception("%s job failed: %s", job.kind, job.title)
             error = err

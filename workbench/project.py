@@ -103,8 +103,9 @@ class Project:
         if path in self.private_files:
             raise DataError(f"{shown} is the workbench's login file; refused")
 
-    def store_uploads(self, paths: list[str], limit_mb: int = UPLOAD_LIMIT_MB) -> list[Path]:
-        """Copy uploaded temp files into uploads/ under generated names; refuse empty or oversized ones."""
+    def store_uploads(self, paths: list[str], limit_mb: int = UPLOAD_LIMIT_MB) -> dict[Path, str]:
+        """Copy uploaded temp files into uploads/ under generated names; refuse empty or oversized ones. Returns
+        each stored file with the name it was uploaded as (what the dataset and the card call it)."""
         if not paths:
             raise DataError("no file uploaded; choose one or more UTF-8 text files first")
         total = 0
@@ -118,10 +119,10 @@ class Project:
             raise DataError(f"the upload is {total / 1e6:.0f} MB, over the {limit_mb} MB limit")
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        stored = []
+        stored = {}
         for index, path in enumerate(paths):
             stem = _SAFE_STEM.sub("_", Path(path).stem)[:40].strip("._") or "text"
             target = self.uploads_dir / f"{stamp}-{index}-{stem}.txt"
             shutil.copyfile(path, target)
-            stored.append(target)
+            stored[target] = Path(path).name
         return stored

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -119,9 +120,16 @@ def curves_figure(curves: dict[str, list[tuple[float, float]]]) -> go.Figure:
     return fig
 
 
-def remember(box: gr.Textbox, key: str) -> tuple:
+def remember(box: gr.Textbox, key: str, prefer: Callable[[], Any] | None = None) -> tuple:
     """Keep what the user typed in `box` across reloads, in the browser's storage; returns the page-load step
-    that puts it back."""
+    that puts it back, or what `prefer()` says instead when it says something (the job the server runs)."""
     stored = gr.BrowserState(None, storage_key=key)
     box.change(lambda value: value, box, stored, api_visibility="private")
-    return (lambda value: value if value else gr.skip(), stored, box)
+
+    def restore(value):
+        preferred = prefer() if prefer else None
+        if preferred is not None:
+            return preferred
+        return value if value not in (None, "") else gr.skip()
+
+    return (restore, stored, box)

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from api.server import Access, Limits
+from api.server import Access, Limits, normal_origin
 from tests.helpers import save_verse_model, serving
 
 
@@ -38,11 +38,14 @@ def _json(**fields) -> bytes:
 ATTACKS = [
     Attack("a 1 MB stop string", _json(stop="x" * 1_000_000), 400, "stop string may be 1,000 characters long"),
     Attack("a stop list with a long string", _json(stop=["a", "y" * 1001]), 400, "stop string may be 1,000"),
-    Attack("a body past the limit", b'{"prompt": "' + b"T" * 1_500_000 + b'"}', 413, "body is longer"),
+    Attack("a body past the limit", b'{"prompt": "' + b"T" * 6_200_000 + b'"}', 413, "body is longer"),
     Attack("JSON nested 200k deep", b"[" * 200_000 + b"]" * 200_000, 400, "nested too deeply"),
     Attack("temperature NaN", b'{"prompt": "To", "temperature": NaN}', 400, "temperature must be a finite number"),
     Attack("temperature Infinity", b'{"prompt": "To", "temperature": Infinity}', 400, "finite number"),
     Attack("top_p NaN", b'{"prompt": "To", "top_p": NaN}', 400, "top_p must be a finite number"),
+    Attack("temperature of 400 digits", b'{"prompt": "To", "temperature": 1' + b"0" * 400 + b"}", 400, "finite"),
+    Attack("a Host with userinfo", _json(), 403, "localhost only", headers={"host": "127.0.0.1:80@evil.example"}),
+    Attack("a Host past its brackets", _json(), 403, "localhost only", headers={"host": "[::1]evil.example"}),
     Attack("temperature 1e-40", _json(temperature=1e-40), 200),
     Attack("top_p 1e-300", _json(top_p=1e-300), 200),
     Attack("a lone surrogate prompt", _json(prompt="\ud800"), 400, "lone surrogate"),
@@ -121,7 +124,7 @@ def test_the_model_is_retrieved_by_its_id(char_api):
 
 def test_an_allowed_origin_is_let_in_with_cors_headers(tmp_path):
     loaded = save_verse_model(tmp_path)
-    with serving(loaded, access=Access(origins=("http://localhost:3000",))) as url:
+    with serving(loaded, access=Access(origins=(normal_origin("http://LocalHost:3000/"),))) as url:
         page = {"origin": "http://localhost:3000"}
         answer = httpx.post(url + "/completions", content=_json(), headers=page, timeout=30)
         assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "http://localhost:3000"

@@ -8,6 +8,7 @@ import dataclasses
 import io
 import json
 import os
+import tarfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,10 +65,21 @@ class BadArchive:
     max_unpacked_chars: int = data_module.MAX_UNPACKED_CHARS
 
 
+def _tar_with_a_big_binary(folder: Path) -> Path:
+    path = folder / "mixed.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in (("blob.bin", b"\x01" * 5_000), ("poem.txt", VERSE.encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
 ARCHIVES = [
     BadArchive("encrypted zip", _zip("secret.zip", VERSE.encode(), _set_flag_encrypted), "encrypted"),
     BadArchive("deflate64 zip", _zip("d64.zip", VERSE.encode(), _set_method_deflate64), "compression method"),
     BadArchive("a bomb past the cap", _zip("bomb.zip", b"a" * 200_000), "--max-unpacked-gb", max_unpacked_chars=50_000),
+    BadArchive("a tar's skipped members past the cap", _tar_with_a_big_binary, "not text", max_unpacked_chars=1_000),
 ]
 
 
@@ -142,10 +154,10 @@ def test_a_bpe_model_on_a_text_of_one_character_says_it_is_too_short(tmp_path):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("n_layer", 1_000_000, r"n_layer must be an integer from 1 to 1,024"),
+        ("n_layer", 1_000_000, r"n_layer must be a positive integer up to 1,024"),
         ("n_layer", 40, r"n_layer is 40 in config.json but 2 in the weights"),
-        ("block_size", 10**9, r"block_size must be an integer from 1 to 65,536"),
-        ("n_embd", 10**7, r"n_embd must be an integer from 1 to 65,536"),
+        ("block_size", 10**9, r"block_size must be a positive integer up to 65,536"),
+        ("n_embd", 10**7, r"n_embd must be a positive integer up to 65,536"),
         ("n_embd", 64, r"vocab_size, n_embd is \(\d+, 64\) in config.json but \(\d+, 32\) in the weights"),
     ],
 )
@@ -210,3 +222,57 @@ def test_export_cleans_what_a_killed_export_left(tmp_path):
     export_model("verse", tmp_path / "models")
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".tmp")) == []
     assert (folder / "export" / "model.onnx").stat().st_size > 1000
+
+
+def test_evaluate_reads_an_empty_or_crlf_text_as_prepare_would(tmp_path):
+    loaded = save_verse_model(tmp_path)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(DataError, match="too short"):
+        evaluate(loaded, text_file=empty)
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(TEXT.replace("\n", "\r\n").encode())
+    assert evaluate(loaded, text_file=crlf).nats_per_char == pytest.approx(evaluate(loaded, text=TEXT).nats_per_char)
+
+
+def test_a_prepare_killed_while_moving_its_dataset_in_is_finished_by_the_next_reader(tmp_path, corpus_file):
+    prepare([corpus_file], tmp_path / "dataset")
+    other = tmp_path / "other.txt"
+    other.write_text("Another text altogether.\n" * 400, encoding="utf-8")
+    stage = _staged(tmp_path, other)
+    real_move = data_module._move_stage
+
+    def killed_half_way(stage, data_dir):
+        (data_dir / "meta.json").unlink()
+        os.replace(stage / "vocab.txt", data_dir / "vocab.txt")
+        raise KeyboardInterrupt  # kill -9 after one move
+
+    data_module._move_stage = killed_half_way
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            data_module._commit_stage(stage, tmp_path / "dataset")
+    finally:
+        data_module._move_stage = real_move
+    dataset = Dataset(tmp_path / "dataset")  # finishes the moves first
+    assert (tmp_path / "dataset" / "output_train.txt").read_text(encoding="utf-8").startswith("Another text")
+    assert dataset.vocab.chars == sorted(set("Another text altogether.\n"))
+    assert not list((tmp_path / "dataset").glob(".preparing-*"))
+
+
+def _staged(tmp_path: Path, source: Path) -> Path:
+    """A finished stage of `source`, as prepare leaves it just before moving it in."""
+    built = tmp_path / "built"
+    prepare([source], built)
+    stage = tmp_path / "dataset" / ".preparing-4242"
+    stage.mkdir()
+    for path in built.iterdir():
+        if path.is_file():
+            os.replace(path, stage / path.name)
+    return stage
+
+
+def test_a_text_without_a_last_line_end_is_counted_with_the_one_added(tmp_path):
+    path = tmp_path / "exact.txt"
+    path.write_text("x" * 2_000, encoding="utf-8")
+    stats = prepare([path], tmp_path / "ds")
+    assert stats.chars == 2_001 and stats.line_ends_added == 1

@@ -159,14 +159,15 @@ def test_training_shows_growing_metrics_then_chat_streams_a_reply(app):
         return "finished" in str(outputs[1])
 
     outputs = poll(app.client, "/train_refresh", finished)
-    assert "best val loss" in outputs[1]
+    assert "val loss" in outputs[1] and "whole validation split" in outputs[1]
     assert outputs[4]["value"] == "tiny"  # Saved models selects the model just trained
+    assert "(whole validation split)" in outputs[7]  # and shows its details, as a resumed model's would refresh
     assert outputs[2]["type"] == "plotly" and isinstance(outputs[3], str) and outputs[3]
     metrics = (app.root / "models" / "tiny" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in metrics] == [20, 40, 60]
     assert seen_steps == sorted(seen_steps)
     info, figure = app.client.predict("tiny", api_name="/model_details")
-    assert "best val loss" in info and figure["type"] == "plotly"
+    assert "(whole validation split)" in info and figure["type"] == "plotly"
 
     again = app.client.predict("tiny", False, *TINY_TRAIN, api_name="/train_start")
     assert "already holds a model" in again
@@ -191,7 +192,9 @@ def test_a_restarted_workbench_offers_to_resume_the_interrupted_training(app):
     # what a server killed while training 'tiny' leaves behind (the training test saved it at step 60)
     record = {"title": "training tiny", "info": {"model": "tiny", "max_iters": 80}, "started": time.time()}
     with restarted_workbench(app.root, {"train": record}) as client:
-        bar, status, _plot, _sample, _saved, name, max_iters = client.predict(api_name="/train_refresh")
+        bar, status, _plot, _sample, _saved, name, max_iters, _info, _details = client.predict(
+            api_name="/train_refresh"
+        )
         assert "interrupted" in bar and "Resume" in status and name == "tiny" and max_iters == 80
         message = client.predict(name, max_iters, 0, api_name="/train_resume")
         assert "Resuming tiny from step 60 to 80" in message

@@ -48,7 +48,7 @@ def test_a_tournament_s_bar_moves_with_the_clock_between_its_events():
             "message": "", "events": [event], "info": {"mode": "budget", "tune": {"budget": 180.0}}}  # fmt: skip
     first, text = job_progress(snap, now)
     later, later_text = job_progress(snap, now + 10)
-    assert "candidate 1 at step 120, loss 2.500" in text and "1:40 left" in text and "1:30 left" in later_text
+    assert "candidate 1 at step 120, train loss 2.500" in text and "1:40 left" in text and "1:30 left" in later_text
     assert later > first
 
 

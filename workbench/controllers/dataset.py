@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import html
 import json
+from pathlib import Path
 from typing import Any
 
 from core.bpe import describe
@@ -17,6 +18,11 @@ from workbench.ui import error_html, job_status_html, ok_html, progress_html
 DEFAULT, UPLOAD, PATH = "Default corpus (Shakespeare)", "Upload text files", "Files or folders on the server"
 SAMPLE_CHARS = 600
 KEEP = object()  # a view field the page keeps as it is
+
+
+def _added(stats: dict[str, Any]) -> str:
+    count = (stats or {}).get("line_ends_added") or 0
+    return f", with {count} line end{'s' if count > 1 else ''} added after a text that lacked one" if count else ""
 
 
 def corpus_overview(project: Project) -> tuple[str, str]:
@@ -34,19 +40,26 @@ def corpus_overview(project: Project) -> tuple[str, str]:
     meta = meta.get("stats") or {}
     train, val = chars["train"], chars["val"]
     characters = Vocab.load(project.data_dir / "vocab.txt").chars  # a BPE's are its tokens' bytes, not shown
-    shown = "".join({"\n": "⏎", "\t": "⇥", " ": "␠"}.get(c, c) for c in characters)
+    # a character with no glyph (a control, a format mark) shows as its code point, not as a box
+    shown = "".join({"\n": "⏎", "\t": "⇥", " ": "␠"}.get(c) or (c if c.isprintable() else f"U+{ord(c):04X} ")
+                    for c in characters)  # fmt: skip
     sources = meta.get("sources") or []
     source_text = ", ".join(s.rsplit("/", 1)[-1] for s in sources[:5]) + (" …" if len(sources) > 5 else "")
+    bpe = dataset.vocab.kind == "bpe"
     rows = [
-        ("Characters", f"{train + val:,} (train {train:,} / validation {val:,})"),
-        ("Vocabulary", f"{len(characters)} characters: <code>{html.escape(shown)}</code>"),
+        ("Characters", f"{train + val:,} (train {train:,} / validation {val:,})" + _added(meta)),
+        # a BPE's vocabulary is its tokens: the characters are then only what the text holds
+        (
+            "Characters in the text" if bpe else "Vocabulary",
+            f"{len(characters)} distinct: <code>{html.escape(shown)}</code>",
+        ),
     ]
-    if dataset.vocab.kind == "bpe":
+    if bpe:
         sample_text = (project.data_dir / "output_val.txt").read_text(encoding="utf-8", errors="replace")[:20_000]
         shown_bpe = describe(dataset.vocab, sample_text)
         longest = ", ".join(f"<code>{html.escape(repr(t))}</code>" for t in shown_bpe["longest"])
-        rows.append(("Tokenizer", f"byte-level BPE of {len(dataset.vocab):,} tokens: "
-                                  f"{shown_bpe['tokens_per_char']:.2f} tokens a character; longest: {longest}"))  # fmt: skip
+        rows.append(("Vocabulary", f"a byte-level BPE of {len(dataset.vocab):,} tokens, "
+                                   f"{shown_bpe['tokens_per_char']:.2f} tokens a character; longest: {longest}"))  # fmt: skip
     else:
         rows.append(("Tokenizer", "characters (one token a character)"))
     if meta:
@@ -69,8 +82,10 @@ class DatasetController:
             if running is not None:
                 return error_html(f"{running.title} is using the dataset; stop it or wait before preparing a new one.")
         try:
+            names: dict[Path, str] = {}
             if choice == UPLOAD:
-                inputs = self.project.store_uploads([str(p) for p in uploaded or []])
+                names = self.project.store_uploads([str(p) for p in uploaded or []])
+                inputs = list(names)
                 title = f"preparing {len(inputs)} uploaded file(s)"
             elif choice == PATH:
                 inputs = self.project.server_inputs(path_text)
@@ -85,7 +100,8 @@ class DatasetController:
         def run(job):
             stats = prepare(inputs, self.project.data_dir, val_fraction=float(fraction), errors=errors,
                             on_progress=lambda f, m: job.update(progress=f, message=m),
-                            tokenizer=tokenizer or "char", vocab_size=int(vocab_size or 2048))  # fmt: skip
+                            tokenizer=tokenizer or "char", vocab_size=int(vocab_size or 2048),
+                            names={str(path): name for path, name in names.items()})  # fmt: skip
             job.update(message=stats.summary().replace("\n", "; "))
             return stats
 

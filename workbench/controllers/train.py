@@ -40,7 +40,7 @@ LABELS = {
     "n_layer": "Layers",
     "n_head": "Heads",
     "n_embd": "Width (n_embd)",
-    "block_size": "Context (chars)",
+    "block_size": "Context (tokens)",
     "dropout": "Dropout",
     "batch_size": "Batch size",
     "lr": "Learning rate",
@@ -50,7 +50,7 @@ LABELS = {
     "max_minutes": "Max minutes (0 = no limit)",
     "eval_interval": "Steps between evals",
     "eval_iters": "Batches per eval",
-    "sample_chars": "Sample length (chars)",
+    "sample_chars": "Sample length (tokens)",
     "pos_encoding": "Positions",
     "norm": "Norm",
     "mlp": "MLP activation",
@@ -95,17 +95,25 @@ def model_details(project: Project, name: str | None) -> tuple[str, Any]:
     shape += f" · {recipe.pos_encoding}, {recipe.norm}, {recipe.mlp}, {optimizer}"
     lines = [f"**{name}** — {shape}"]
     if summary:
-        best = summary.get("best_val_loss")
-        best_text = f"{best:.4f}" if isinstance(best, (int, float)) else "-"
-        lines.append(
-            f"best val loss {best_text} at step {summary.get('best_step')} of {summary.get('iters')}; "
-            f"{summary.get('tokens_seen', 0):,} characters seen"
-        )
+        lines.append(saved_summary(summary, info.get("tokenizer", "char")))
     if source:
         lines.append(f"parameters from study {source.get('study')}, trial {source.get('trial')}")
     resumable = (folder / ckpt.CHECKPOINT_DIR).is_dir() and any((folder / ckpt.CHECKPOINT_DIR).glob("step-*"))
     lines.append("resumable: yes (Resume continues it)" if resumable else "resumable: no checkpoint")
     return "  \n".join(lines), loss_figure(read_metrics(folder), title=f"{name}: loss per evaluation")
+
+
+def saved_summary(summary: dict[str, Any], tokenizer: str) -> str:
+    """A saved model's validation figure (the whole split's, as on its card and from `evaluate`) and its steps."""
+    val, estimate = summary.get("val_loss"), summary.get("best_val_loss")
+    if isinstance(val, (int, float)):
+        loss = f"val loss {val:.4f} nats/char (whole validation split)"
+    elif isinstance(estimate, (int, float)):
+        loss = f"val loss {estimate:.4f} nats/char (estimated; `evaluate` scores the whole split)"
+    else:
+        loss = "val loss -"
+    seen = f"{summary.get('tokens_seen', 0):,} {'tokens' if tokenizer == 'bpe' else 'characters'} seen"
+    return f"{loss}, weights of step {summary.get('best_step')} of {summary.get('iters')}; {seen}"
 
 
 def progress_text(snap: dict[str, Any]) -> tuple[float, str]:
@@ -117,16 +125,19 @@ def progress_text(snap: dict[str, Any]) -> tuple[float, str]:
     rate = done / max(last["elapsed_s"], 1e-9)
     eta = (last["max_iters"] - last["step"]) / max(rate, 1e-9) if last["max_iters"] else float("inf")
     limit = snap["info"].get("max_minutes") or 0
-    if limit:  # a time budget owns the bar: elapsed of its minutes
-        eta = min(eta, max(0.0, limit * 60 - last["elapsed_s"]))
-        clock = f"{fmt_seconds(last['elapsed_s'])} of {fmt_seconds(limit * 60)}"
+    if limit:  # a time budget owns the bar: the run's seconds (across its resumes) of its minutes
+        spent = last.get("run_s") or last["elapsed_s"]
+        eta = min(eta, max(0.0, limit * 60 - spent))
+        clock = f"{fmt_seconds(spent)} of {fmt_seconds(limit * 60)} ({fmt_seconds(max(0.0, limit * 60 - spent))} left)"
     else:
         clock = f"elapsed {fmt_seconds(last['elapsed_s'])}"
     steps_text = f"step {last['step']:,}" + (f"/{last['max_iters']:,}" if last["max_iters"] else "")
     text = (
-        f"{steps_text} · loss {last['loss']:.3f} · {last['tokens_per_s']:,.0f} tokens/s · {clock} · "
+        f"{steps_text} · train loss {last['loss']:.3f} · {last['tokens_per_s']:,.0f} tokens/s · {clock} · "
         f"ETA {fmt_seconds(eta)}"
     )
+    if snap["events"] and snap["events"][-1].get("kind") == "status":  # a phase with no steps yet (compiling)
+        text += f" · {snap['events'][-1]['message']}"
     if snap["status"] == "stopping":
         text += " · stopping…"
     return snap["progress"], text
@@ -135,7 +146,7 @@ def progress_text(snap: dict[str, Any]) -> tuple[float, str]:
 @dataclass
 class TrainView:
     version: int
-    fields: dict[str, Any] = field(default_factory=dict)  # by name: progress, message, plot, sample, saved, ...
+    fields: dict[str, Any] = field(default_factory=dict)  # by name: progress, message, plot, sample, saved, details
 
 
 class TrainController:
@@ -179,11 +190,15 @@ class TrainController:
                 job.add_event({"kind": "eval", **event.as_record()})
                 job.update(sample=event.sample or None)
 
-            hooks = TrainHooks(on_step=on_step, on_eval=on_eval, should_stop=job.stop.is_set)
+            def on_status(message: str) -> None:
+                job.add_event({"kind": "status", "message": message})
+
+            hooks = TrainHooks(on_step=on_step, on_eval=on_eval, should_stop=job.stop.is_set, on_status=on_status)
             result = train(model_config, train_config, out_dir=out_dir, resume=resume, hooks=hooks,
                            info=source.get("info"))  # fmt: skip
             reason = result.stop_reason.replace("_", " ")
-            job.update(message=f"{reason} at step {result.iters}; best val loss {result.val_loss:.4f}")
+            job.update(message=f"{reason} at step {result.iters}; val loss {result.shown_val_loss:.4f} nats/char (whole "
+                               f"validation split, the weights of step {result.best_step})")  # fmt: skip
             return result
 
         self.jobs.start("train", title, run, before=claim, model=out_dir.name, max_iters=train_config.max_iters,
@@ -225,9 +240,14 @@ class TrainController:
             self.launch(f"training {out_dir.name} (resumed)", out_dir, model_config, train_config, True)
         except (ConfigError, DataError, ckpt.ModelError, JobBusy, OSError) as err:
             return error_html(str(err))
+        spent = float(checkpoint.state.get("seconds") or 0.0)
+        limits = [f"to {train_config.max_iters:,}"] if train_config.max_iters else []
+        if train_config.max_minutes:
+            left = max(0.0, train_config.max_minutes * 60 - spent)
+            limits.append(f"for the {fmt_seconds(left)} left of its {plural_minutes(train_config.max_minutes)}")
         return ok_html(
-            f"Resuming {out_dir.name} from step {checkpoint.step} to {train_config.max_iters:,} with its saved "
-            "configuration (only the budget comes from the form)."
+            f"Resuming {out_dir.name} from step {checkpoint.step:,} {' or '.join(limits) or 'with no limit'}, with its "
+            "saved configuration (only the budget comes from the form)."
         )
 
     def stop(self) -> str:
@@ -286,6 +306,8 @@ class TrainController:
             text = f"{snap['title']}: {snap['status']} — {snap['message']}"
             fields["message"] = job_status_html(snap, "")
             fields["saved"] = (model_names(self.project), snap["info"].get("model"))
+            # its details too: a resumed model stays selected, so the list's change would not refresh them
+            fields["details"] = model_details(self.project, snap["info"].get("model"))
         fields["progress"] = progress_html(fraction, text)
         return TrainView(version, fields)
 

@@ -19,7 +19,7 @@ from core import checkpoint as ckpt
 from core.config import ModelConfig, TrainConfig, parse_flops
 from core.data import DataError
 from core.runs import ModelTaken
-from core.tournament import STOPPED_REASON, RungEvent, begin_tournament, preview, run_tournament
+from core.tournament import STOPPED_REASON, RungEvent, begin_tournament, fmt_ms, preview, run_tournament
 from core.tuning import SearchSpace, TuneConfig, TuningError, last_step, run_study, trial_value
 from workbench.jobs import JobBusy, JobManager
 from workbench.project import Project
@@ -223,6 +223,23 @@ class TuneController:
             search_rungs=1 if form.get("search_short") else TuneConfig.search_rungs,
         )
 
+    def running_form(self) -> dict[str, Any] | None:
+        """The budget form of the tournament this server runs (or ran last), by BUDGET_FIELDS name: what a
+        reloaded page shows, whatever the browser remembered."""
+        job = self.jobs.get("tune")
+        info = job.snapshot()["info"] if job else {}
+        tune = info.get("tune") if info.get("mode") == "budget" else None
+        if not tune:
+            return None
+        overrides = tune.get("overrides") or {}
+        return {
+            "study": tune.get("study"),
+            "minutes": round(float(tune.get("budget") or 0) / 60, 2),
+            "model": info.get("model"),
+            "fixed": json.dumps(overrides) if overrides else "",
+            "search_short": tune.get("search_rungs") == 1,
+        }
+
     def plan_text(self, form: dict[str, Any]) -> str:
         """What Start would do with this budget, said before it starts (the speed is measured once, cached)."""
         try:
@@ -233,9 +250,10 @@ class TuneController:
         except (TuningError, DataError, ValueError, TypeError) as err:
             return f"*{err}*"
         least = shown.minimums
+        pace = f" (the default model at {fmt_ms(shown.step_s)} a step)" if shown.step_s else ""
         minimum = (
-            f"At least **{fmt_minutes(least.run_s)}** to train the default model here; "
-            f"a search needs **{fmt_minutes(least.search_s)}**."
+            f"At least **{fmt_minutes(least.run_s)}** to train the default model here{pace}; a search needs "
+            f"**{fmt_minutes(least.search_s)}**, a short search (box ticked) **{fmt_minutes(least.short_search_s)}**."
         )
         if not float(form.get("minutes") or 0) > 0:
             return minimum
@@ -250,6 +268,10 @@ class TuneController:
             if not config.budget > 0:
                 raise TuningError("give the total budget in minutes (more than 0)")
             self.guard()
+            if not tune:  # a budget too short is refused here, in one line, not by the job after it started
+                shown = preview(config, measure=not (self.jobs.active("train") or self.jobs.active("tune")))
+                if shown.error:
+                    raise TuningError(shown.error)
             target, space, _ = begin_tournament(config, None, (form.get("model") or "").strip(),
                                                 self.project.models_dir,
                                                 overwrite=bool(form.get("overwrite")) and not tune)  # fmt: skip

@@ -86,8 +86,9 @@ def build_chat(project: Project) -> dict[str, Any]:
     def export_model(name: str | None):
         try:
             return control.export(name)
-        except ChatError as err:
-            raise gr.Error(str(err)) from None
+        except ChatError as err:  # a toast and a line, not a red error pill left in the download slot
+            gr.Warning(str(err))
+            return None, f"**Not exported:** {err}"
 
     export.click(export_model, ui.model, [download, exported], api_name="export")
 

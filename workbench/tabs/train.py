@@ -181,8 +181,11 @@ def _wire_tick(control: TrainController, run: SimpleNamespace, models: SimpleNam
             if key == "saved":
                 choices, trained = value
                 updates[models.saved] = gr.update(choices=choices, value=trained if trained in choices else None)
+            elif key == "details":
+                updates[models.info], updates[models.plot] = value
             else:
                 updates[names[key]] = value
         return updates
 
-    gr.Timer(1.0).tick(tick, seen, [*names.values(), seen], api_name="train_refresh", show_progress="hidden")
+    outputs = [*names.values(), models.info, models.plot, seen]
+    gr.Timer(1.0).tick(tick, seen, outputs, api_name="train_refresh", show_progress="hidden")

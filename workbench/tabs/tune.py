@@ -170,13 +170,18 @@ def build_tune(project: Project, jobs: JobManager, reader: StudyReader, dashboar
     resume.click(lambda: _started(control.resume()), None, [out.message, out.view], api_name="tune_resume")
     stop.click(control.stop, None, out.message, api_name="tune_stop")
     out.refresh.click(lambda: gr.update(choices=reader.names()), None, out.view, api_visibility="private")
+
+    def from_job(key: str):  # a reload while a tournament runs shows its form, not the browser's last one
+        return lambda: (control.running_form() or {}).get(key)
+
     kept = [
-        remember(box, f"chargpt-tune-{key}")
+        remember(box, f"chargpt-tune-{key}", prefer=from_job(key))
         for box, key in (
             (study_name, "study"),
             (budget.minutes, "minutes"),
             (budget.model, "model"),
             (budget.fixed, "fixed"),
+            (budget.search_short, "search_short"),
         )
     ]
     return [*kept, *_wire_tick(control, out), budget.plan_on_load]
