@@ -46,9 +46,12 @@ def device_name(device: torch.device) -> str:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX), not by emulation."""
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX), not by emulation: the CPU has
+    the instructions and oneDNN may use them (`ONEDNN_MAX_CPU_ISA=AVX2` forbids them, as on an AVX2-only CPU:
+    bf16 there is emulated, many times slower than float32)."""
     try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        has = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return bool(has and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
 

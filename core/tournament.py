@@ -283,9 +283,9 @@ WARM_STEPS, TIMED_BLOCKS, BLOCK_STEPS = 5, 4, 5  # how the default model's pace 
 
 
 def measure_step_s(config: TuneConfig, dataset: Dataset) -> float:
-    """Seconds a step of the default model takes here: steps timed after WARM_STEPS (allocations, the first
-    kernels), the fastest median of TIMED_BLOCKS blocks of BLOCK_STEPS, since another process on the cores can
-    only slow a block down. Eagerly: where the run compiles, it does so because compiled steps are faster."""
+    """Seconds a step of the default model takes here: the median of TIMED_BLOCKS x BLOCK_STEPS steps timed
+    after WARM_STEPS (allocations, the first kernels), so that a burst of stalls (another process on the cores)
+    does not move it. Eagerly: where the run compiles, it does so because compiled steps are faster."""
     model_config, train_config = candidate_configs(default_params(config.overrides), config, 0, len(dataset.vocab))
     steps = WARM_STEPS + TIMED_BLOCKS * BLOCK_STEPS + 1
     train_config = replace_known(train_config, {"max_iters": steps, "max_minutes": 0.0, "warmup_iters": 0,
@@ -293,7 +293,7 @@ def measure_step_s(config: TuneConfig, dataset: Dataset) -> float:
     timings: list[float] = []
     train(model_config, train_config, dataset=dataset, hooks=TrainHooks(on_step=lambda e: timings.append(e.elapsed_s)))
     gaps = [b - a for a, b in zip(timings, timings[1:])][WARM_STEPS:]
-    return min(statistics.median(gaps[i : i + BLOCK_STEPS]) for i in range(0, len(gaps), BLOCK_STEPS))
+    return statistics.median(gaps)
 
 
 def measure_score_s(config: TuneConfig, dataset: Dataset) -> float:

@@ -57,3 +57,34 @@ def test_the_take_out_commands_of_the_readme_parse_and_name_an_existing_requirem
     parsed = [build_parser().parse_args(argv[2:]) for argv in lines[1:]]
     assert [p.command for p in parsed] == ["export", "serve-api"]
     assert parsed[0].check and parsed[0].format == "onnx" and parsed[1].port == 8000 and parsed[1].host == "127.0.0.1"
+
+
+def code_map() -> set[str]:
+    """The files the README's code map names, as paths: a line's indent says which folder it is in."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Code map", 1)[1].split("```", 2)[1]
+    folders: list[str] = []
+    named = set()
+    for line in block.splitlines():
+        if not line.strip() or line.startswith(" " * 10):
+            continue
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        names = re.split(r"\s{2,}", line.strip())[0]
+        folders = folders[:depth]
+        for name in names.split(", "):
+            if name.endswith("/"):
+                folders.append(name.rstrip("/"))
+            else:
+                named.add("/".join([*folders, name]))
+    return named
+
+
+def test_the_code_map_names_every_module_of_the_program():
+    modules = {
+        str(path.relative_to(ROOT))
+        for package in ("core", "cli", "api", "workbench")
+        for path in (ROOT / package).rglob("*.py")
+        if path.name != "__init__.py"
+    }
+    assert modules - code_map() == set(), "modules the README's code map does not name"
+    assert {m for m in code_map() if m.endswith(".py") and "/" in m} - modules == set(), "named but not there"
