@@ -30,8 +30,8 @@ AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE
 
 
 def run(kind: str, extra_env: dict[str, str]) -> dict:
-    from core.tournament import budget_minimums
-    from core.tuning import open_study
+    from core.tune.plan import budget_minimums
+    from core.tune.storage import open_study
 
     env = {k: v for k, v in os.environ.items() if k not in AVX2} | extra_env
     with throwaway_project() as root:

@@ -1,7 +1,7 @@
 """Replay Optuna's pruners on the trial curves of studies run without one: seconds instead of half an hour.
 
 `benchmarks/tuning.py` keeps every trial's val loss at each evaluation. This script feeds those curves, in
-trial order, to the pruners that `tune` would build (core.tuning.make_pruner, so Optuna's own code decides),
+trial order, to the pruners that `tune` would build (core.tune.config.make_pruner, so Optuna's own code decides),
 and reports what each would have saved and whether it would have stopped the best trial.
 
 It is an estimate, and an optimistic one:
@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import optuna  # noqa: E402
 
 from benchmarks.tuning import pruner_fields  # noqa: E402
-from core.tuning import TuneConfig  # noqa: E402
+from core.tune.config import TuneConfig  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import optuna  # noqa: E402
 
-from core.tuning import make_storage  # noqa: E402
+from core.tune.storage import make_storage  # noqa: E402
 from tests import postgres_cluster  # noqa: E402
 
 

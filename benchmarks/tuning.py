@@ -42,7 +42,10 @@ from core.config import ModelConfig, TrainConfig, parse_flops  # noqa: E402
 from core.data import Dataset, prepare  # noqa: E402
 from core.model import flops_per_token  # noqa: E402
 from core.trainer import train  # noqa: E402
-from core.tuning import SearchSpace, TuneConfig, apply_params, best_params, run_study, trial_configs  # noqa: E402
+from core.tune.config import TuneConfig  # noqa: E402
+from core.tune.results import best_params  # noqa: E402
+from core.tune.space import SearchSpace, apply_params  # noqa: E402
+from core.tune.study import run_study, trial_configs  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

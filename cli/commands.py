@@ -94,7 +94,7 @@ class StopOnSignal:
 
 
 def run_training(args: argparse.Namespace, tuned: dict[str, Any] | None = None) -> int:
-    """Train `args.name`; `tuned` is a study's best-params record (see core.tuning.best_params).
+    """Train `args.name`; `tuned` is a study's best-params record (see core.tune.results.best_params).
 
     Under torchrun every rank runs this; rank 0 alone prepares folders, prints and writes.
     """
@@ -181,7 +181,8 @@ def claim(out_dir, *, resume: bool, overwrite: bool) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     tuned = None
     if args.from_study:
-        from core.tuning import best_params, open_study
+        from core.tune.results import best_params
+        from core.tune.storage import open_study
 
         tuned = best_params(open_study(args.from_study, args.storage))
         print(f"using trial {tuned['trial']} of study {tuned['study']} (val {tuned['val_loss']:.4f})", file=sys.stderr)
@@ -192,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def tune_config(args: argparse.Namespace):
-    from core.tuning import TuneConfig
+    from core.tune.config import TuneConfig
 
     return replace_known(TuneConfig(), given(args, TuneConfig)).validate()
 
@@ -200,7 +201,10 @@ def tune_config(args: argparse.Namespace):
 def cmd_tune(args: argparse.Namespace) -> int:
     import subprocess
 
-    from core.tuning import SearchSpace, TuneConfig, create_study, run_study, worker_env
+    from core.tune.config import TuneConfig
+    from core.tune.space import SearchSpace
+    from core.tune.storage import create_study
+    from core.tune.study import run_study, worker_env
 
     config = tune_config(args)
     budgeted = "budget" in given(args, TuneConfig)
@@ -246,7 +250,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             stop_event = threading.Event()
             stop.on_request = stop_event.set
             run_study(config, space, stop=stop_event, on_event=report, worker=args.worker_index or 0)
-    from core.tuning import best_params, open_study, write_study_best_params
+    from core.tune.results import best_params, write_study_best_params
+    from core.tune.storage import open_study
 
     study = open_study(config.study, config.storage)
     path = write_study_best_params(study, config.storage)
@@ -259,12 +264,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def run_budgeted(args: argparse.Namespace, config) -> int:
-    """`tune --budget`: a tournament whose survivor is saved as models/NAME (see core.tournament)."""
+    """`tune --budget`: a tournament whose survivor is saved as models/NAME (see core.tune)."""
     import subprocess
     import threading
 
-    from core.tournament import begin_tournament, prepare_tournament, run_tournament
-    from core.tuning import SearchSpace, worker_env
+    from core.tune.record import begin_tournament, prepare_tournament
+    from core.tune.rungs import run_tournament
+    from core.tune.space import SearchSpace
+    from core.tune.study import worker_env
 
     fixed = given(args, ModelConfig) | given(args, TrainConfig)  # the user's flags hold for every candidate
     config = dataclasses.replace(config, overrides=fixed)
@@ -316,7 +323,7 @@ def run_budgeted(args: argparse.Namespace, config) -> int:
             on_event=report,
         )
     if final is not None:
-        from core.tuning import best_params_path
+        from core.tune.results import best_params_path
 
         print(f"saved {final}; best params in {best_params_path(config.study, config.storage)}", file=sys.stderr)
     elif stop_event.is_set():
@@ -340,7 +347,7 @@ def strip_options(argv: list[str], options: dict[str, bool]) -> list[str]:
 
 
 def cmd_studies(args: argparse.Namespace) -> int:
-    from core.tuning import list_studies
+    from core.tune.results import list_studies
 
     studies = list_studies(args.storage)
     if not studies:
@@ -353,7 +360,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
 def cmd_proxy(args: argparse.Namespace) -> int:
     from optuna.storages import run_grpc_proxy_server
 
-    from core.tuning import make_storage
+    from core.tune.storage import make_storage
 
     storage = make_storage(args.storage, heartbeat=args.heartbeat)
     print(
@@ -366,7 +373,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
-    from core.tuning import make_storage
+    from core.tune.storage import make_storage
 
     print(f"optuna-dashboard for {args.storage} at http://{args.host}:{args.port} (Ctrl-C to stop)")
     run_server(make_storage(args.storage, heartbeat=0), host=args.host, port=args.port)

@@ -130,7 +130,7 @@ def _add_model_commands(sub) -> None:
 
 def _add_study_commands(sub) -> None:
     """The commands of Optuna studies: tune, studies, proxy, dashboard."""
-    from core.tuning import TuneConfig
+    from core.tune.config import TuneConfig
 
     p = sub.add_parser("tune", help="search hyperparameters with Optuna (resumable, shareable by many workers)")
     add_dataclass_flags(p, TuneConfig, "study")

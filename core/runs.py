@@ -37,7 +37,7 @@ def run_configs(
     resume: bool = False,
 ) -> tuple[ModelConfig, TrainConfig]:
     """The validated configs of a run of `out_dir` (see the module docstring for the order)."""
-    from core.tuning import apply_params
+    from core.tune.space import apply_params
 
     flags = flags or {}
     model_config, train_config = recipe_configs(recipe)

@@ -27,7 +27,7 @@ DASHBOARD_PATHS = ("/dashboard", "/api/", "/static/bundle.js")
 def dashboard_wsgi(storage_url: str) -> Callable:
     from optuna_dashboard import wsgi
 
-    from core.tuning import make_storage
+    from core.tune.storage import make_storage
 
     return wsgi(make_storage(storage_url, heartbeat=0))
 

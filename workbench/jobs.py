@@ -252,7 +252,7 @@ def error_text(err: BaseException) -> str:
 
     own = (ModelError, ConfigError, DataError)
     try:
-        from core.tuning import TuningError
+        from core.tune.config import TuningError
 
         own = (*own, TuningError)
     except ImportError:  # pragma: no cover - optuna missing

@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 
 from core import checkpoint as ckpt
-from core.tuning import make_storage
+from core.tune.storage import make_storage
 from workbench.project import Project
 
 log = logging.getLogger(__name__)

@@ -12,24 +12,17 @@ import optuna
 import pytest
 
 from core import checkpoint as ckpt
-from core import tournament
 from core.card import CARD
 from core.config import ModelConfig, TrainConfig
 from core.data import Dataset, prepare
 from core.evaluate import evaluate
-from core.tournament import (
-    MIN_STEPS,
-    RungEvent,
-    Speed,
-    _RungWatch,
-    budget_minimums,
-    measure_step_s,
-    measured_speed,
-    plan_tournament,
-    record_observed_speed,
-)
 from core.trainer import COMPILING, StepEvent, TrainHooks, train
-from core.tuning import TuneConfig
+from core.tune import speed
+from core.tune.config import TuneConfig
+from core.tune.plan import MIN_STEPS, budget_minimums, plan_tournament
+from core.tune.record import RungEvent
+from core.tune.rungs import _RungWatch
+from core.tune.speed import Speed, measure_step_s, measured_speed, record_observed_speed
 from tests.helpers import run_app
 from workbench.controllers.train import progress_text, saved_summary
 
@@ -50,10 +43,10 @@ def fake_train(gaps: list[float]):
 def test_the_pace_is_read_after_warm_up_and_past_a_burst_of_stalls(monkeypatch, dataset_dir):
     """Another process on the cores only slows steps: a block of stalls must not set the plan (a newcomer's
     page measured 1232 ms a step; the run then went at 170-190)."""
-    slow_start = [1.0] * tournament.WARM_STEPS  # allocations, first kernels
-    stalled = [1.2] * tournament.BLOCK_STEPS  # a burst while the server was busy
+    slow_start = [1.0] * speed.WARM_STEPS  # allocations, first kernels
+    stalled = [1.2] * speed.BLOCK_STEPS  # a burst while the server was busy
     quiet = [0.18, 0.19, 0.18, 0.20, 0.19] * 3
-    monkeypatch.setattr(tournament, "train", fake_train(slow_start + stalled + quiet))
+    monkeypatch.setattr(speed, "train", fake_train(slow_start + stalled + quiet))
     config = TuneConfig(study="s", data_dir=str(dataset_dir), budget=240)
     assert measure_step_s(config, Dataset(dataset_dir)) == pytest.approx(0.19)
 
@@ -81,7 +74,7 @@ def test_search_even_if_short_searches_a_four_minute_budget_and_says_how_short()
 def test_a_pace_the_run_disproves_is_replaced_and_one_it_confirms_is_kept(dataset_dir):
     config = TuneConfig(study="s", data_dir=str(dataset_dir), budget=240)
     dataset = Dataset(dataset_dir)
-    tournament._write_speed(config, tournament._speed_key(config, dataset), Speed(1.232, 0.5))
+    speed._write_speed(config, speed._speed_key(config, dataset), Speed(1.232, 0.5))
     record_observed_speed(config, dataset, 1.2)  # within the margin: kept
     assert measured_speed(config, dataset, measure=False).step_s == 1.232
     record_observed_speed(config, dataset, 0.18)
@@ -163,7 +156,7 @@ def test_library_chatter_is_off_unless_verbose(tmp_path, corpus_file):
 
 
 def test_a_user_mistake_in_a_job_is_logged_in_one_line(caplog):
-    from core.tuning import TuningError
+    from core.tune.config import TuningError
     from workbench.jobs import JobManager
 
     jobs = JobManager()
@@ -186,7 +179,9 @@ def test_evaluate_prints_no_empty_bar_before_its_progress(tmp_path, dataset_dir)
 
 def test_a_tournaments_default_candidate_runs_at_the_pace_its_plan_measured(tmp_path, dataset_dir):
     """Where training has the cores, the plan's measured pace is the run's (the newcomer's page read 6.5x)."""
-    from core.tournament import SearchSpace, recorded_plan, run_tournament
+    from core.tune.rungs import run_tournament
+    from core.tune.space import SearchSpace
+    from core.tune.speed import recorded_plan
 
     fixed = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 32, "batch_size": 8}
     config = TuneConfig(study="pace", storage=f"sqlite:///{tmp_path / 'studies.db'}", budget=25, data_dir=str(dataset_dir),

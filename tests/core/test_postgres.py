@@ -8,7 +8,7 @@ import time
 import optuna
 import pytest
 
-from core.tuning import open_study
+from core.tune.storage import open_study
 from tests import postgres_cluster
 from tests.helpers import APP, APP_ENV
 

@@ -12,7 +12,7 @@ import time
 import optuna
 import pytest
 
-from core.tuning import open_study
+from core.tune.storage import open_study
 from tests.helpers import APP, APP_ENV, ROOT, free_port
 
 TINY_MODEL = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--device", "cpu"]

@@ -18,36 +18,15 @@ from optuna.trial import TrialState
 
 from core import checkpoint as ckpt
 from core.data import Dataset
-from core.tournament import (
-    END_MARGIN_S,
-    SLICE_OVERHEAD_S,
-    STOPPED_REASON,
-    Plan,
-    _claim_waiting,
-    _machine_threads,
-    _requeue_stopped,
-    _run_rung,
-    _rung_trials,
-    budget_minimums,
-    candidate_configs,
-    default_params,
-    final_shape,
-    first_candidates,
-    plan_tournament,
-    prepare_tournament,
-    run_tournament,
-)
 from core.trainer import TrainHooks, train
-from core.tuning import (
-    MACHINE_THREADS_ENV,
-    Choice,
-    SearchSpace,
-    TuneConfig,
-    TuningError,
-    make_storage,
-    open_study,
-    worker_env,
-)
+from core.tune.candidates import candidate_configs, default_params, first_candidates
+from core.tune.config import TuneConfig, TuningError
+from core.tune.plan import END_MARGIN_S, SLICE_OVERHEAD_S, Plan, budget_minimums, plan_tournament
+from core.tune.record import STOPPED_REASON, _claim_waiting, _requeue_stopped, _rung_trials, prepare_tournament
+from core.tune.rungs import Running, _machine_threads, _run_rung, final_shape, run_tournament
+from core.tune.space import Choice, SearchSpace
+from core.tune.storage import make_storage, open_study
+from core.tune.study import MACHINE_THREADS_ENV, worker_env
 from tests.helpers import APP, APP_ENV, TINY_MODEL_FLAGS, run_app
 
 BUDGET_S = 30
@@ -334,7 +313,8 @@ def test_a_second_promotion_of_a_candidate_is_pruned_unrun_and_the_first_counts(
         study.enqueue_trial({}, user_attrs={"rung": 1, "candidate": 3, "params": {}})
     first, second = _claim_waiting(study), _claim_waiting(study)
     idle = threading.Event()
-    _run_rung(study, second, None, None, None, None, None, None, idle, lambda event: None, worker=1)
+    running = Running(study, None, None, None, None, None, None, idle, lambda event: None, worker=1)
+    _run_rung(running, second)
     pruned = study.trials[second.number]
     assert pruned.state == optuna.trial.TrialState.PRUNED and pruned.user_attrs["worker"] == 1
     assert pruned.user_attrs["reason"] == f"duplicate of trial {first.number}"

@@ -14,23 +14,11 @@ import pytest
 
 from core.config import ConfigError, ModelConfig, TrainConfig, parse_duration, parse_flops
 from core.model import flops_per_token
-from core.tuning import (
-    Choice,
-    FloatRange,
-    IntRange,
-    SearchSpace,
-    TuneConfig,
-    TuningError,
-    apply_params,
-    best_params,
-    best_params_path,
-    last_step,
-    list_studies,
-    make_storage,
-    open_study,
-    run_study,
-    trial_configs,
-)
+from core.tune.config import TuneConfig, TuningError
+from core.tune.results import best_params, best_params_path, last_step, list_studies
+from core.tune.space import Choice, FloatRange, IntRange, SearchSpace, apply_params
+from core.tune.storage import make_storage, open_study
+from core.tune.study import run_study, trial_configs
 from tests.helpers import APP, APP_ENV, run_app
 
 TINY_SPACE = SearchSpace(
@@ -345,7 +333,7 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path, dataset_dir, space_
 def test_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_retried(tmp_path, monkeypatch):
     from datetime import timedelta
 
-    from core.tuning import HeartbeatRDBStorage
+    from core.tune.storage import HeartbeatRDBStorage
 
     storage = make_storage(f"sqlite:///{tmp_path}/unbeaten.db", heartbeat=1)
     assert isinstance(storage, HeartbeatRDBStorage)

@@ -1,4 +1,4 @@
-"""A study that searches the tokenizer (core.variants, core.tuning): each tokenizer's dataset is built once beside
+"""A study that searches the tokenizer (core.variants, core.tune.study): each tokenizer's dataset is built once beside
 the prepared one and reused, trials record losses per character, and the winner trains on its tokenizer."""
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from core import checkpoint as ckpt
 from core.data import DataError, Dataset, prepare
 from core.evaluate import evaluate
 from core.trainer import train
-from core.tuning import Choice, SearchSpace, TuneConfig, TuningError, apply_params, create_study, run_study
+from core.tune.config import TuneConfig, TuningError
+from core.tune.space import Choice, SearchSpace, apply_params
+from core.tune.storage import create_study
+from core.tune.study import run_study
 from core.variants import TOKENIZED_DIR, open_dataset, variant_dir
 
 

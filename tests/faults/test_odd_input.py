@@ -13,7 +13,7 @@ from core.data import DataError, Dataset, prepare
 from core.model import GPT
 from core.sampling import SamplingConfig
 from core.trainer import train
-from core.tuning import run_study
+from core.tune.study import run_study
 from tests.core.test_tuning import TINY_SPACE, tune_config
 from tests.helpers import TINY_MODEL_FLAGS
 
@@ -33,7 +33,7 @@ def fail_forward_after(monkeypatch, calls: int) -> None:
 
 
 def test_out_of_memory_in_a_trial_prunes_it_and_the_study_goes_on(tmp_path, dataset_dir, monkeypatch):
-    import core.tuning
+    import core.tune.study
 
     calls = {"n": 0}
 
@@ -43,7 +43,7 @@ def test_out_of_memory_in_a_trial_prunes_it_and_the_study_goes_on(tmp_path, data
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return train(*args, **kwargs)
 
-    monkeypatch.setattr(core.tuning, "train", train_that_runs_out_of_memory_once)
+    monkeypatch.setattr(core.tune.study, "train", train_that_runs_out_of_memory_once)
     study = run_study(tune_config(tmp_path, dataset_dir, trials=3, pruner="none"), TINY_SPACE)
     states = [t.state.name for t in study.trials]
     assert states == ["COMPLETE", "PRUNED", "COMPLETE"]

@@ -10,7 +10,7 @@ from core import checkpoint as ckpt
 from core import fileio
 from core.data import prepare
 from core.sampling import SamplingConfig
-from core.tuning import TuningError, check_study_name
+from core.tune.config import TuningError, check_study_name
 
 
 @pytest.mark.parametrize("name", ["nl\n", "ok\n\n", "a\nb", ".", ".."])
@@ -57,8 +57,8 @@ def test_prepare_says_what_a_device_a_fifo_or_a_broken_link_is(tmp_path):
 def test_storage_errors_say_what_is_wrong(tmp_path, monkeypatch):
     import os
 
-    from core import tuning
-    from core.tuning import make_storage
+    from core.tune import storage
+    from core.tune.storage import make_storage
 
     with pytest.raises(TuningError, match="must outlive"):
         make_storage("sqlite:///:memory:")
@@ -66,7 +66,7 @@ def test_storage_errors_say_what_is_wrong(tmp_path, monkeypatch):
     make_storage(f"sqlite:///{database}", heartbeat=0)
     real_access = os.access
     # root may write any file, so a read-only file is simulated the way a normal user meets it
-    monkeypatch.setattr(tuning.os, "access", lambda path, mode: False if path == database else real_access(path, mode))
+    monkeypatch.setattr(storage.os, "access", lambda path, mode: False if path == database else real_access(path, mode))
     with pytest.raises(TuningError, match="is read-only"):
         make_storage(f"sqlite:///{database}")
     make_storage(f"sqlite:///{database}", heartbeat=0, writes=False)  # reading it is fine

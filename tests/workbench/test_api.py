@@ -41,7 +41,7 @@ def app(tmp_path_factory):
     (root / "corpora" / "verse.txt").write_text(TEXT, encoding="utf-8")
     prepare([root / "corpora" / "verse.txt"], root / "dataset")
     previous = Path.cwd()
-    os.chdir(root)  # core.tuning writes studies/<name>.best.json relative to the working folder
+    os.chdir(root)  # core.tune.results writes studies/<name>.best.json relative to the working folder
     port = free_port()
     demo, jobs, board = launch("127.0.0.1", port, root=root, block=False)
     try:

@@ -13,7 +13,10 @@ from core.config import ConfigError, ModelConfig, TrainConfig, recipe_configs
 from core.data import DataError
 from core.runs import ModelTaken, claim_model_dir, record_source, run_configs
 from core.trainer import TrainHooks, progress_fraction, train
-from core.tuning import TuningError, apply_params, best_params, open_study
+from core.tune.config import TuningError
+from core.tune.results import best_params
+from core.tune.space import apply_params
+from core.tune.storage import open_study
 from workbench.jobs import INTERRUPTED, JobBusy, JobManager
 from workbench.project import Project
 from workbench.studies import StudyReader, model_names

@@ -19,8 +19,14 @@ from core import checkpoint as ckpt
 from core.config import ModelConfig, TrainConfig, parse_flops
 from core.data import DataError
 from core.runs import ModelTaken
-from core.tournament import STOPPED_REASON, RungEvent, begin_tournament, fmt_ms, preview, run_tournament
-from core.tuning import SearchSpace, TuneConfig, TuningError, last_step, run_study, trial_value
+from core.tune.config import TuneConfig, TuningError
+from core.tune.plan import fmt_ms
+from core.tune.record import STOPPED_REASON, RungEvent, begin_tournament
+from core.tune.results import last_step, trial_value
+from core.tune.rungs import run_tournament
+from core.tune.space import SearchSpace
+from core.tune.speed import preview
+from core.tune.study import run_study
 from workbench.jobs import JobBusy, JobManager
 from workbench.project import Project
 from workbench.studies import StudyReader

@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from core.tuning import PRUNERS, TuneConfig
+from core.tune.config import PRUNERS, TuneConfig
 from workbench.controllers.tune import (
     BUDGET_FIELDS,
     SKIP,

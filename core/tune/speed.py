@@ -1,0 +1,189 @@
+"""The default model's pace here, which every plan rests on: measured warm, kept per dataset and device,
+corrected by what runs find; the preview a page shows before Start."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from core.config import (
+    replace_known,
+)
+from core.data import Dataset
+from core.device import pick_device
+from core.fileio import atomic_write_text
+from core.model import GPT
+from core.trainer import TrainHooks, split_loss, train
+from core.tune.candidates import candidate_configs, default_params
+from core.tune.config import TuneConfig, TuningError
+from core.tune.plan import PLAN_ATTR, SLICE_OVERHEAD_S, Minimums, Plan, budget_minimums, plan_tournament
+from core.tune.storage import open_study
+
+log = logging.getLogger(__name__)
+
+SCORE_CHARS = 65_536  # validation characters scored per candidate: the same evenly spread windows for all
+
+
+WARM_STEPS, TIMED_BLOCKS, BLOCK_STEPS = 5, 4, 5  # how the default model's pace is measured
+
+
+def measure_step_s(config: TuneConfig, dataset: Dataset) -> float:
+    """Seconds a step of the default model takes here: the median of TIMED_BLOCKS x BLOCK_STEPS steps timed
+    after WARM_STEPS (allocations, the first kernels), so that a burst of stalls (another process on the cores)
+    does not move it. Eagerly: where the run compiles, it does so because compiled steps are faster."""
+    model_config, train_config = candidate_configs(default_params(config.overrides), config, 0, len(dataset.vocab))
+    steps = WARM_STEPS + TIMED_BLOCKS * BLOCK_STEPS + 1
+    train_config = replace_known(train_config, {"max_iters": steps, "max_minutes": 0.0, "warmup_iters": 0,
+                                                "compile": "off"})  # fmt: skip
+    timings: list[float] = []
+    train(model_config, train_config, dataset=dataset, hooks=TrainHooks(on_step=lambda e: timings.append(e.elapsed_s)))
+    gaps = [b - a for a, b in zip(timings, timings[1:])][WARM_STEPS:]
+    return statistics.median(gaps)
+
+
+def measure_score_s(config: TuneConfig, dataset: Dataset) -> float:
+    """Seconds scoring the default model takes here (the end of every exploration slice)."""
+    model_config, _ = candidate_configs(default_params(config.overrides), config, 0, len(dataset.vocab))
+    model = GPT(model_config).to(pick_device(config.device))
+    started = time.perf_counter()
+    _score(model, dataset)
+    return time.perf_counter() - started
+
+
+@dataclass
+class Speed:
+    """What the plan of a budget rests on, measured with the default model on this device and dataset."""
+
+    step_s: float  # seconds a training step
+    score_s: float  # seconds scoring a candidate at the end of a slice
+
+
+SPEED_FILE = ".tournament_speed.json"  # in the dataset folder: one measurement per device and default model
+
+
+def measured_speed(config: TuneConfig, dataset: Dataset, measure: bool = True) -> Speed | None:
+    """The default model's speed here, measured once per dataset, device and fixed fields and then read from
+    the dataset folder, so that the minimum budget the page shows is the one Start applies; None when it is
+    not known yet and `measure` is False (another job busy on the cores would make a measurement too slow)."""
+    key, known = _speed_key(config, dataset), _known_speeds(config)
+    if isinstance(known.get(key), dict):
+        with contextlib.suppress(TypeError):
+            return Speed(**known[key])
+    if not measure:
+        return None
+    speed = Speed(measure_step_s(config, dataset), measure_score_s(config, dataset))
+    _write_speed(config, key, speed)
+    return speed
+
+
+def record_observed_speed(config: TuneConfig, dataset: Dataset, step_s: float) -> None:
+    """The default model's pace as a run found it, over the measured one when they differ by more than
+    OBSERVED_MARGIN: the next plan rests on what the machine did, not on a measurement the run disproved."""
+    key, known = _speed_key(config, dataset), _known_speeds(config)
+    with contextlib.suppress(TypeError):
+        speed = Speed(**known[key]) if isinstance(known.get(key), dict) else None
+        if speed is not None and abs(step_s / speed.step_s - 1) > OBSERVED_MARGIN:
+            log.info("the default model ran at %.0f ms/step, not the measured %.0f: the plans use it from now on",
+                     step_s * 1000, speed.step_s * 1000)  # fmt: skip
+            _write_speed(config, key, Speed(step_s, speed.score_s))
+
+
+OBSERVED_MARGIN = 0.2
+
+
+def _speed_key(config: TuneConfig, dataset: Dataset) -> str:
+    device = pick_device(config.device)
+    # the threads `train` will use (core.device.configure), not whatever this process has set so far
+    threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1) if device.type == "cpu" else 0
+    return json.dumps([str(device), threads, len(dataset.vocab), config.overrides], sort_keys=True, default=str)
+
+
+def _known_speeds(config: TuneConfig) -> dict[str, Any]:
+    try:
+        known = json.loads((Path(config.data_dir) / SPEED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def _write_speed(config: TuneConfig, key: str, speed: Speed) -> None:
+    known = _known_speeds(config)
+    with contextlib.suppress(OSError):  # a read-only dataset measures again next time
+        atomic_write_text(
+            Path(config.data_dir) / SPEED_FILE, json.dumps({**known, key: asdict(speed)}, indent=2) + "\n"
+        )
+
+
+def plan_for(config: TuneConfig, speed: Speed, workers: int = 1) -> Plan:
+    return plan_tournament(
+        config.budget,
+        speed.step_s,
+        workers=workers,
+        eta=config.eta,
+        final_share=config.final_share,
+        search_rungs=config.search_rungs,
+        slice_overhead_s=SLICE_OVERHEAD_S + speed.score_s,
+    )
+
+
+@dataclass
+class Preview:
+    """What a budget will do, said before it starts: the plan, or why there is none, and the minimums."""
+
+    minimums: Minimums
+    plan: Plan | None
+    error: str = ""
+    continuing: bool = False
+    step_s: float = 0.0  # the default model's pace the minimums rest on
+
+    def text(self) -> str:
+        if self.error:
+            return self.error
+        verb = "continues its recorded plan: " if self.continuing else ""
+        return verb + self.plan.summary()
+
+
+def preview(config: TuneConfig, workers: int = 1, measure: bool = True) -> Preview:
+    """The plan a budget gets (the recorded one when the study already holds a tournament), without starting;
+    with `measure` False a speed not measured yet is a TuningError saying so."""
+    dataset = Dataset(config.data_dir)
+    speed = measured_speed(config, dataset, measure)
+    if speed is None:
+        raise TuningError(
+            "the smallest budgets are measured on this machine when no job is running; they show here then"
+        )
+    least = budget_minimums(speed.step_s, workers=workers, eta=config.eta, final_share=config.final_share,
+                            slice_overhead_s=SLICE_OVERHEAD_S + speed.score_s)  # fmt: skip
+    recorded = recorded_plan(config)
+    if recorded is not None:
+        return Preview(least, recorded, continuing=True, step_s=speed.step_s)
+    try:
+        return Preview(least, plan_for(config, speed, workers), step_s=speed.step_s)
+    except TuningError as err:
+        return Preview(least, None, error=str(err), step_s=speed.step_s)
+
+
+def recorded_plan(config: TuneConfig) -> Plan | None:
+    try:
+        recorded = open_study(config.study, config.storage).user_attrs.get(PLAN_ATTR)
+    except TuningError:
+        return None
+    return Plan.from_json(recorded) if recorded else None
+
+
+def has_plan(config: TuneConfig) -> bool:
+    """Whether the study of `config` already holds a tournament (a re-run continues it)."""
+    return recorded_plan(config) is not None
+
+
+def _score(model, dataset: Dataset) -> float:
+    """Nats per character on SCORE_CHARS of the validation split (as tokens, for a BPE)."""
+    per_token = split_loss(model, dataset.tokens["val"], max_chars=SCORE_CHARS)
+    return per_token * dataset.tokens_per_char["val"]
