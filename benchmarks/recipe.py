@@ -4,7 +4,7 @@
     python benchmarks/recipe.py --gpu            # 6x384, context 256, batch 64 (the nanoGPT GPU recipe's shape)
 
 Every run trains for the same wall time (evaluation excluded), then its saved model is scored on the whole
-validation split (core.trainer.split_loss). Reports the median over seeds, ms/step and MFU, and the wall
+validation split (core.evaluate.split_loss). Reports the median over seeds, ms/step and MFU, and the wall
 time the default needs to reach classic's val loss after --steps steps (the half-time target).
 """
 
@@ -24,8 +24,9 @@ from benchmarks.corpora import corpus_dir  # noqa: E402
 from core import checkpoint as ckpt  # noqa: E402
 from core.config import RECIPES, recipe_configs, replace_known  # noqa: E402
 from core.data import Dataset  # noqa: E402
+from core.evaluate import split_loss  # noqa: E402
 from core.model import flops_per_token  # noqa: E402
-from core.trainer import TrainHooks, split_loss, train  # noqa: E402
+from core.trainer import TrainHooks, train  # noqa: E402
 
 CLASSIC = RECIPES["classic"]
 # Each option alone on top of classic; the last row is the new default (all of them).

@@ -25,7 +25,7 @@ from benchmarks.corpora import corpus_dir  # noqa: E402
 from core import checkpoint as ckpt  # noqa: E402
 from core.config import parse_duration  # noqa: E402
 from core.data import Dataset  # noqa: E402
-from core.trainer import split_loss  # noqa: E402
+from core.evaluate import split_loss  # noqa: E402
 
 APP = [sys.executable, str(ROOT / "app.py")]
 METHODS = ("a_default", "b_trials_then_train", "c_budget")

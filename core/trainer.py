@@ -167,36 +167,6 @@ def estimate_loss(
     return losses
 
 
-@torch.no_grad()
-def split_loss(
-    model: GPT, tokens, batch_size: int = 64, device: torch.device | str | None = None, max_chars: int = 0
-) -> float:
-    """Mean loss per character over a whole split: consecutive windows of the model's context, each
-    character predicted once (the first of each window with less context). Use this, not `estimate_loss`,
-    to compare models: random batches of two runs of one recipe differ by ~0.03. With `max_chars`, windows
-    evenly spread over the split, the same for every model of that context."""
-    block = model.config.block_size
-    device = device or next(model.parameters()).device
-    data = torch.from_numpy(tokens.astype("int64"))
-    windows = (len(data) - 1) // block
-    if windows < 1:
-        raise DataError(f"the split has {len(data)} characters, fewer than a context of {block} + 1")
-    x_all = data[: windows * block].view(windows, block)
-    y_all = data[1 : windows * block + 1].view(windows, block)
-    if max_chars and max_chars // block < windows:
-        keep = torch.linspace(0, windows - 1, max(1, max_chars // block)).long()
-        x_all, y_all, windows = x_all[keep], y_all[keep], len(keep)
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    for start in range(0, windows, batch_size):
-        x, y = x_all[start : start + batch_size].to(device), y_all[start : start + batch_size].to(device)
-        _, loss = model(x, y)
-        total += loss.item() * x.numel()
-    model.train(was_training)
-    return total / (windows * block)
-
-
 COMPILING = "compiling the training step (once; no steps for up to a minute on 2 cores)"
 
 
@@ -250,6 +220,64 @@ def data_record(dataset: Dataset) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Run:
+    """A training run as its loop carries it: what it trains with, and the state its checkpoint saves and a
+    resume reads back (`_resume`, `_save`)."""
+
+    model_config: ModelConfig
+    train_config: TrainConfig
+    dataset: Dataset
+    device: torch.device
+    amp_dtype: torch.dtype
+    model: GPT
+    optimizer: Any
+    scaler: torch.amp.GradScaler
+    sampler: BatchSampler
+    dist: DistContext
+    hooks: TrainHooks
+    out: Path | None
+    writes: bool  # this process saves (rank 0, with a folder)
+    step: int = 0
+    best_val: float = math.inf
+    best_train: float = math.inf
+    best_step: int = 0
+    evals_without_gain: int = 0
+    best_weights: dict[str, torch.Tensor] | None = None  # the kept weights (best validation), when it saves
+    best_sample: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    previous_seconds: float = 0.0  # what the run's earlier calls trained for
+    summary: dict[str, Any] = field(default_factory=dict)  # what config.json records besides the summary
+    kept_score: dict[str, float] = field(default_factory=dict)  # the kept weights over the whole validation split
+    started: float = 0.0
+    train_seconds: float = 0.0
+    steps_this_run: int = 0
+    budget_s: float = 0.0  # what this call may train for (0: no time budget)
+
+    @property
+    def tokens_per_step(self) -> int:
+        config = self.train_config
+        return config.batch_size * config.grad_accum * self.model_config.block_size * self.dist.world_size
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def tokens_per_s(self) -> float:
+        return self.steps_this_run * self.tokens_per_step / max(self.train_seconds, 1e-9)
+
+    def seconds_left(self) -> float:
+        """What the run has left, by its step limit at the current pace and by its time budget."""
+        pace = self.train_seconds / max(self.steps_this_run, 1)
+        left = (self.train_config.step_limit - self.step) * pace
+        return min(left, self.budget_s - self.elapsed()) if self.budget_s else left
+
+    def progress(self) -> float:
+        fraction = self.step / self.train_config.step_limit
+        if self.budget_s:
+            fraction = max(fraction, self.elapsed() / self.budget_s)
+        return fraction
+
+
 def train(
     model_config: ModelConfig,
     train_config: TrainConfig,
@@ -269,17 +297,52 @@ def train(
     and only rank 0 writes checkpoints, metrics and the model; the global batch is
     batch_size x grad_accum x world_size.
     """
-    hooks = hooks or TrainHooks()
     train_config.validate()
+    run = _start(model_config, train_config, out_dir, dataset, dist, hooks or TrainHooks())
+    if resume:
+        _resume(run)
+    _begin(run, info, budget_spans_resumes)
+    runner = _wrap(run, torch.compile(run.model) if train_config.compile == "on" else run.model)
+    # ranks must agree on their graphs: under torchrun `auto` stays eager (`on` compiles every rank from the start)
+    auto_compile = AutoCompile() if train_config.compile == "auto" and not dist.enabled else None
+    evals, stop_reason = _EvalClock(run), "max_iters"
+    while run.step < train_config.step_limit:
+        stop_reason = _stop_asked(run) or stop_reason
+        if stop_reason != "max_iters":
+            break
+        step_started = time.perf_counter()
+        lr, loss = _optimizer_step(run, runner)
+        run.step += 1
+        run.steps_this_run += 1
+        run.train_seconds += time.perf_counter() - step_started
+        if auto_compile and auto_compile.observe(time.perf_counter() - step_started, run.seconds_left()):
+            if run.hooks.on_status:
+                run.hooks.on_status(COMPILING)
+            runner = _wrap(run, auto_compile.compiled(run.model))
+        _report_step(run, lr, loss)
+        if evals.due():
+            _evaluate(run)
+            evals.done()
+            if train_config.patience and run.evals_without_gain >= train_config.patience:
+                stop_reason = "early_stop"
+                break
+        if run.step % train_config.checkpoint_every == 0 and run.step < train_config.step_limit:
+            _save(run)
+    if evals.last_step != run.step:
+        _evaluate(run)
+    return _finish(run, stop_reason)
+
+
+def _start(model_config: ModelConfig, train_config: TrainConfig, out_dir, dataset: Dataset | None, dist: DistContext,
+           hooks: TrainHooks) -> Run:  # fmt: skip
+    """The run's device, data, model, optimizer and batches, seeded."""
     out = Path(out_dir) if out_dir is not None else None
-    writes = out is not None and dist.is_main
     device = pick_device(dist.device(train_config.device))
     configure(device)
     amp_dtype = autocast_dtype(device, train_config.dtype)
     dataset = dataset or open_dataset(train_config.data_dir)
     model_config = dataclasses.replace(model_config, vocab_size=len(dataset.vocab)).validate()
     dataset.check_block_size(model_config.block_size)
-
     seed_everything(train_config.seed)
     model = GPT(model_config).to(device)
     optimizer = model.optimizer(
@@ -296,272 +359,264 @@ def train(
     sampler = BatchSampler(
         dataset.tokens["train"], model_config.block_size, train_config.batch_size, train_config.seed + dist.rank, device
     )
-    step, best_val, best_train, best_step, evals_without_gain = 0, math.inf, math.inf, 0, 0
-    best_weights: dict[str, torch.Tensor] | None = None
-    history: list[dict[str, Any]] = []
+    return Run(model_config, train_config, dataset, device, amp_dtype, model, optimizer, scaler, sampler, dist, hooks,
+               out, writes=out is not None and dist.is_main)  # fmt: skip
 
-    checkpoint = ckpt.latest_checkpoint(out) if (resume and out is not None) else None
-    if resume and checkpoint is None:
-        log.warning("no checkpoint to resume in %s; starting from scratch", out)
-    if checkpoint is not None:
-        saved_vocab = checkpoint.state.get("vocab")
-        if saved_vocab is not None and saved_vocab != dataset.vocab.chars:
-            raise DataError(
-                f"the checkpoint in {out} was trained with a different vocabulary than {dataset.data_dir}; "
-                "train under a new --name, or prepare the same data again"
-            )
-        ckpt.load_weights(model, checkpoint.weights, checkpoint.path)
-        configured = [{k: g[k] for k in _CONFIGURED_GROUP_KEYS} for g in optimizer.param_groups]
-        optimizer.load_state_dict(checkpoint.optimizer)
-        # The run's config wins over the checkpoint's: a continued run may change its rates or decay.
-        for group, values in zip(optimizer.param_groups, configured):
-            group.update(values)
-        if "grad_scaler" in checkpoint.state:
-            scaler.load_state_dict(checkpoint.state["grad_scaler"])
-        torch.set_rng_state(checkpoint.rng["torch"])
-        if device.type == "cuda" and "cuda" in checkpoint.rng:
-            torch.cuda.set_rng_state(checkpoint.rng["cuda"], device)
-        step = checkpoint.step
-        if checkpoint.state.get("world_size", 1) == dist.world_size == 1:
-            sampler.set_state(checkpoint.state["sampler"])  # bit-exact resume
-        else:  # another process count: fresh, distinct windows per rank
-            sampler = BatchSampler(
-                dataset.tokens["train"],
-                model_config.block_size,
-                train_config.batch_size,
-                train_config.seed * 1_000_003 + step * 1009 + dist.rank,
-                device,
-            )
-        best_val, best_train = checkpoint.state["best_val"], checkpoint.state["best_train"]
-        best_step, evals_without_gain = checkpoint.state["best_step"], checkpoint.state["evals_without_gain"]
-        best_weights = checkpoint.best_weights
-        history = [h for h in checkpoint.state.get("history", []) if h["step"] <= step]
-        log.info("resumed from %s at step %d", checkpoint.path, step)
-    if writes:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.remove_leftovers(out)
-        atomic_write_text(out / ckpt.METRICS, "".join(json.dumps(h) + "\n" for h in history))
 
-    def wrap(module: torch.nn.Module) -> torch.nn.Module:
-        if not dist.enabled:
-            return module
-        from torch.nn.parallel import DistributedDataParallel
+def _resume(run: Run) -> None:
+    """Continue from the run's latest checkpoint: weights, optimizer, random state, batches and bookkeeping."""
+    checkpoint = ckpt.latest_checkpoint(run.out) if run.out is not None else None
+    if checkpoint is None:
+        log.warning("no checkpoint to resume in %s; starting from scratch", run.out)
+        return
+    dataset, state = run.dataset, checkpoint.state
+    saved_vocab = state.get("vocab")
+    if saved_vocab is not None and saved_vocab != dataset.vocab.chars:
+        raise DataError(
+            f"the checkpoint in {run.out} was trained with a different vocabulary than {dataset.data_dir}; "
+            "train under a new --name, or prepare the same data again"
+        )
+    ckpt.load_weights(run.model, checkpoint.weights, checkpoint.path)
+    configured = [{k: g[k] for k in _CONFIGURED_GROUP_KEYS} for g in run.optimizer.param_groups]
+    run.optimizer.load_state_dict(checkpoint.optimizer)
+    # The run's config wins over the checkpoint's: a continued run may change its rates or decay.
+    for group, values in zip(run.optimizer.param_groups, configured):
+        group.update(values)
+    if "grad_scaler" in state:
+        run.scaler.load_state_dict(state["grad_scaler"])
+    torch.set_rng_state(checkpoint.rng["torch"])
+    if run.device.type == "cuda" and "cuda" in checkpoint.rng:
+        torch.cuda.set_rng_state(checkpoint.rng["cuda"], run.device)
+    run.step = checkpoint.step
+    if state.get("world_size", 1) == run.dist.world_size == 1:
+        run.sampler.set_state(state["sampler"])  # bit-exact resume
+    else:  # another process count: fresh, distinct windows per rank
+        config = run.train_config
+        run.sampler = BatchSampler(dataset.tokens["train"], run.model_config.block_size, config.batch_size,
+                                   config.seed * 1_000_003 + run.step * 1009 + run.dist.rank, run.device)  # fmt: skip
+    run.best_val, run.best_train = state["best_val"], state["best_train"]
+    run.best_step, run.evals_without_gain = state["best_step"], state["evals_without_gain"]
+    run.best_weights = checkpoint.best_weights
+    run.history = [h for h in state.get("history", []) if h["step"] <= run.step]
+    run.best_sample, run.previous_seconds = state.get("best_sample", ""), state.get("seconds", 0.0)
+    log.info("resumed from %s at step %d", checkpoint.path, run.step)
 
-        return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
-    runner = wrap(torch.compile(model) if train_config.compile == "on" else model)
-    # ranks must agree on their graphs: under torchrun `auto` stays eager (`on` compiles every rank from the start)
-    auto_compile = AutoCompile() if train_config.compile == "auto" and not dist.enabled else None
-    model.train()
-    tokens_per_step = train_config.batch_size * train_config.grad_accum * model_config.block_size * dist.world_size
-    started = time.perf_counter()
-    train_seconds, steps_this_run = 0.0, 0
-    budget_s = train_config.max_minutes * 60
-    stop_reason = "max_iters"
-    summary = {
-        "model": to_dict(model_config),
-        "train": to_dict(train_config),
-        "data": data_record(dataset),
-        "device": device_name(device),
-        "parameters": model.num_params(),
+def _begin(run: Run, info: dict[str, Any] | None, budget_spans_resumes: bool) -> None:
+    """The metrics file as the run has it, what config.json records, and the clock and budget of this call."""
+    if run.writes:
+        run.out.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_leftovers(run.out)
+        atomic_write_text(run.out / ckpt.METRICS, "".join(json.dumps(h) + "\n" for h in run.history))
+    run.model.train()
+    run.started = time.perf_counter()
+    run.budget_s = run.train_config.max_minutes * 60
+    run.summary = {
+        "model": to_dict(run.model_config),
+        "train": to_dict(run.train_config),
+        "data": data_record(run.dataset),
+        "device": device_name(run.device),
+        "parameters": run.model.num_params(),
         **(info or {}),
     }
-    resumed = checkpoint.state if checkpoint is not None else {}
-    best_sample, previous_seconds = resumed.get("best_sample", ""), resumed.get("seconds", 0.0)
-    if budget_s and budget_spans_resumes:  # what the earlier calls of this run spent is spent
-        budget_s = max(budget_s - previous_seconds, 1e-3)
+    if run.budget_s and budget_spans_resumes:  # what the earlier calls of this run spent is spent
+        run.budget_s = max(run.budget_s - run.previous_seconds, 1e-3)
 
-    def tokens_per_s() -> float:
-        return steps_this_run * tokens_per_step / max(train_seconds, 1e-9)
 
-    def seconds_left() -> float:
-        """What the run has left, by its step limit at the current pace and by its time budget."""
-        pace = train_seconds / max(steps_this_run, 1)
-        left = (train_config.step_limit - step) * pace
-        return min(left, budget_s - (time.perf_counter() - started)) if budget_s else left
+def _wrap(run: Run, module: torch.nn.Module) -> torch.nn.Module:
+    if not run.dist.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
 
-    def progress() -> float:
-        fraction = step / train_config.step_limit
-        if budget_s:
-            fraction = max(fraction, (time.perf_counter() - started) / budget_s)
-        return fraction
+    return DistributedDataParallel(module, device_ids=[run.device.index] if run.device.type == "cuda" else None)
 
-    kept_score: dict[str, float] = {}  # the kept weights over the whole validation split, once training ends
 
-    def save_all() -> None:
-        if not writes:
-            return
-        weights = ckpt.weights_for_saving(model)
-        rng = {"torch": torch.get_rng_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
-        state = {
-            "sampler": sampler.state(),
-            "best_val": best_val,
-            "best_train": best_train,
-            "best_step": best_step,
-            "evals_without_gain": evals_without_gain,
-            "best_sample": best_sample,
-            "seconds": previous_seconds + time.perf_counter() - started,
-            "history": history,
-            "world_size": dist.world_size,
-            "vocab": dataset.vocab.chars,
-            "model_config": to_dict(model_config),
-            "train_config": to_dict(train_config),
-        }
-        if scaler.is_enabled():
-            state["grad_scaler"] = scaler.state_dict()
-        record = {
-            **summary,
-            "summary": {
-                "best_val_loss": best_val,
-                "train_loss_at_best": best_train,
-                "best_step": best_step,
-                "iters": step,
-                "tokens_seen": step * tokens_per_step,
-                "tokens_per_char": dataset.tokens_per_char["train"],  # 1 for characters; a BPE's is below
-                "seconds": round(previous_seconds + time.perf_counter() - started, 1),
-                "sample": best_sample,  # from the evaluation that kept the saved weights
-                **kept_score,
-                "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            },
-        }
-        try:
-            ckpt.save_checkpoint(out, step, weights, best_weights or weights, optimizer.state_dict(), rng, state)
-            ckpt.save_model(out, best_weights or weights, model_config, dataset.vocab, record)
-        except (OSError, SafetensorError) as err:  # safetensors' own error for a full disk is no OSError
-            previous = ckpt.latest_checkpoint(out)
-            kept = f"the checkpoint of step {previous.step} is intact" if previous else "no earlier checkpoint exists"
-            reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[-1]
-            raise ckpt.ModelError(
-                f"cannot write the model in {out} ({reason}); {kept}. Free disk space, then --resume."
-            ) from err
+def _stop_asked(run: Run) -> str | None:
+    """Why the run stops before its next step ("stopped", "time_budget"), if it does; every rank agrees."""
+    stop_asked, over_budget = run.dist.any(
+        bool(run.hooks.should_stop and run.hooks.should_stop()),
+        bool(run.budget_s and run.elapsed() >= run.budget_s),
+    )
+    return "stopped" if stop_asked else "time_budget" if over_budget else None
 
-    def evaluate() -> None:
-        nonlocal best_val, best_train, best_step, best_weights, evals_without_gain, best_sample
-        losses = estimate_loss(model, dataset, model_config, train_config, device, amp_dtype)
-        if not all(math.isfinite(v) for v in losses.values()):
-            raise LossDiverged(f"evaluation loss is not finite at step {step}: {losses}")
-        losses = {split: loss * dataset.tokens_per_char[split] for split, loss in losses.items()}  # nats/char
-        losses.setdefault("train", math.nan)
-        improved = losses["val"] < best_val
-        if improved:
-            best_val, best_train, best_step, evals_without_gain = losses["val"], losses["train"], step, 0
-            if writes:  # the kept weights are only ever saved
-                best_weights = ckpt.weights_for_saving(model)
-        else:
-            evals_without_gain += 1
-        sample = ""
-        if train_config.sample_chars and dist.is_main:
-            settings = SamplingConfig(temperature=0.8, max_new_tokens=train_config.sample_chars, seed=step)
-            sample = complete(model, dataset.vocab, "\n", settings)
-        if improved:
-            best_sample = sample
-        event = EvalEvent(
-            step=step,
-            train_loss=losses["train"],
-            val_loss=losses["val"],
-            best_val_loss=best_val,
-            improved=improved,
-            lr=lr_at(progress(), step, train_config),
-            tokens_per_s=tokens_per_s(),
-            elapsed_s=time.perf_counter() - started,
-            sample=sample,
+
+def _optimizer_step(run: Run, runner: torch.nn.Module) -> tuple[float, float]:
+    """One optimizer step over `grad_accum` micro-batches at the schedule's rate; (rate, mean loss)."""
+    config, optimizer, scaler = run.train_config, run.optimizer, run.scaler
+    lr = lr_at(run.progress(), run.step, config)
+    for group in optimizer.param_groups:  # every group follows the schedule from its own peak rate
+        group["lr"] = lr * (group.get("peak_lr", config.lr) / config.lr)
+    loss_sum = 0.0
+    for micro in range(config.grad_accum):
+        x, y = run.sampler.next_batch()
+        last = micro == config.grad_accum - 1
+        sync = runner.no_sync() if run.dist.enabled and not last else contextlib.nullcontext()
+        with sync:
+            with autocast(run.device, run.amp_dtype):
+                _, loss = runner(x, y)
+            scaler.scale(loss / config.grad_accum).backward()
+        loss_sum += loss.item()
+    loss_value = loss_sum / config.grad_accum
+    (diverged,) = run.dist.any(not math.isfinite(loss_value))
+    if diverged:
+        raise LossDiverged(
+            f"training loss became {loss_value} at step {run.step + 1} (lr={lr:.2e}); the last good "
+            "checkpoint is kept. Lower --lr or raise --warmup-iters, then --resume or start again."
         )
-        history.append(event.as_record())
-        if writes:
-            append_line(out / ckpt.METRICS, json.dumps(event.as_record()))
-        if hooks.on_eval:
-            hooks.on_eval(event)
-
-    last_eval_step = step if history and history[-1]["step"] == step else -1
-    next_eval_s = train_config.eval_seconds
-    while step < train_config.step_limit:
-        stop_asked, over_budget = dist.any(
-            bool(hooks.should_stop and hooks.should_stop()),
-            bool(budget_s and time.perf_counter() - started >= budget_s),
-        )
-        if stop_asked or over_budget:
-            stop_reason = "stopped" if stop_asked else "time_budget"
-            break
-        step_started = time.perf_counter()
-        lr = lr_at(progress(), step, train_config)
-        for group in optimizer.param_groups:  # every group follows the schedule from its own peak rate
-            group["lr"] = lr * (group.get("peak_lr", train_config.lr) / train_config.lr)
-        loss_sum = 0.0
-        for micro in range(train_config.grad_accum):
-            x, y = sampler.next_batch()
-            last = micro == train_config.grad_accum - 1
-            sync = runner.no_sync() if dist.enabled and not last else contextlib.nullcontext()
-            with sync:
-                with autocast(device, amp_dtype):
-                    _, loss = runner(x, y)
-                scaler.scale(loss / train_config.grad_accum).backward()
-            loss_sum += loss.item()
-        loss_value = loss_sum / train_config.grad_accum
-        (diverged,) = dist.any(not math.isfinite(loss_value))
-        if diverged:
-            raise LossDiverged(
-                f"training loss became {loss_value} at step {step + 1} (lr={lr:.2e}); the last good "
-                "checkpoint is kept. Lower --lr or raise --warmup-iters, then --resume or start again."
-            )
-        if train_config.grad_clip:
-            for opt in getattr(optimizer, "optimizers", [optimizer]):
-                scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+    if config.grad_clip:
         for opt in getattr(optimizer, "optimizers", [optimizer]):
-            scaler.step(opt)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        steps_this_run += 1
-        train_seconds += time.perf_counter() - step_started
-        if auto_compile and auto_compile.observe(time.perf_counter() - step_started, seconds_left()):
-            if hooks.on_status:
-                hooks.on_status(COMPILING)
-            runner = wrap(auto_compile.compiled(model))
-        if hooks.on_step:
-            per_char = loss_value * dataset.tokens_per_char["train"]
-            elapsed = time.perf_counter() - started
-            hooks.on_step(
-                StepEvent(
-                    step, train_config.max_iters, per_char, lr, tokens_per_s(), elapsed, previous_seconds + elapsed
-                )
-            )
-        if train_config.eval_seconds:
-            (due,) = dist.any(time.perf_counter() - started >= next_eval_s)  # clocks differ between ranks
-        else:
-            due = step % train_config.eval_interval == 0
-        if due or step == train_config.max_iters:
-            evaluate()
-            last_eval_step = step
-            # one eval per period even when a step is longer than it, so eval k is the k-th period's
-            next_eval_s += train_config.eval_seconds
-            if train_config.patience and evals_without_gain >= train_config.patience:
-                stop_reason = "early_stop"
-                break
-        if step % train_config.checkpoint_every == 0 and step < train_config.step_limit:
-            save_all()
+            scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+    for opt in getattr(optimizer, "optimizers", [optimizer]):
+        scaler.step(opt)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return lr, loss_value
 
-    if last_eval_step != step:
-        evaluate()
-    if dist.enabled:
-        summary["distributed"] = {"world_size": dist.world_size, "ranks_agree": dist.same_everywhere(model)}
-    if writes:  # the kept weights over the whole validation split: the one figure the card, evaluate and tables show
-        scored = score_kept_weights(best_weights or ckpt.weights_for_saving(model), model_config, dataset, device)
-        kept_score.update(val_loss=scored.nats_per_char, val_chars=scored.chars)
-    save_all()
-    if hooks.on_finish:
-        hooks.on_finish(model)
+
+def _report_step(run: Run, lr: float, loss: float) -> None:
+    if run.hooks.on_step:
+        per_char = loss * run.dataset.tokens_per_char["train"]
+        elapsed = run.elapsed()
+        run.hooks.on_step(StepEvent(run.step, run.train_config.max_iters, per_char, lr, run.tokens_per_s(), elapsed,
+                                    run.previous_seconds + elapsed))  # fmt: skip
+
+
+class _EvalClock:
+    """When the run evaluates: every `eval_interval` steps, or every `eval_seconds` (one eval per period even when
+    a step is longer than it, so eval k is the k-th period's), and at the step limit."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.last_step = run.step if run.history and run.history[-1]["step"] == run.step else -1
+        self.next_s = run.train_config.eval_seconds
+
+    def due(self) -> bool:
+        run, config = self.run, self.run.train_config
+        if config.eval_seconds:
+            (due,) = run.dist.any(run.elapsed() >= self.next_s)  # clocks differ between ranks
+        else:
+            due = run.step % config.eval_interval == 0
+        return due or run.step == config.max_iters
+
+    def done(self) -> None:
+        self.last_step = self.run.step
+        self.next_s += self.run.train_config.eval_seconds
+
+
+def _evaluate(run: Run) -> None:
+    """Estimate the losses, keep the weights when validation improved, sample, and tell the hooks."""
+    config, dataset = run.train_config, run.dataset
+    losses = estimate_loss(run.model, dataset, run.model_config, config, run.device, run.amp_dtype)
+    if not all(math.isfinite(v) for v in losses.values()):
+        raise LossDiverged(f"evaluation loss is not finite at step {run.step}: {losses}")
+    losses = {split: loss * dataset.tokens_per_char[split] for split, loss in losses.items()}  # nats/char
+    losses.setdefault("train", math.nan)
+    improved = losses["val"] < run.best_val
+    if improved:
+        run.best_val, run.best_train, run.best_step, run.evals_without_gain = (
+            losses["val"],
+            losses["train"],
+            run.step,
+            0,
+        )
+        if run.writes:  # the kept weights are only ever saved
+            run.best_weights = ckpt.weights_for_saving(run.model)
+    else:
+        run.evals_without_gain += 1
+    sample = ""
+    if config.sample_chars and run.dist.is_main:
+        settings = SamplingConfig(temperature=0.8, max_new_tokens=config.sample_chars, seed=run.step)
+        sample = complete(run.model, dataset.vocab, "\n", settings)
+    if improved:
+        run.best_sample = sample
+    event = EvalEvent(step=run.step, train_loss=losses["train"], val_loss=losses["val"], best_val_loss=run.best_val,
+                      improved=improved, lr=lr_at(run.progress(), run.step, config), tokens_per_s=run.tokens_per_s(),
+                      elapsed_s=run.elapsed(), sample=sample)  # fmt: skip
+    run.history.append(event.as_record())
+    if run.writes:
+        append_line(run.out / ckpt.METRICS, json.dumps(event.as_record()))
+    if run.hooks.on_eval:
+        run.hooks.on_eval(event)
+
+
+def _save(run: Run) -> None:
+    """The checkpoint (to resume) and the model (to use), both written whole or not at all."""
+    if not run.writes:
+        return
+    weights = ckpt.weights_for_saving(run.model)
+    rng = {"torch": torch.get_rng_state()}
+    if run.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(run.device)
+    seconds = run.previous_seconds + run.elapsed()
+    state = {
+        "sampler": run.sampler.state(),
+        "best_val": run.best_val,
+        "best_train": run.best_train,
+        "best_step": run.best_step,
+        "evals_without_gain": run.evals_without_gain,
+        "best_sample": run.best_sample,
+        "seconds": seconds,
+        "history": run.history,
+        "world_size": run.dist.world_size,
+        "vocab": run.dataset.vocab.chars,
+        "model_config": to_dict(run.model_config),
+        "train_config": to_dict(run.train_config),
+    }
+    if run.scaler.is_enabled():
+        state["grad_scaler"] = run.scaler.state_dict()
+    record = {
+        **run.summary,
+        "summary": {
+            "best_val_loss": run.best_val,
+            "train_loss_at_best": run.best_train,
+            "best_step": run.best_step,
+            "iters": run.step,
+            "tokens_seen": run.step * run.tokens_per_step,
+            "tokens_per_char": run.dataset.tokens_per_char["train"],  # 1 for characters; a BPE's is below
+            "seconds": round(seconds, 1),
+            "sample": run.best_sample,  # from the evaluation that kept the saved weights
+            **run.kept_score,
+            "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    }
+    kept = run.best_weights or weights
+    try:
+        ckpt.save_checkpoint(run.out, run.step, weights, kept, run.optimizer.state_dict(), rng, state)
+        ckpt.save_model(run.out, kept, run.model_config, run.dataset.vocab, record)
+    except (OSError, SafetensorError) as err:  # safetensors' own error for a full disk is no OSError
+        previous = ckpt.latest_checkpoint(run.out)
+        intact = f"the checkpoint of step {previous.step} is intact" if previous else "no earlier checkpoint exists"
+        reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[-1]
+        raise ckpt.ModelError(
+            f"cannot write the model in {run.out} ({reason}); {intact}. Free disk space, then --resume."
+        ) from err
+
+
+def _finish(run: Run, stop_reason: str) -> TrainResult:
+    """Score the kept weights over the whole validation split (the one figure the card, evaluate and tables
+    show), save, and say what the run reached."""
+    if run.dist.enabled:
+        run.summary["distributed"] = {
+            "world_size": run.dist.world_size,
+            "ranks_agree": run.dist.same_everywhere(run.model),
+        }
+    if run.writes:
+        weights = run.best_weights or ckpt.weights_for_saving(run.model)
+        scored = score_kept_weights(weights, run.model_config, run.dataset, run.device)
+        run.kept_score.update(val_loss=scored.nats_per_char, val_chars=scored.chars)
+    _save(run)
+    if run.hooks.on_finish:
+        run.hooks.on_finish(run.model)
     return TrainResult(
-        val_loss=best_val,
-        train_loss=best_train,
-        iters=step,
-        best_step=best_step,
-        tokens_per_s=tokens_per_s(),
-        elapsed_s=time.perf_counter() - started,
+        val_loss=run.best_val,
+        train_loss=run.best_train,
+        iters=run.step,
+        best_step=run.best_step,
+        tokens_per_s=run.tokens_per_s(),
+        elapsed_s=run.elapsed(),
         stop_reason=stop_reason,
-        out_dir=str(out) if out else None,
-        history=history,
-        whole_val_loss=kept_score.get("val_loss"),
+        out_dir=str(run.out) if run.out else None,
+        history=run.history,
+        whole_val_loss=run.kept_score.get("val_loss"),
     )

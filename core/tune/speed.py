@@ -18,9 +18,10 @@ from core.config import (
 )
 from core.data import Dataset
 from core.device import pick_device
+from core.evaluate import split_loss
 from core.fileio import atomic_write_text
 from core.model import GPT
-from core.trainer import TrainHooks, split_loss, train
+from core.trainer import TrainHooks, train
 from core.tune.candidates import candidate_configs, default_params
 from core.tune.config import TuneConfig, TuningError
 from core.tune.plan import PLAN_ATTR, SLICE_OVERHEAD_S, Minimums, Plan, budget_minimums, plan_tournament

@@ -13,8 +13,7 @@ import torch.nn.functional as F
 
 from core import checkpoint as ckpt
 from core.data import DataError
-from core.evaluate import evaluate, sliding_nll
-from core.trainer import split_loss
+from core.evaluate import evaluate, sliding_nll, split_loss
 from tests.helpers import run_app
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "classic_tiny"
