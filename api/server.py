@@ -296,6 +296,25 @@ def _parse_json(raw: bytes) -> Any:
         raise ApiError("the body is nested too deeply to be a request") from None
 
 
+def _answer_errors_as_openai_does(app: FastAPI) -> None:
+    """Every error, a 404 or 405 included, in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, err: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code)
+        answer = ApiError(str(err.detail), status=err.status_code, code=code).response()
+        answer.headers.update(err.headers or {})  # a 405's Allow
+        return answer
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, err: ApiError) -> JSONResponse:
+        return err.response()
+
+    @app.exception_handler(Exception)
+    async def server_error(_request: Request, _err: Exception) -> JSONResponse:
+        return ApiError("the server failed on this request; its log says why", status=500).response()
+
+
 def create_app(
     loaded: LoadedModel, *, api_key: str | None = None, limits: Limits | None = None, access: Access | None = None
 ) -> FastAPI:
@@ -323,20 +342,7 @@ def create_app(
         app.add_middleware(CORSMiddleware, allow_origins=list(access.origins), allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "content-type"])  # fmt: skip
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, err: HTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code)
-        answer = ApiError(str(err.detail), status=err.status_code, code=code).response()
-        answer.headers.update(err.headers or {})  # a 405's Allow
-        return answer
-
-    @app.exception_handler(ApiError)
-    async def api_error(_request: Request, err: ApiError) -> JSONResponse:
-        return err.response()
-
-    @app.exception_handler(Exception)
-    async def server_error(_request: Request, _err: Exception) -> JSONResponse:
-        return ApiError("the server failed on this request; its log says why", status=500).response()
+    _answer_errors_as_openai_does(app)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

@@ -4,20 +4,16 @@
     logits = step([token, *guesses], cache)     # (rows, vocab); cache.length grows by the rows fed
 
 The arithmetic is that of `GPT.forward` with a cache, every row's logits kept, for the few rows of a decoding
-step (a token and its guesses); prompts and refills still go through the model. Why a second path: on 2 CPU cores
-a 6x384 model's module-by-module step spends more time in Python and in dispatching ~250 small ops than in
-reading its 42 MB of weights: this path makes ~40% fewer calls into torch and skips the modules' Python
-(2.0 ms a step against 2.5 ms for the modern 6x384 model, 1.6 against 2.1 ms for classic, on 2 AVX512 cores;
-benchmarks/generate_speed.py). A one-row step also turns its query and key for rotary positions with one
-product per layer (a turn built once a step, the attention's scale folded in) and writes the cache through
-views made once per cache: 1.69-1.76 against 1.86-2.01 ms a step for the modern 6x384 model (2026-12-05).
+step (a token and its guesses); prompts and refills still go through the model. Why a second path: a small
+model's module-by-module step spends more time in Python and in dispatching small ops than in reading its
+weights; this path makes far fewer calls into torch. A one-row step also turns its query and key for rotary
+positions with one product per layer (a turn built once a step, the attention's scale folded in) and writes
+the cache through views made once per cache (RESULTS.md, Decoding speed).
 
 With `half` (sampled replies without guesses, by default; `--exact` turns it off) a one-row step on a CPU
 multiplies float16 copies of the weights: half the bytes to read; each product, rounded to float16, goes on in
-float32; logits within ~1e-3 of float32's (6x384, random weights). On a 2-core AVX512-BF16 EPYC the 24 one-row
-products of a 6x384 model took 0.7-1.3 ms against 1.9-2.2 ms (bfloat16: 2.4-2.6 ms, its one-row kernel is slow
-there; float16 for 2-5 rows is no faster than float32; an earlier AVX2 machine gained nothing from float16).
-Everything else stays float32: norms, attention, the cache, and steps of several rows.
+float32, logits within ~1e-3 of float32's. Everything else stays float32: norms, attention, the cache, and
+steps of several rows.
 """
 
 from __future__ import annotations

@@ -65,12 +65,8 @@ def has_native_bf16(device: torch.device) -> bool:
 
 def autocast_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
     """The precision matmuls run in. `auto`: bf16 on CUDA GPUs that support it (else fp16), bf16 on CPUs
-    with native bf16 matmuls, fp32 on other CPUs; `float32` turns autocast off.
-
-    Measured on 2 cores of an AMD EPYC with AVX512-BF16 (benchmarks/train_speed.py): bf16 autocast trains
-    the 6x384 model 1.8x faster than fp32 and the 4x128 one about as fast, at the same val loss after
-    2000 steps. Without native bf16 (AVX2 only) the emulated bf16 matmuls are slower than fp32.
-    """
+    with native bf16 matmuls, fp32 on other CPUs (emulated bf16 is slower than fp32); `float32` turns
+    autocast off. Why: RESULTS.md, train_speed.py."""
     if name != "auto":
         dtype = _DTYPES[name]
         if dtype == torch.float16 and device.type == "cpu":

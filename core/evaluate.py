@@ -23,7 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core import checkpoint as ckpt
 from core.checkpoint import LoadedModel
+from core.config import ModelConfig
 from core.data import DataError, Dataset, line_chunks
 from core.model import GPT
 from core.variants import SOURCE_JSON, open_dataset, variant_dir
@@ -206,3 +208,11 @@ def split_loss(
         total += loss.item() * x.numel()
     model.train(was_training)
     return total / (windows * block)
+
+
+def score_kept_weights(weights: dict[str, torch.Tensor], model_config: ModelConfig, dataset: Dataset, device):
+    """The saved weights' loss per character on the whole validation split, as `evaluate` computes it."""
+    with torch.random.fork_rng(devices=[]):  # building it draws initial weights: the run's random state stays
+        model = GPT(model_config)
+    ckpt.load_weights(model, weights, Path("the kept weights"))
+    return score_ids(model.to(device), dataset.vocab, dataset.tokens["val"])

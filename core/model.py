@@ -63,16 +63,10 @@ def project(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def few_rows_product(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """`x @ weight.T` for the rows of x (T, in) on CPU, each way measured fastest for its number of rows.
-
-    For one row, MKL's fp32 matrix-vector product runs on one thread (~11 GB/s of weights on this 2-core
-    machine). Split into a batch of row blocks, the same product runs on every thread (~40 GB/s), which
-    makes a 6x384 model's cached decoding step about 2x faster (benchmarks/generate_speed.py). The
-    column's strides (0, 1, in_features) matter: a contiguous column takes a path as slow as the GEMV.
-    For 2-8 rows (a speculative step's guesses), `weight @ x.T` reads the weights once on every thread:
-    the 24 products of a 6x384 model took 1.8 ms for 2 rows and 2.9 ms for 4, against 7.1 and 8.0 ms
-    through `F.linear`, whose small-M GEMM is slower than one row at a time.
-    """
+    """`x @ weight.T` for the rows of x (T, in) on CPU, each way the fastest for its number of rows: MKL's
+    one-row product runs on one thread, so one row is split into row blocks run as `bmm` on every thread (the
+    column's strides (0, 1, in_features) matter: a contiguous one is as slow); 2-8 rows (guesses) read the
+    weights once as `weight @ x.T`, where `F.linear`'s small GEMM is slower (RESULTS.md, Decoding speed)."""
     rows, (out_features, in_features) = x.shape[0], weight.shape
     if rows > FEW_ROWS:
         return F.linear(x, weight)
@@ -93,9 +87,8 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
-    """Causal scaled-dot-product attention; on a CPU always in float32. Under bf16 autocast, PyTorch's CPU flash
-    kernel took 5.3 ms forward and backward for a (12, 4, 64, 32) batch against 1.5 ms in float32 (2 AVX512-BF16
-    cores), 42% of the small model's training step; the matrix products around it stay in bf16."""
+    """Causal scaled-dot-product attention; on a CPU always in float32, where PyTorch's bf16 flash kernel is the
+    slower by far (RESULTS.md, Against nanoGPT); the matrix products around it stay in bf16."""
     if q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
     with torch.autocast("cpu", enabled=False):  # (with QK-norm, q and k come out of it in float32, v in bf16)
@@ -272,8 +265,8 @@ class GPT(nn.Module):
         Muon for the hidden matrices of the blocks and AdamW for embeddings, head and gains.
 
         Each param group records its peak learning rate as `peak_lr`, so a schedule scales every group alike.
-        AdamW is fused on CUDA and on CPU: on 2 CPU cores the fused step took 0.7 ms against 2.7 ms for
-        `foreach` (4x128 model) and 4 ms against 33 ms (6x384), see benchmarks/train_speed.py.
+        AdamW is fused on CUDA and on CPU, where the fused step is several times faster than `foreach`
+        (RESULTS.md, train_speed.py).
         """
         params = [p for p in self.parameters() if p.requires_grad]
         hidden = (

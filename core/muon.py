@@ -1,9 +1,8 @@
 """Muon whose Newton–Schulz iteration runs in a precision the device multiplies natively.
 
-torch.optim.Muon always orthogonalises in bf16. A CPU without native bf16 matmuls (AVX2 only, most
-desktops and many servers) emulates them: on 2 AMD EPYC cores without AVX512-BF16 the iteration took 61 ms
-for a 512x128 matrix in bf16 against 2.0 ms in fp32, and the default model trained at 982 tokens/s with
-Muon against 9,214 with AdamW. Same update otherwise, and the same state, so checkpoints load in either.
+torch.optim.Muon always orthogonalises in bf16, which a CPU without native bf16 matmuls (AVX2 only, most
+desktops and many servers) emulates many times slower than fp32 (RESULTS.md, Training recipe). Same update
+otherwise, and the same state, so checkpoints load in either.
 """
 
 from __future__ import annotations

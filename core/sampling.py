@@ -80,9 +80,8 @@ class SamplingConfig:
 
     @property
     def guesses(self) -> int:
-        """Guesses checked per model call. Auto: only when greedy. On 2 CPU cores a 6x384 model's call with
-        guesses costs 1.65-1.8x a plain one, and with prompt lookup a trained 3x128 model's calls yielded
-        1.2-1.4 characters at temperature 0.8 (a loss) and 3.1-3.4 greedy (benchmarks/generate_speed.py)."""
+        """Guesses checked per model call. Auto: only when greedy, where prompt lookup's guesses are right often
+        enough to repay a call with guesses; sampled, they are not (RESULTS.md, Decoding speed)."""
         if self.draft_tokens >= 0:
             return self.draft_tokens
         return GREEDY_DRAFT_TOKENS if self.temperature == 0 else 0
@@ -153,7 +152,7 @@ class Drafts:
 
 def fill_dtype(device: torch.device, half: bool) -> torch.dtype:
     """The precision of encoding a prompt or refilling a full context (192 rows for a context of 256): matrix
-    products that bf16 runs ~3x faster where the device has it natively."""
+    products that bf16 runs several times faster where the device has it natively."""
     return torch.bfloat16 if half and has_native_bf16(device) else torch.float32
 
 
@@ -171,7 +170,7 @@ def generate_ids(
     cache slides (`KVCache.slide`): the kept tokens' keys and values stay, so the model reads the last 3/4
     to all of its context at every step at no cost; a kept token's values still carry what it read of the
     dropped ones, as in the steps before. With learned positions the last 3/4 is encoded again at its new
-    positions (~25 ms for a 6x384 model's 192 characters in bf16 on 2 CPU cores, every 64 characters).
+    positions, once every quarter of a context.
 
     Speculative decoding with the cache: a step feeds the model the last token and up to `config.guesses`
     guesses (`Drafts`) at once, reading the weights once for all of them; each position's token is then

@@ -25,10 +25,12 @@ import torch
 from safetensors import SafetensorError
 
 from core import checkpoint as ckpt
-from core.config import COMPILE_MIN_MINUTES, ModelConfig, TrainConfig, to_dict
+from core.autocompile import COMPILING, AutoCompile
+from core.config import ModelConfig, TrainConfig, to_dict
 from core.data import BatchSampler, DataError, Dataset
 from core.device import autocast, autocast_dtype, configure, device_name, pick_device, seed_everything
 from core.distributed import SINGLE, DistContext
+from core.evaluate import score_kept_weights
 from core.fileio import append_line, atomic_write_text, printable
 from core.model import GPT
 from core.sampling import SamplingConfig, complete
@@ -165,47 +167,6 @@ def estimate_loss(
         losses[split] = total.item() / train_config.eval_iters
     model.train(was_training)
     return losses
-
-
-COMPILING = "compiling the training step (once; no steps for up to a minute on 2 cores)"
-
-
-class AutoCompile:
-    """`--compile auto`: after the first steps, compile once if the run has COMPILE_MIN_MINUTES or more left.
-
-    Compilation errors (no C++ compiler, an unsupported op) fall back to eager steps instead of failing the run.
-    """
-
-    SETTLE_STEPS = 10  # the first steps are slower (allocations, caches); the run's pace is read after them
-
-    def __init__(self) -> None:
-        self.steps, self.decided = 0, False
-
-    def observe(self, step_s: float, seconds_left: float) -> bool:
-        """Whether to compile now (true at most once a run)."""
-        self.steps += 1
-        if self.decided or self.steps < self.SETTLE_STEPS:
-            return False
-        self.decided = True
-        return seconds_left >= COMPILE_MIN_MINUTES * 60
-
-    @staticmethod
-    def compiled(model: GPT) -> torch.nn.Module:
-        import torch._dynamo
-
-        torch._dynamo.config.suppress_errors = True  # a failed compile runs eagerly
-        log.info("compiling the training step (--compile auto: a long run left)")
-        return torch.compile(model)
-
-
-def score_kept_weights(weights: dict[str, torch.Tensor], model_config: ModelConfig, dataset: Dataset, device):
-    """The saved weights' loss per character on the whole validation split, as `evaluate` computes it."""
-    from core.evaluate import score_ids
-
-    with torch.random.fork_rng(devices=[]):  # building it draws initial weights: the run's random state stays
-        model = GPT(model_config)
-    ckpt.load_weights(model, weights, Path("the kept weights"))
-    return score_ids(model.to(device), dataset.vocab, dataset.tokens["val"])
 
 
 def data_record(dataset: Dataset) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import STUDIES_DIR, STUDY_DATABASE
-from core.data import DataError, has_dataset, resolve_inputs
+from core.data import DataError, has_dataset
+from core.sources import resolve_inputs
 
 UPLOAD_LIMIT_MB = 200
 _SAFE_STEM = re.compile(r"[^A-Za-z0-9._-]+")

@@ -84,12 +84,9 @@ def candidate_configs(
 
 
 def neighbours(default: dict[str, Any]) -> list[dict[str, Any]]:
-    """Changes of the default that gain as training grows longer, the measured best first: a longer context
-    with one layer fewer to pay for it, lower Muon rates, a longer context alone, a wider model. Measured on
-    Shakespeare, 2 cores, seed 0, each trained 4 minutes (the default: 1.522 on the whole validation split):
-    context 128 -0.024, context 256 -0.021, 3 layers at context 128 -0.039, and at 3 layers, context 128
-    Muon 0.02 1.483, 0.01 1.464, 0.005 1.451. All eight tournaments of 30 minutes so far (2 corpora, seeds
-    0-1) were won by 3 layers at context 128, with Muon at 0.01 or 0.005 (docs/tuning.md, Tuning within one budget)."""
+    """Changes of the default that gain as training grows longer, the best first: a longer context with one
+    layer fewer to pay for it, lower Muon rates, a longer context alone, a wider model; they won the longer
+    tournaments (RESULTS.md, Tuning within one budget)."""
     context, layers, head_size = default["block_size"], default["n_layer"], default["n_embd"] // default["n_head"]
     shallower_and_longer = {"block_size": 2 * context, "n_layer": layers - 1}
     return [

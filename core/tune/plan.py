@@ -14,9 +14,8 @@ PLAN_ATTR = "tournament"
 
 
 # Seconds kept free at the end for the final evaluation and save, and per exploration slice for building,
-# loading and checkpointing a candidate; scoring it is measured (`measure_score_s`) and kept on top. With a
-# fixed 1 s for all of it, a 30-minute Bible tournament's 29 s slices took 36-38 s and its final rung got 67%
-# of the budget, not the planned 70% (scoring 65,536 characters with the default model alone: 2.3 s).
+# loading and checkpointing a candidate; scoring it is measured (`measure_score_s`) and kept on top, since a
+# fixed allowance let slices overrun and the final rung shrink (RESULTS.md, Tuning within one budget).
 END_MARGIN_S, SLICE_OVERHEAD_S = 5.0, 1.0
 
 
@@ -41,8 +40,8 @@ class Plan:
     note: str = ""  # why there is no search, when there is none
     slice_overhead_s: float = SLICE_OVERHEAD_S  # kept per exploration slice for what is not training (scoring, loading)
     # The survivor's tokens a step in the final rung, as a multiple of its own: short slices favour small steps,
-    # long runs larger ones (3x128 at context 128, Shakespeare, 30 min, seed 1: batch 12 1.319, 24 1.306, 48
-    # 1.306). Taken as a longer context where the model can read one (`final_shape`), else as a larger batch.
+    # long runs larger ones (RESULTS.md). Taken as a longer context where the model can read one
+    # (`final_shape`), else as a larger batch.
     final_token_scale: int = FINAL_TOKEN_SCALE
     final_longer_context: bool = True
 

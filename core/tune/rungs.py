@@ -341,8 +341,7 @@ def _exploration_rung(plan, rung, model_config, train_config, dataset, folder: P
 @contextlib.contextmanager
 def _machine_threads():
     """All of the machine's threads for the final rung of a worker that was given a share of them: the other
-    local workers only wait for it, and on 2 cores one thread trains the default model 1.6x slower than two
-    (144 against 89 ms a step)."""
+    local workers only wait for it, and a share of the threads trains it slower."""
     kept, machine = torch.get_num_threads(), int(os.environ.get(MACHINE_THREADS_ENV, "0"))
     if machine > kept:
         torch.set_num_threads(machine)
@@ -364,10 +363,9 @@ def final_shape(
 ) -> tuple[ModelConfig, TrainConfig]:
     """The survivor's configs for the final rung: `plan.final_token_scale` times its tokens a step. A longer
     context where the model reads positions it was not trained at (rotary: its attention sees only relative
-    ones), the space allows that context, the user did not fix it and the data hold it; else a larger batch.
-    On Shakespeare (3x128, Muon 0.01, 40% cooldown, 20 minutes, seed 2, side by side) context 256 at batch 12
-    reached 1.299 where context 128 at batch 24 reached 1.313: the same tokens a step, read further back.
-    A plan without search (rung 0 is final) trains the default as it is."""
+    ones), the space allows that context, the user did not fix it and the data hold it; else a larger batch:
+    the same tokens a step, read further back, did better (RESULTS.md, Tuning within one budget). A plan
+    without search (rung 0 is final) trains the default as it is."""
     scale = plan.final_token_scale
     if rung == 0 or scale == 1:
         return model_config, train_config

@@ -12,11 +12,12 @@ import optuna
 import pytest
 
 from core import checkpoint as ckpt
+from core.autocompile import COMPILING
 from core.card import CARD
 from core.config import ModelConfig, TrainConfig
 from core.data import Dataset, prepare
 from core.evaluate import evaluate
-from core.trainer import COMPILING, StepEvent, TrainHooks, train
+from core.trainer import StepEvent, TrainHooks, train
 from core.tune import speed
 from core.tune.config import TuneConfig
 from core.tune.plan import MIN_STEPS, budget_minimums, plan_tournament
