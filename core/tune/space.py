@@ -58,6 +58,12 @@ _FRACTIONS = {"dropout", "warmup_fraction", "min_lr_ratio"}
 _CATEGORICAL = {"optimizer", "pos_encoding", "norm", "mlp", "qk_norm", "tokenizer"}
 
 
+def _gpu_shapes() -> dict[str, Any]:
+    """The shapes worth searching on a GPU: wider and deeper than on a CPU."""
+    return {"n_layer": IntRange(4, 8), "n_head": Choice((4, 6, 8)), "head_size": Choice((32, 64)),
+            "batch_size": Choice((32, 64)), "block_size": Choice((128, 256))}  # fmt: skip
+
+
 @dataclass
 class SearchSpace:
     """What a trial may vary. Each field is a range, a choice, or a fixed value.
@@ -93,16 +99,7 @@ class SearchSpace:
     @classmethod
     def for_device(cls, device: str = "auto") -> SearchSpace:
         """Defaults sized for the device: small models on CPU, wider and deeper ones on a GPU."""
-        device = device_kind(device)
-        if device.startswith("cuda"):
-            return cls(
-                n_layer=IntRange(4, 8),
-                n_head=Choice((4, 6, 8)),
-                head_size=Choice((32, 64)),
-                batch_size=Choice((32, 64)),
-                block_size=Choice((128, 256)),
-            )
-        return cls()
+        return cls(**_gpu_shapes()) if device_kind(device).startswith("cuda") else cls()
 
     @classmethod
     def for_budget(cls, device: str = "auto") -> SearchSpace:
@@ -114,11 +111,7 @@ class SearchSpace:
         if device.startswith("cuda"):
             return cls(
                 **common,
-                n_layer=IntRange(4, 8),
-                n_head=Choice((4, 6, 8)),
-                head_size=Choice((32, 64)),
-                batch_size=Choice((32, 64)),
-                block_size=Choice((128, 256)),
+                **_gpu_shapes(),
                 lr=FloatRange(3e-4, 3e-3, log=True),
                 muon_lr=FloatRange(0.01, 0.04, log=True),
             )

@@ -174,8 +174,11 @@ def test_a_running_tournament_moves_on_the_page_reload_included(page, server):
     # The plan's pace is the run's, within 30% where training has the cores (tests/core/test_newcomer.py); here
     # headless Chromium and the page's polling share the two cores with it, and the run went 1.4-1.5x slower
     # than measured (61 against 83-93 ms a step for the default model, 2026-12-07): what this checks is that
-    # the page reports both, and that the plan is not the newcomer's 6x too slow.
-    assert paces and 0.7 < statistics.median(paces) / planned < 2.0, (planned, paces)
+    # the page reports both, and that the plan is not the newcomer's 6x off (a busy CI machine measures either
+    # way: 122 ms planned against 80 run once, in the full suite).
+    if not (paces and 0.5 < statistics.median(paces) / planned < 2.0):
+        page.get_by_role("button", name="Stop", exact=True).filter(visible=True).first.click()  # free the next test
+        raise AssertionError((planned, paces))
     left, step = tournament_bar(page)
     time.sleep(5)
     later_left, later_step = tournament_bar(page)
