@@ -20,5 +20,14 @@ def test_float16_is_refused_on_cpu():
         dev.autocast_dtype(torch.device("cpu"), "float16")
 
 
-def test_native_bf16_check_answers_a_bool():
-    assert isinstance(dev.cpu_has_native_bf16(), bool)
+def test_native_bf16_needs_the_instructions_and_onednns_leave(monkeypatch):
+    """An AVX512-BF16 CPU whose oneDNN is held to AVX2 (ONEDNN_MAX_CPU_ISA, or a real AVX2 CPU's) emulates bf16:
+    the dtype choice must then be float32 (the newcomer's 1,232 ms a step was emulated bf16)."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    for onednn, expected in ((True, True), (False, False)):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda onednn=onednn: onednn)
+        assert dev.cpu_has_native_bf16() is expected
+        assert dev.autocast_dtype(torch.device("cpu")) == (torch.bfloat16 if expected else torch.float32)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert dev.cpu_has_native_bf16() is False  # oneDNN's word alone is not the CPU's

@@ -14,7 +14,7 @@ from core.model import GPT
 from core.sampling import SamplingConfig
 from core.trainer import train
 from core.tune.study import run_study
-from tests.core.test_tuning import TINY_SPACE, tune_config
+from tests.core.tune.test_study import TINY_SPACE, tune_config
 from tests.helpers import TINY_MODEL_FLAGS
 
 

@@ -124,3 +124,23 @@ def test_the_chat_tab_shows_a_models_card_and_exports_a_zip_of_its_checked_onnx(
     assert sorted(zipfile.ZipFile(archive).namelist()) == ["README.md", "model.onnx", "vocab.txt"]
     with pytest.raises(ChatError, match="no saved model named 'ghost' \\(saved models: m\\)"):
         control.export("ghost")
+
+
+def test_the_dataset_tab_prepares_an_upload_under_its_own_name_and_refuses_while_training(tmp_path):
+    from tests.helpers import TEXT
+    from workbench.controllers.dataset import UPLOAD, DatasetController, corpus_overview
+
+    project, jobs = Project(tmp_path), JobManager()
+    control = DatasetController(project, jobs)
+    upload = tmp_path / "incoming" / "my_letters.txt"
+    upload.parent.mkdir()
+    upload.write_text(TEXT.rstrip("\n") + "\x0b", encoding="utf-8")  # no last line end; a character with no glyph
+    assert "Started" in control.start(UPLOAD, [str(upload)], "", 0.1, "strict")
+    jobs.get("prepare").thread.join(60)
+    overview, sample = corpus_overview(project)
+    assert "my_letters.txt" in overview and "uploads/" not in overview and sample
+    assert "with 1 line end added" in overview and "U+000B" in overview
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    assert "empty.txt is empty" in control.start(UPLOAD, [str(tmp_path / "empty.txt")], "", 0.1, "strict")
+    jobs.start("train", "training m", lambda job: time.sleep(2))
+    assert "is using the dataset" in control.start(UPLOAD, [str(upload)], "", 0.1, "strict")

@@ -1,4 +1,4 @@
-"""Defects a hostile probe found: each test fails without its fix."""
+"""Names, seeds, killed prepares, odd files and storages: each gets its clear error (every test here failed\nbefore its fix)."""
 
 from __future__ import annotations
 
