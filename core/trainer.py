@@ -266,6 +266,7 @@ def train(
     runner = _wrap(run, torch.compile(run.model) if train_config.compile == "on" else run.model)
     # ranks must agree on their graphs: under torchrun `auto` stays eager (`on` compiles every rank from the start)
     auto_compile = AutoCompile() if train_config.compile == "auto" and not dist.enabled else None
+    run.started = time.perf_counter()  # after the runner is built, as a resumed run's clock always was
     evals, stop_reason = _EvalClock(run), "max_iters"
     while run.step < train_config.step_limit:
         stop_reason = _stop_asked(run) or stop_reason
@@ -364,13 +365,12 @@ def _resume(run: Run) -> None:
 
 
 def _begin(run: Run, info: dict[str, Any] | None, budget_spans_resumes: bool) -> None:
-    """The metrics file as the run has it, what config.json records, and the clock and budget of this call."""
+    """The metrics file as the run has it, what config.json records, and the time budget of this call."""
     if run.writes:
         run.out.mkdir(parents=True, exist_ok=True)
         ckpt.remove_leftovers(run.out)
         atomic_write_text(run.out / ckpt.METRICS, "".join(json.dumps(h) + "\n" for h in run.history))
     run.model.train()
-    run.started = time.perf_counter()
     run.budget_s = run.train_config.max_minutes * 60
     run.summary = {
         "model": to_dict(run.model_config),
