@@ -170,8 +170,9 @@ def _run_rung(run: Running, trial: optuna.Trial) -> None:
             return end(None, f"failed: {err}")
     if owned.check():
         return end(None, _abandoned(trial))
-    if rung == 0 and candidate == 0 and watch.pace() is not None:  # the default model, at its own shape
-        record_observed_speed(run.config, dataset, watch.pace())
+    pace = watch.pace()
+    if rung == 0 and candidate == 0 and pace is not None:  # the default model, at its own shape
+        record_observed_speed(run.config, dataset, pace)
     if _record_rung(run, trial, score, final, watch, started):
         end(score)
 
