@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import optuna  # noqa: E402
 
 from benchmarks.tuning import pruner_fields  # noqa: E402
-from core.tune.config import TuneConfig  # noqa: E402
+from core.tune.config import StudyConfig  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -62,7 +62,7 @@ def replay(curves: list[Curve], pruner_spec: str) -> dict:
     """Run the trials through the pruner in order: estimated time saved, trials pruned, best-val gap."""
     steps = sorted({step for curve in curves for step in curve.val_by_step})
     # The study's first and last report keys stand for the first eval and the trial's length, as in `tune`.
-    config = TuneConfig(eval_interval=steps[0], trial_iters=steps[-1], **pruner_fields(pruner_spec))
+    config = StudyConfig(eval_interval=steps[0], trial_iters=steps[-1], **pruner_fields(pruner_spec))
     # Hyperband picks each trial's bracket from a hash of the study name: a fixed name makes replays repeat.
     study = optuna.create_study(study_name="replay", direction="minimize", pruner=config.make_pruner())
     spent, pruned, kept = 0.0, 0, []

@@ -42,7 +42,7 @@ from core.config import ModelConfig, TrainConfig, parse_flops  # noqa: E402
 from core.data import Dataset, prepare  # noqa: E402
 from core.model import flops_per_token  # noqa: E402
 from core.trainer import train  # noqa: E402
-from core.tune.config import TuneConfig  # noqa: E402
+from core.tune.config import StudyConfig  # noqa: E402
 from core.tune.results import best_params  # noqa: E402
 from core.tune.space import SearchSpace, apply_params  # noqa: E402
 from core.tune.study import run_study, trial_configs  # noqa: E402
@@ -54,7 +54,7 @@ PRUNER_SETTINGS = {"percentile": "pruner_percentile", "startup": "pruner_startup
 
 
 def pruner_fields(spec: str) -> dict:
-    """TuneConfig fields for a pruner spec: a name, optionally with settings, e.g. `percentile,percentile=25`."""
+    """StudyConfig fields for a pruner spec: a name, optionally with settings, e.g. `percentile,percentile=25`."""
     name, *settings = spec.split(",")
     fields = {"pruner": name}
     for setting in settings:
@@ -96,7 +96,7 @@ def study_run(
     timeout: float = 0,
     seed: int = 0,
 ) -> dict:
-    config = TuneConfig(
+    config = StudyConfig(
         study=name,
         storage=storage,
         trials=trials,
@@ -150,7 +150,7 @@ def tokens_trained(trial: optuna.trial.FrozenTrial) -> int:
     return steps * trial.params.get("batch_size", 12) * trial.params.get("block_size", 64)
 
 
-def flops_trained(trial: optuna.trial.FrozenTrial, config: TuneConfig, vocab_size: int) -> float:
+def flops_trained(trial: optuna.trial.FrozenTrial, config: StudyConfig, vocab_size: int) -> float:
     """Training FLOPs a trial spent (what `--trial-flops` budgets); like tokens, independent of machine load."""
     if "params" not in trial.user_attrs:  # an invalid config, pruned before training
         return 0.0
@@ -236,7 +236,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-tuning-pays", action="store_true")
-    parser.add_argument("--pruners", nargs="+", default=[TuneConfig.pruner], help="pruners to compare with none")
+    parser.add_argument("--pruners", nargs="+", default=[StudyConfig.pruner], help="pruners to compare with none")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="study seeds; each pruner runs on each")
     parser.add_argument("--trials", type=int, default=20, help="trials per study in the pruning comparison")
     parser.add_argument("--only-unpruned", action="store_true", help="run only the study without a pruner")
@@ -270,7 +270,7 @@ def main() -> None:
                 data_dir,
                 storage,
                 "budget",
-                TuneConfig.pruner,
+                StudyConfig.pruner,
                 10_000,
                 budget,
                 timeout=tune_minutes * 60,

@@ -8,8 +8,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str, skip: Sequence[str] = ()) -> None:
-    """One flag per field; absent flags stay absent (SUPPRESS), so callers can layer defaults."""
+def add_dataclass_flags(
+    parser: argparse.ArgumentParser, cls: type, title: str, skip: Sequence[str] = ()
+) -> argparse._ArgumentGroup:
+    """One flag per field, in a group titled `title` (returned, for flags that belong with them); absent flags
+    stay absent (SUPPRESS), so callers can layer defaults."""
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.metadata.get("cli", True):
@@ -25,6 +28,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str, 
                 _friendly(f.metadata["type"]) if "type" in f.metadata else _PLAIN_TYPES.get(str(f.type), type(default))
             )
             group.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper())
+    return group
 
 
 _PLAIN_TYPES = {"int": int, "float": float, "str": str}

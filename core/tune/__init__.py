@@ -1,10 +1,10 @@
 """Tuning: Optuna studies and tournaments within one wall-time budget.
 
 space = SearchSpace.for_budget("cpu")                                        # core.tune.space
-run_study(TuneConfig(study="s1", trials=20), space)                          # core.tune.study
-run_tournament(TuneConfig(study="t", budget=1200), space, name="best")       # core.tune.rungs
+run_study(StudyConfig(study="s1", trials=20), space)                         # core.tune.study
+run_tournament(TournamentConfig(study="t", budget=1200), space, name="best")  # core.tune.rungs
 
-config      what a study or tournament is asked to do (TuneConfig), TuningError, pruners
+config      what a study (StudyConfig) or a tournament (TournamentConfig) is asked, TuningError, pruners
 space       the search space
 storage     Optuna storages, heartbeats, opening and creating studies
 study       a classic study of trials (`tune --trials`)

@@ -15,7 +15,7 @@ from core.config import (
     replace_known,
     to_dict,
 )
-from core.tune.config import TuneConfig
+from core.tune.config import TournamentConfig
 from core.tune.plan import PLAN_ATTR, Plan
 from core.tune.space import SearchSpace, apply_params
 
@@ -46,7 +46,7 @@ _TUNABLE = {
 
 
 def candidate_configs(
-    params: dict[str, Any], config: TuneConfig, candidate: int, vocab_size: int
+    params: dict[str, Any], config: TournamentConfig, candidate: int, vocab_size: int
 ) -> tuple[ModelConfig, TrainConfig]:
     """A candidate's configs for one slice: the stable phase of wsd (no decay), warmup by steps, one cheap
     evaluation at the end (the score comes from `split_loss`).

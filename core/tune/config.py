@@ -1,22 +1,16 @@
-"""What a study or a tournament is asked to do (`TuneConfig`), its errors, the studies folder and the pruners."""
+"""What a study (`StudyConfig`) or a tournament (`TournamentConfig`) is asked to do, over what both share
+(`TuneConfig`); their errors, the studies folder and the pruners."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, fields
+from typing import Any, Self
 
 import optuna
 
-from core.config import (
-    DEFAULT_STORAGE,
-    parse_duration,
-    parse_flops,
-)
+from core.config import DEFAULT_STORAGE, STUDIES_DIR, parse_duration, parse_flops
 from core.fileio import valid_name
-
-STUDIES_DIR = Path(DEFAULT_STORAGE.removeprefix("sqlite:///")).parent
-
 
 PRUNERS = ("percentile", "median", "asha", "hyperband", "none")
 
@@ -64,8 +58,40 @@ def make_pruner(
 
 @dataclass
 class TuneConfig:
+    """What every study and tournament is asked: where it is kept, on what data and device, from what seed."""
+
     study: str = field(default="default", metadata={"help": "study name"})
     storage: str = field(default=DEFAULT_STORAGE, metadata={"help": "Optuna storage URL"})
+    seed: int = field(default=0, metadata={"help": "study seed: sampler and per-trial seeds derive from it"})
+    data_dir: str = field(default="dataset", metadata={"help": "prepared dataset folder"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
+    heartbeat: int = field(default=10, metadata={"help": "seconds between trial heartbeats (RDB storages)"})
+    overrides: dict = field(
+        default_factory=dict,
+        metadata={"help": "model and training fields the user fixed: every candidate uses them", "cli": False},
+    )
+
+    def validate(self) -> Self:
+        check_study_name(self.study)
+        return self
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> Self:
+        """A config journalled by this or an older workbench, whose one TuneConfig held both modes' fields."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
+    def own_fields(cls) -> tuple[str, ...]:
+        """The fields of this mode alone: the flags that make no sense in the other."""
+        common = {f.name for f in fields(TuneConfig)}
+        return tuple(f.name for f in fields(cls) if f.name not in common)
+
+
+@dataclass
+class StudyConfig(TuneConfig):
+    """A study of trials: how many, how long each, and when a trial is pruned."""
+
     trials: int = field(default=20, metadata={"help": "trials to run in this call"})
     timeout: float = field(
         default=0.0,
@@ -101,52 +127,15 @@ class TuneConfig:
     pruner_startup_trials: int = field(
         default=3, metadata={"help": "percentile and median pruners: trials that finish before any is pruned"}
     )
-    seed: int = field(default=0, metadata={"help": "study seed: sampler and per-trial seeds derive from it"})
-    data_dir: str = field(default="dataset", metadata={"help": "prepared dataset folder"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
-    heartbeat: int = field(default=10, metadata={"help": "seconds between trial heartbeats (RDB storages)"})
-    budget: float = field(
-        default=0.0,
-        metadata={
-            "help": "one wall-time budget for the search and the final training: 20m, 2h. Candidates race in rungs, "
-            "the best are continued, and the survivor is saved as --name (0 = the trial modes)",
-            "type": parse_duration,
-        },
-    )
-    eta: int = field(default=3, metadata={"help": "--budget: 1 in eta candidates goes on to the next rung"})
-    final_share: float = field(
-        default=0.7, metadata={"help": "--budget: share of the budget kept for the final rung (the survivor)"}
-    )
-    search_rungs: int = field(
-        default=2,
-        metadata={
-            "help": "--budget: exploration rungs a search needs; a budget too short for them trains the default "
-            "configuration for all of it (1: search even with a single rung)"
-        },
-    )
-    overrides: dict = field(
-        default_factory=dict,
-        metadata={"help": "model and training fields the user fixed: every candidate uses them", "cli": False},
-    )
-    runs_dir: str = field(
-        default="studies/runs",
-        metadata={"help": "--budget: candidates' checkpoints, under RUNS_DIR/STUDY (shared by all workers)"},
-    )
 
-    def validate(self) -> TuneConfig:
-        check_study_name(self.study)
+    def validate(self) -> Self:
+        super().validate()
         if self.trials <= 0:
             raise TuningError(f"trials must be > 0, got {self.trials}")
         if min(self.trial_iters, self.eval_interval, self.eval_iters, self.evals_per_trial) <= 0:
             raise TuningError("trial_iters, eval_interval, eval_iters and evals_per_trial must be > 0")
         if self.timeout < 0 or self.trial_seconds < 0 or self.trial_flops < 0:
             raise TuningError("timeout, trial_seconds and trial_flops must be >= 0")
-        if self.budget < 0 or not math.isfinite(self.budget):
-            raise TuningError(f"budget must be a positive duration such as 20m, got {self.budget}")
-        if not 1 <= self.search_rungs <= 3:
-            raise TuningError(f"search_rungs must be 1, 2 or 3, got {self.search_rungs}")
-        if self.eta < 2 or not 0 < self.final_share < 1:
-            raise TuningError(f"eta must be >= 2 and final_share in (0, 1), got {self.eta} and {self.final_share}")
         if self.trial_seconds and self.trial_flops:
             raise TuningError("give a trial budget in seconds or in FLOPs, not both")
         self.make_pruner()
@@ -168,3 +157,42 @@ class TuneConfig:
         if self.evals_at_fractions:
             return 1, self.evals_per_trial
         return self.eval_interval, self.trial_iters
+
+
+@dataclass
+class TournamentConfig(TuneConfig):
+    """A tournament: one budget for the search and the final training, and how its rungs narrow."""
+
+    budget: float = field(
+        default=0.0,
+        metadata={
+            "help": "one wall-time budget for the search and the final training: 20m, 2h. Candidates race in rungs, "
+            "the best are continued, and the survivor is saved as --name (0 = the trial modes)",
+            "type": parse_duration,
+        },
+    )
+    eta: int = field(default=3, metadata={"help": "--budget: 1 in eta candidates goes on to the next rung"})
+    final_share: float = field(
+        default=0.7, metadata={"help": "--budget: share of the budget kept for the final rung (the survivor)"}
+    )
+    search_rungs: int = field(
+        default=2,
+        metadata={
+            "help": "--budget: exploration rungs a search needs; a budget too short for them trains the default "
+            "configuration for all of it (1: search even with a single rung)"
+        },
+    )
+    runs_dir: str = field(
+        default=f"{STUDIES_DIR}/runs",
+        metadata={"help": "--budget: candidates' checkpoints, under RUNS_DIR/STUDY (shared by all workers)"},
+    )
+
+    def validate(self) -> Self:
+        super().validate()
+        if not self.budget > 0 or not math.isfinite(self.budget):
+            raise TuningError(f"the budget must be a positive duration such as 20m or 1h, got {self.budget:g}s")
+        if not 1 <= self.search_rungs <= 3:
+            raise TuningError(f"search_rungs must be 1, 2 or 3, got {self.search_rungs}")
+        if self.eta < 2 or not 0 < self.final_share < 1:
+            raise TuningError(f"eta must be >= 2 and final_share in (0, 1), got {self.eta} and {self.final_share}")
+        return self

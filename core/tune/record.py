@@ -16,7 +16,7 @@ from core import checkpoint as ckpt
 from core.data import Dataset, require_dataset
 from core.runs import claim_model_dir
 from core.tune.candidates import init_tournament
-from core.tune.config import TuneConfig, TuningError
+from core.tune.config import TournamentConfig, TuningError
 from core.tune.plan import PLAN_ATTR, Plan, fmt_ms
 from core.tune.space import SearchSpace
 from core.tune.speed import measured_speed, plan_for, recorded_plan
@@ -64,14 +64,12 @@ class RungEvent:
 
 
 def prepare_tournament(
-    config: TuneConfig, space: SearchSpace, *, workers: int = 1, worker: int = 0, dataset: Dataset | None = None
+    config: TournamentConfig, space: SearchSpace, *, workers: int = 1, worker: int = 0, dataset: Dataset | None = None
 ) -> tuple[optuna.Study, Plan]:
     """The study and its plan: made once (the budget's clock starts here, before the speed is measured), and
     read back by every later call, so workers and a restarted run follow the same plan."""
     config.validate()
     space.validate()
-    if not config.budget > 0:
-        raise TuningError("a tournament needs a budget > 0, e.g. --budget 10m")
     started = time.time()
     study = create_study(config, worker)
     recorded = study.user_attrs.get(PLAN_ATTR)
@@ -89,12 +87,10 @@ def prepare_tournament(
 
 
 def begin_tournament(
-    config: TuneConfig, space: SearchSpace | None, name: str, models_dir: str | Path, *, overwrite: bool = False
+    config: TournamentConfig, space: SearchSpace | None, name: str, models_dir: str | Path, *, overwrite: bool = False
 ) -> tuple[Path, SearchSpace, bool]:
     """Check a budgeted run's inputs and claim its model folder, for every front end: (the final model's
     folder, the search space, whether the study's recorded tournament is continued)."""
-    if not config.budget > 0:
-        raise TuningError("the budget must be a positive duration, e.g. 10m or 1h")
     config.validate()
     space = (space or SearchSpace.for_budget(config.device)).validate()
     require_dataset(config.data_dir)

@@ -12,9 +12,10 @@ import optuna
 
 from core.config import (
     DEFAULT_STORAGE,
+    STUDIES_DIR,
 )
 from core.fileio import atomic_write_text
-from core.tune.config import STUDIES_DIR, TuningError, check_study_name
+from core.tune.config import TuningError, check_study_name
 from core.tune.storage import make_storage, sqlite_file
 
 
@@ -54,7 +55,7 @@ def best_params_path(study_name: str, storage: str = DEFAULT_STORAGE) -> Path:
     """`<study>.best.json` beside a SQLite database (studies/ by default), so a study of the same name in
     another database keeps its own file; in studies/ for server storages."""
     database = sqlite_file(storage)
-    folder = database.parent if database else STUDIES_DIR
+    folder = database.parent if database else Path(STUDIES_DIR)
     return folder / f"{check_study_name(study_name)}.best.json"
 
 

@@ -32,7 +32,7 @@ from core.data import Dataset
 from core.fileio import atomic_write_text
 from core.trainer import TrainHooks, train
 from core.tune.candidates import candidate_configs
-from core.tune.config import TuneConfig
+from core.tune.config import TournamentConfig
 from core.tune.plan import END_MARGIN_S, Plan
 from core.tune.record import (
     STOPPED_REASON,
@@ -64,7 +64,7 @@ _POLL_S = 1.0
 
 
 def run_tournament(
-    config: TuneConfig,
+    config: TournamentConfig,
     space: SearchSpace,
     *,
     name: str,
@@ -128,7 +128,7 @@ class Running:
 
     study: optuna.Study
     plan: Plan
-    config: TuneConfig
+    config: TournamentConfig
     space: SearchSpace
     dataset: Dataset
     runs_root: Path

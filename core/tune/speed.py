@@ -23,7 +23,7 @@ from core.fileio import atomic_write_text
 from core.model import GPT
 from core.trainer import TrainHooks, train
 from core.tune.candidates import candidate_configs, default_params
-from core.tune.config import TuneConfig, TuningError
+from core.tune.config import TournamentConfig, TuningError
 from core.tune.plan import PLAN_ATTR, SLICE_OVERHEAD_S, Minimums, Plan, budget_minimums, plan_tournament
 from core.tune.storage import open_study
 
@@ -35,7 +35,7 @@ SCORE_CHARS = 65_536  # validation characters scored per candidate: the same eve
 WARM_STEPS, TIMED_BLOCKS, BLOCK_STEPS = 5, 4, 5  # how the default model's pace is measured
 
 
-def measure_step_s(config: TuneConfig, dataset: Dataset) -> float:
+def measure_step_s(config: TournamentConfig, dataset: Dataset) -> float:
     """Seconds a step of the default model takes here: the median of TIMED_BLOCKS x BLOCK_STEPS steps timed
     after WARM_STEPS (allocations, the first kernels), so that a burst of stalls (another process on the cores)
     does not move it. Eagerly: where the run compiles, it does so because compiled steps are faster."""
@@ -49,7 +49,7 @@ def measure_step_s(config: TuneConfig, dataset: Dataset) -> float:
     return statistics.median(gaps)
 
 
-def measure_score_s(config: TuneConfig, dataset: Dataset) -> float:
+def measure_score_s(config: TournamentConfig, dataset: Dataset) -> float:
     """Seconds scoring the default model takes here (the end of every exploration slice)."""
     model_config, _ = candidate_configs(default_params(config.overrides), config, 0, len(dataset.vocab))
     model = GPT(model_config).to(pick_device(config.device))
@@ -69,7 +69,7 @@ class Speed:
 SPEED_FILE = ".tournament_speed.json"  # in the dataset folder: one measurement per device and default model
 
 
-def measured_speed(config: TuneConfig, dataset: Dataset, measure: bool = True) -> Speed | None:
+def measured_speed(config: TournamentConfig, dataset: Dataset, measure: bool = True) -> Speed | None:
     """The default model's speed here, measured once per dataset, device and fixed fields and then read from
     the dataset folder, so that the minimum budget the page shows is the one Start applies; None when it is
     not known yet and `measure` is False (another job busy on the cores would make a measurement too slow)."""
@@ -84,7 +84,7 @@ def measured_speed(config: TuneConfig, dataset: Dataset, measure: bool = True) -
     return speed
 
 
-def record_observed_speed(config: TuneConfig, dataset: Dataset, step_s: float) -> None:
+def record_observed_speed(config: TournamentConfig, dataset: Dataset, step_s: float) -> None:
     """The default model's pace as a run found it, over the measured one when they differ by more than
     OBSERVED_MARGIN: the next plan rests on what the machine did, not on a measurement the run disproved."""
     key, known = _speed_key(config, dataset), _known_speeds(config)
@@ -99,14 +99,14 @@ def record_observed_speed(config: TuneConfig, dataset: Dataset, step_s: float) -
 OBSERVED_MARGIN = 0.2
 
 
-def _speed_key(config: TuneConfig, dataset: Dataset) -> str:
+def _speed_key(config: TournamentConfig, dataset: Dataset) -> str:
     device = pick_device(config.device)
     # the threads `train` will use (core.device.configure), not whatever this process has set so far
     threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1) if device.type == "cpu" else 0
     return json.dumps([str(device), threads, len(dataset.vocab), config.overrides], sort_keys=True, default=str)
 
 
-def _known_speeds(config: TuneConfig) -> dict[str, Any]:
+def _known_speeds(config: TournamentConfig) -> dict[str, Any]:
     try:
         known = json.loads((Path(config.data_dir) / SPEED_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -114,7 +114,7 @@ def _known_speeds(config: TuneConfig) -> dict[str, Any]:
     return known if isinstance(known, dict) else {}
 
 
-def _write_speed(config: TuneConfig, key: str, speed: Speed) -> None:
+def _write_speed(config: TournamentConfig, key: str, speed: Speed) -> None:
     known = _known_speeds(config)
     with contextlib.suppress(OSError):  # a read-only dataset measures again next time
         atomic_write_text(
@@ -122,7 +122,7 @@ def _write_speed(config: TuneConfig, key: str, speed: Speed) -> None:
         )
 
 
-def plan_for(config: TuneConfig, speed: Speed, workers: int = 1) -> Plan:
+def plan_for(config: TournamentConfig, speed: Speed, workers: int = 1) -> Plan:
     return plan_tournament(
         config.budget,
         speed.step_s,
@@ -151,7 +151,7 @@ class Preview:
         return verb + self.plan.summary()
 
 
-def preview(config: TuneConfig, workers: int = 1, measure: bool = True) -> Preview:
+def preview(config: TournamentConfig, workers: int = 1, measure: bool = True) -> Preview:
     """The plan a budget gets (the recorded one when the study already holds a tournament), without starting;
     with `measure` False a speed not measured yet is a TuningError saying so."""
     dataset = Dataset(config.data_dir)
@@ -171,7 +171,7 @@ def preview(config: TuneConfig, workers: int = 1, measure: bool = True) -> Previ
         return Preview(least, None, error=str(err), step_s=speed.step_s)
 
 
-def recorded_plan(config: TuneConfig) -> Plan | None:
+def recorded_plan(config: TournamentConfig) -> Plan | None:
     try:
         recorded = open_study(config.study, config.storage).user_attrs.get(PLAN_ATTR)
     except TuningError:
@@ -179,7 +179,7 @@ def recorded_plan(config: TuneConfig) -> Plan | None:
     return Plan.from_json(recorded) if recorded else None
 
 
-def has_plan(config: TuneConfig) -> bool:
+def has_plan(config: TournamentConfig) -> bool:
     """Whether the study of `config` already holds a tournament (a re-run continues it)."""
     return recorded_plan(config) is not None
 

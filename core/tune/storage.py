@@ -156,12 +156,13 @@ def open_study(name: str, storage: str = DEFAULT_STORAGE) -> optuna.Study:
         raise TuningError(f"no study named {name!r} in {_redact(storage)} (studies: {known})") from None
 
 
-def create_study(config: TuneConfig, worker: int = 0) -> optuna.Study:
+def create_study(config: TuneConfig, worker: int = 0, pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """The study, made or continued, with a sampler seeded for this worker; `pruner` for a study of trials."""
     try:
         study = optuna.create_study(
             study_name=check_study_name(config.study),
             storage=make_storage(config.storage, heartbeat=config.heartbeat),
-            pruner=config.make_pruner(),
+            pruner=pruner or optuna.pruners.NopPruner(),
             direction="minimize",
             load_if_exists=True,
         )

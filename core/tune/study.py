@@ -25,7 +25,7 @@ from core.config import (
 from core.data import Dataset
 from core.model import flops_per_token
 from core.trainer import EvalEvent, LossDiverged, TrainHooks, train
-from core.tune.config import TuneConfig
+from core.tune.config import StudyConfig
 from core.tune.results import last_step, trial_value, write_study_best_params
 from core.tune.space import SearchSpace, apply_params
 from core.tune.storage import create_study
@@ -48,7 +48,7 @@ class TrialEvent:
 
 
 def trial_configs(
-    params: dict[str, Any], config: TuneConfig, trial_number: int, vocab_size: int
+    params: dict[str, Any], config: StudyConfig, trial_number: int, vocab_size: int
 ) -> tuple[ModelConfig, TrainConfig]:
     """A trial's configs. Under a time budget it runs until the budget ends, whatever its speed; under a FLOPs
     budget for the steps that many FLOPs buy at its size. Either way it evaluates at equal fractions of the
@@ -77,7 +77,7 @@ def trial_configs(
 
 
 def make_objective(
-    config: TuneConfig,
+    config: StudyConfig,
     space: SearchSpace,
     dataset: Dataset,
     stop: threading.Event,
@@ -136,7 +136,7 @@ def make_objective(
 
 
 def run_study(
-    config: TuneConfig,
+    config: StudyConfig,
     space: SearchSpace,
     *,
     stop: threading.Event | None = None,
@@ -148,7 +148,7 @@ def run_study(
     space.validate()
     stop = stop or threading.Event()
     dataset = Dataset(config.data_dir)
-    study = create_study(config, worker)
+    study = create_study(config, worker, config.make_pruner())
     study.set_user_attr("search_space", space.to_json())
     study.set_user_attr("data_dir", str(Path(config.data_dir).resolve()))
 

@@ -19,7 +19,7 @@ from core.data import Dataset, prepare
 from core.evaluate import evaluate
 from core.trainer import StepEvent, TrainHooks, train
 from core.tune import speed
-from core.tune.config import TuneConfig
+from core.tune.config import TournamentConfig
 from core.tune.plan import MIN_STEPS, budget_minimums, plan_tournament
 from core.tune.record import RungEvent
 from core.tune.rungs import _RungWatch
@@ -48,7 +48,7 @@ def test_the_pace_is_read_after_warm_up_and_past_a_burst_of_stalls(monkeypatch, 
     stalled = [1.2] * speed.BLOCK_STEPS  # a burst while the server was busy
     quiet = [0.18, 0.19, 0.18, 0.20, 0.19] * 3
     monkeypatch.setattr(speed, "train", fake_train(slow_start + stalled + quiet))
-    config = TuneConfig(study="s", data_dir=str(dataset_dir), budget=240)
+    config = TournamentConfig(study="s", data_dir=str(dataset_dir), budget=240)
     assert measure_step_s(config, Dataset(dataset_dir)) == pytest.approx(0.19)
 
 
@@ -73,7 +73,7 @@ def test_search_even_if_short_searches_a_four_minute_budget_and_says_how_short()
 
 
 def test_a_pace_the_run_disproves_is_replaced_and_one_it_confirms_is_kept(dataset_dir):
-    config = TuneConfig(study="s", data_dir=str(dataset_dir), budget=240)
+    config = TournamentConfig(study="s", data_dir=str(dataset_dir), budget=240)
     dataset = Dataset(dataset_dir)
     speed._write_speed(config, speed._speed_key(config, dataset), Speed(1.232, 0.5))
     record_observed_speed(config, dataset, 1.2)  # within the margin: kept
@@ -185,7 +185,7 @@ def test_a_tournaments_default_candidate_runs_at_the_pace_its_plan_measured(tmp_
     from core.tune.speed import recorded_plan
 
     fixed = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 32, "batch_size": 8}
-    config = TuneConfig(study="pace", storage=f"sqlite:///{tmp_path / 'studies.db'}", budget=25, data_dir=str(dataset_dir),
+    config = TournamentConfig(study="pace", storage=f"sqlite:///{tmp_path / 'studies.db'}", budget=25, data_dir=str(dataset_dir),
                         runs_dir=str(tmp_path / "runs"), overrides=fixed)  # fmt: skip
     events: list[RungEvent] = []
     run_tournament(config, SearchSpace.for_budget("cpu"), name="pace", models_dir=tmp_path / "models",

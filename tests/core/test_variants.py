@@ -13,7 +13,7 @@ from core import checkpoint as ckpt
 from core.data import DataError, Dataset, prepare
 from core.evaluate import evaluate
 from core.trainer import train
-from core.tune.config import TuneConfig, TuningError
+from core.tune.config import StudyConfig, TuningError
 from core.tune.space import Choice, SearchSpace, apply_params
 from core.tune.storage import create_study
 from core.tune.study import run_study
@@ -68,7 +68,7 @@ def test_a_study_over_tokenizers_records_losses_per_character_and_its_winner_tra
         "n_head": {"choices": [2]}, "head_size": {"choices": [8]}, "dropout": 0, "batch_size": {"choices": [8]},
         "block_size": {"choices": [16]}, "weight_decay": 0, "warmup_fraction": 0,
     })  # fmt: skip
-    config = TuneConfig(study="tokens", storage=f"sqlite:///{tmp_path / 't.db'}", trials=2, trial_iters=40,
+    config = StudyConfig(study="tokens", storage=f"sqlite:///{tmp_path / 't.db'}", trials=2, trial_iters=40,
                         data_dir=str(dataset_dir), pruner="none", device="cpu", eval_iters=4, eval_interval=20)  # fmt: skip
     study = create_study(config)
     study.enqueue_trial({"tokenizer": "char"})

@@ -16,10 +16,10 @@ from typing import Any
 import optuna
 
 from core import checkpoint as ckpt
-from core.config import ModelConfig, TrainConfig, parse_flops
+from core.config import STUDIES_DIR, ModelConfig, TrainConfig, parse_flops
 from core.data import DataError
 from core.runs import ModelTaken
-from core.tune.config import TuneConfig, TuningError
+from core.tune.config import StudyConfig, TournamentConfig, TuningError
 from core.tune.plan import fmt_ms
 from core.tune.record import STOPPED_REASON, RungEvent, begin_tournament
 from core.tune.results import last_step, trial_value
@@ -69,8 +69,8 @@ TRIALS_FORM = (
 )  # fmt: skip
 
 
-def trials_config(form: dict[str, Any], project: Project) -> TuneConfig:
-    """A trials-mode TuneConfig from the form's named values (fields left out keep TuneConfig's defaults)."""
+def trials_config(form: dict[str, Any], project: Project) -> StudyConfig:
+    """A study's config from the form's named values (fields left out keep StudyConfig's defaults)."""
     given = {k: v for k, v in form.items() if v is not None and v != ""}
     number = {"timeout": float(given.get("timeout_min", 0)) * 60}
     for name in ("trials", "trial_iters", "eval_interval", "eval_iters", "evals_per_trial", "pruner_startup_trials",
@@ -80,10 +80,10 @@ def trials_config(form: dict[str, Any], project: Project) -> TuneConfig:
     for name in ("trial_seconds", "pruner_percentile"):
         if name in given:
             number[name] = float(given[name])
-    return TuneConfig(
+    return StudyConfig(
         study=str(given.get("study", "")).strip(),
         storage=project.storage,
-        pruner=given.get("pruner", TuneConfig.pruner),
+        pruner=given.get("pruner", StudyConfig.pruner),
         trial_flops=parse_flops(str(given.get("trial_flops", "0"))),
         data_dir=str(project.data_dir),
         **number,
@@ -216,17 +216,17 @@ class TuneController:
     def guard(self) -> None:
         self.jobs.require_dataset(self.project.data_dir)
 
-    def budget_config(self, form: dict[str, Any]) -> TuneConfig:
-        """A tournament's TuneConfig from the budget form (BUDGET_FIELDS by name)."""
-        return TuneConfig(
+    def budget_config(self, form: dict[str, Any]) -> TournamentConfig:
+        """A tournament's config from the budget form (BUDGET_FIELDS by name)."""
+        return TournamentConfig(
             study=(form.get("study") or "").strip(),
             storage=self.project.storage,
             budget=float(form.get("minutes") or 0) * 60,
             seed=int(form.get("seed") or 0),
             data_dir=str(self.project.data_dir),
-            runs_dir=str(self.project.root / "studies" / "runs"),
+            runs_dir=str(self.project.root / STUDIES_DIR / "runs"),
             overrides=parse_fixed(form.get("fixed") or "{}"),
-            search_rungs=1 if form.get("search_short") else TuneConfig.search_rungs,
+            search_rungs=1 if form.get("search_short") else TournamentConfig.search_rungs,
         )
 
     def running_form(self) -> dict[str, Any] | None:
@@ -268,9 +268,9 @@ class TuneController:
     # --- starting --------------------------------------------------------------------------------------
 
     def start_budget(self, form: dict[str, Any], tune: dict[str, Any] | None = None) -> Started:
-        """A tournament within the form's minutes; `tune` is a journalled TuneConfig (Resume)."""
+        """A tournament within the form's minutes; `tune` is a journalled TournamentConfig (Resume)."""
         try:
-            config = TuneConfig(**tune) if tune else self.budget_config(form)
+            config = TournamentConfig.from_saved(tune) if tune else self.budget_config(form)
             if not config.budget > 0:
                 raise TuningError("give the total budget in minutes (more than 0)")
             self.guard()
@@ -324,7 +324,7 @@ class TuneController:
             return Started(error_html(str(err)))
         return self.start_study(config, search)
 
-    def start_study(self, config: TuneConfig, search: SearchSpace) -> Started:
+    def start_study(self, config: StudyConfig, search: SearchSpace) -> Started:
         try:
             self.guard()
         except DataError as err:
@@ -371,7 +371,7 @@ class TuneController:
         left = info["target_trials"] - finished_count(self.reader.load(info["study"]))
         if left <= 0:
             return Started(ok_html(f"{job.title} already ran all its trials; press Start study to run more."))
-        config = dataclasses.replace(TuneConfig(**info["tune"]), trials=left)
+        config = dataclasses.replace(StudyConfig.from_saved(info["tune"]), trials=left)
         return self.start_study(config, SearchSpace.from_json(info["space"], base=SearchSpace.for_device()))
 
     def stop(self) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from core.tune.config import PRUNERS, TuneConfig
+from core.tune.config import PRUNERS, StudyConfig
 from workbench.controllers.tune import (
     BUDGET_FIELDS,
     SKIP,
@@ -60,24 +60,24 @@ def _budget_form() -> SimpleNamespace:
 
 def _trials_form() -> SimpleNamespace:
     with gr.Group(visible=False) as trials_group, gr.Row():
-        trials = gr.Number(value=TuneConfig.trials, precision=0, minimum=1, label="Trials", min_width=90)
+        trials = gr.Number(value=StudyConfig.trials, precision=0, minimum=1, label="Trials", min_width=90)
         trial_iters = gr.Number(
-            value=TuneConfig.trial_iters, precision=0, minimum=1, label="Steps per trial", min_width=90
+            value=StudyConfig.trial_iters, precision=0, minimum=1, label="Steps per trial", min_width=90
         )
     with gr.Row(visible=False) as trials_row:
         timeout_min = gr.Number(value=0, minimum=0, label="Time budget (min, 0 = none)", min_width=90)
-        pruner = gr.Dropdown(list(PRUNERS), value=TuneConfig.pruner, label="Pruner", min_width=90)
+        pruner = gr.Dropdown(list(PRUNERS), value=StudyConfig.pruner, label="Pruner", min_width=90)
     with gr.Accordion("More settings", open=False, visible=False) as trials_more:
         with gr.Row():
             eval_interval = gr.Number(
-                value=TuneConfig.eval_interval,
+                value=StudyConfig.eval_interval,
                 precision=0,
                 minimum=1,
                 label="Steps between evals",
                 min_width=90,
             )
             eval_iters = gr.Number(
-                value=TuneConfig.eval_iters, precision=0, minimum=1, label="Batches per eval", min_width=90
+                value=StudyConfig.eval_iters, precision=0, minimum=1, label="Batches per eval", min_width=90
             )
         with gr.Row():
             trial_seconds = gr.Number(value=0, minimum=0, label="Seconds per trial (0 = by steps)", min_width=90)
@@ -86,23 +86,23 @@ def _trials_form() -> SimpleNamespace:
             )
         with gr.Row():
             evals_per_trial = gr.Number(
-                value=TuneConfig.evals_per_trial,
+                value=StudyConfig.evals_per_trial,
                 precision=0,
                 minimum=1,
                 label="Evals per trial (seconds or FLOPs budget)",
                 min_width=90,
             )
-            seed = gr.Number(value=TuneConfig.seed, precision=0, label="Seed", min_width=90)
+            seed = gr.Number(value=StudyConfig.seed, precision=0, label="Seed", min_width=90)
         with gr.Row():
             pruner_percentile = gr.Number(
-                value=round(TuneConfig.pruner_percentile, 1),
+                value=round(StudyConfig.pruner_percentile, 1),
                 minimum=0,
                 maximum=100,
                 label="Pruner percentile (keep the best %)",
                 min_width=90,
             )
             pruner_startup = gr.Number(
-                value=TuneConfig.pruner_startup_trials,
+                value=StudyConfig.pruner_startup_trials,
                 precision=0,
                 minimum=0,
                 label="Trials before pruning starts",

@@ -14,7 +14,7 @@ import pytest
 
 from core.config import ConfigError, ModelConfig, TrainConfig, parse_duration, parse_flops
 from core.model import flops_per_token
-from core.tune.config import TuneConfig, TuningError
+from core.tune.config import StudyConfig, TuningError
 from core.tune.results import best_params, best_params_path, last_step, list_studies
 from core.tune.space import Choice, FloatRange, IntRange, SearchSpace, apply_params
 from core.tune.storage import make_storage, open_study
@@ -34,7 +34,7 @@ TINY_SPACE = SearchSpace(
 )
 
 
-def tune_config(tmp_path: Path, dataset_dir: Path, **overrides) -> TuneConfig:
+def tune_config(tmp_path: Path, dataset_dir: Path, **overrides) -> StudyConfig:
     values = dict(
         study="t",
         storage=f"sqlite:///{tmp_path}/studies.db",
@@ -46,7 +46,7 @@ def tune_config(tmp_path: Path, dataset_dir: Path, **overrides) -> TuneConfig:
         device="cpu",
         heartbeat=1,
     )
-    return TuneConfig(**(values | overrides))
+    return StudyConfig(**(values | overrides))
 
 
 def test_trials_complete_and_prune_and_the_study_resumes(tmp_path, dataset_dir):
@@ -152,7 +152,7 @@ def test_bad_tuning_inputs(tmp_path, dataset_dir):
 def test_pruner_settings_decide_which_trials_stop(percentile, startup, pruned):
     """No trial is pruned until `startup` trials have finished; after trials scored 1, 2 and 3 at step 1, one
     scoring 1.6 is in their best third but not in their best quarter."""
-    config = TuneConfig(trial_iters=10, eval_interval=1, pruner_percentile=percentile, pruner_startup_trials=startup)
+    config = StudyConfig(trial_iters=10, eval_interval=1, pruner_percentile=percentile, pruner_startup_trials=startup)
     study = optuna.create_study(pruner=config.make_pruner())
     decisions = []
     for value in (1.0, 2.0, 3.0, 1.6):
@@ -195,7 +195,7 @@ def test_trials_with_a_time_budget_report_at_equal_fractions_of_it(tmp_path, dat
 
 
 def test_a_flops_budget_buys_fewer_steps_for_a_bigger_model():
-    config = TuneConfig(trial_flops=2e10, evals_per_trial=4)
+    config = StudyConfig(trial_flops=2e10, evals_per_trial=4)
     small = {"n_layer": 1, "n_head": 2, "n_embd": 32, "batch_size": 8, "block_size": 32}
     budgets = {}
     for name, params in {"small": small, "big": small | {"n_layer": 4, "n_embd": 128}}.items():

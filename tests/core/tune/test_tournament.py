@@ -20,7 +20,7 @@ from core import checkpoint as ckpt
 from core.data import Dataset
 from core.trainer import TrainHooks, train
 from core.tune.candidates import candidate_configs, default_params, first_candidates
-from core.tune.config import TuneConfig, TuningError
+from core.tune.config import TournamentConfig, TuningError
 from core.tune.plan import END_MARGIN_S, SLICE_OVERHEAD_S, Plan, budget_minimums, plan_tournament
 from core.tune.record import STOPPED_REASON, _claim_waiting, _requeue_stopped, _rung_trials, prepare_tournament
 from core.tune.rungs import Running, _machine_threads, _run_rung, final_shape, run_tournament
@@ -106,7 +106,7 @@ def test_the_first_rung_is_the_default_then_its_neighbours_in_the_space_then_a_s
 
 def test_candidates_warm_up_over_the_default_s_tokens_unless_the_user_sets_warmup():
     def warmup(change, overrides=None):
-        config = TuneConfig(overrides=overrides or {})
+        config = TournamentConfig(overrides=overrides or {})
         return candidate_configs(default_params(overrides) | change, config, 1, 65)[1].warmup_iters
 
     assert warmup({}) == 100
@@ -129,7 +129,7 @@ def test_a_budget_with_room_for_one_rung_only_trains_the_default_unless_told_to_
 
 def test_the_final_rung_doubles_the_context_where_the_model_can_read_it_else_the_batch(dataset_dir):
     dataset, space, plan = Dataset(dataset_dir), SearchSpace.for_budget("cpu"), plan_tournament(1800, step_s=0.1)
-    model, run = candidate_configs(default_params() | {"block_size": 64}, TuneConfig(), 1, len(dataset.vocab))
+    model, run = candidate_configs(default_params() | {"block_size": 64}, TournamentConfig(), 1, len(dataset.vocab))
     batch = run.batch_size
 
     def shape(plan=plan, model=model, space=space, rung=2, fixed=frozenset()):
@@ -343,7 +343,7 @@ def test_fields_the_user_fixed_are_not_drawn_or_recorded_by_the_candidates(tmp_p
     assert narrowed.lr == space.lr and space.n_layer != 1  # the rest is searched as before; the space is unchanged
     drawn = narrowed.suggest(optuna.trial.FixedTrial({"lr": 1e-3, "batch_size": 12, "muon_lr": 0.01}))
     assert (drawn["n_layer"], drawn["n_embd"], drawn["block_size"]) == (1, 16, 32)
-    config = TuneConfig(
+    config = TournamentConfig(
         study="fixed", storage=f"sqlite:///{tmp_path}/s.db", data_dir=str(dataset_dir), budget=60.0, overrides=fixed
     )
     study, plan = prepare_tournament(config, space)
@@ -356,7 +356,7 @@ def test_fields_the_user_fixed_are_not_drawn_or_recorded_by_the_candidates(tmp_p
 
 def test_a_rung_reports_its_steps_and_a_stopped_rung_waits_for_the_next_run(tmp_path, dataset_dir):
     tiny = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "batch_size": 4}
-    config = TuneConfig(study="live", storage=f"sqlite:///{tmp_path}/live.db", budget=60, data_dir=str(dataset_dir),
+    config = TournamentConfig(study="live", storage=f"sqlite:///{tmp_path}/live.db", budget=60, data_dir=str(dataset_dir),
                         runs_dir=str(tmp_path / "runs"), search_rungs=1, final_share=0.5, overrides=tiny)  # fmt: skip
     stop, events = threading.Event(), []
 
