@@ -127,7 +127,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=100)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--corpora", default="shakespeare,bible")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--options", "--variants", dest="variants", default=",".join(VARIANTS),
+                        help="recipe options to compare, comma-separated (not core.variants, the tokenized datasets)")  # fmt: skip
     parser.add_argument(
         "--steps",
         type=int,

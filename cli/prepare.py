@@ -23,6 +23,10 @@ def add_parser(sub) -> None:
         default="char",
         help="char: one token a character (default); bpe: a byte-level BPE trained on the training split",
     )
+    p.add_argument("--tokenizer-from", metavar="MODEL",
+                   help="prepare the text for a run built on this saved model (name or folder): a BPE model's own "
+                   "tokenizer encodes it, none is trained (see train --init-from)")  # fmt: skip
+    p.add_argument("--models-dir", default="models", help="where --tokenizer-from looks for the model")
     p.add_argument("--vocab-size", type=int, default=2048, help="--tokenizer bpe: tokens in its vocabulary (256-65535)")  # fmt: skip
     p.add_argument("--max-unpacked-gb", type=float, default=2.0,
                    help="the most archives and compressed files may expand to, in billions of characters (default 2)")  # fmt: skip
@@ -33,6 +37,18 @@ def unpacked_limit(gigachars: float) -> int:
     if not (gigachars > 0 and math.isfinite(gigachars)):
         raise CliError(f"--max-unpacked-gb must be a positive number, got {gigachars}")
     return int(gigachars * 1e9)
+
+
+def saved_tokenizer(args: argparse.Namespace):
+    """The tokenizer of --tokenizer-from's model; --tokenizer or --vocab-size beside it would contradict it."""
+    if not args.tokenizer_from:
+        return None
+    from core.bpe import load_tokenizer
+    from core.checkpoint import resolve_model
+
+    if args.tokenizer != "char" or args.vocab_size != 2048:
+        raise CliError("--tokenizer-from uses the saved model's tokenizer; drop --tokenizer and --vocab-size")
+    return load_tokenizer(resolve_model(args.tokenizer_from, args.models_dir))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
             tokenizer=args.tokenizer,
             vocab_size=args.vocab_size,
             max_unpacked_chars=unpacked_limit(args.max_unpacked_gb),
+            tokenizer_from=saved_tokenizer(args),
         )
     print(stats.summary())
     return 0

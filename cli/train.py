@@ -33,9 +33,10 @@ def add_train_arguments(p: argparse.ArgumentParser, with_data_dir: bool = True) 
     p.add_argument(
         "--recipe",
         choices=sorted(RECIPES),
-        default="modern",
-        help="defaults for the fields you do not set: modern (rotary positions, RMSNorm, QK-norm, ReLU², Muon, "
-        "warmup-stable-decay; measured best per CPU-minute) or classic (nanoGPT 2022, reproduced exactly)",
+        default=None,
+        help="defaults for the fields you do not set: modern (the default: rotary positions, RMSNorm, QK-norm, "
+        "ReLU², Muon, warmup-stable-decay; measured best per CPU-minute) or classic (nanoGPT 2022, reproduced "
+        "exactly); a run with --init-from keeps its base's",
     )
     add_dataclass_flags(p, ModelConfig, "model")
     skip = () if with_data_dir else ("data_dir", "device", "seed", "eval_interval", "eval_iters")
@@ -70,7 +71,9 @@ def _run_training(args: argparse.Namespace, tuned: dict[str, Any] | None, dist: 
 
     out_dir = ckpt.model_dir(args.name, args.models_dir)
     flags = given(args, ModelConfig) | given(args, TrainConfig)
-    model_config, train_config = run_configs(out_dir, recipe=args.recipe, flags=flags, tuned=tuned, resume=args.resume)
+    model_config, train_config = run_configs(
+        out_dir, recipe=args.recipe, flags=flags, tuned=tuned, resume=args.resume, models_dir=args.models_dir
+    )
     info = None
     if dist.is_main:
         claim(out_dir, resume=args.resume, overwrite=args.overwrite)

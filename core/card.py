@@ -134,6 +134,20 @@ def _training(train: dict[str, Any], summary: dict[str, Any], config: dict[str, 
     ]
 
 
+def _built_on(base: Any) -> list[str]:
+    """The saved model a fine-tuned one started from: its name, its loss on its own data, what that data was."""
+    if not isinstance(base, dict) or not base.get("name"):
+        return []
+    data = base.get("data") or {}
+    sources = ", ".join(_code(_where(s)) for s in (data.get("sources") or [])[:5]) or "sources not recorded"
+    loss = (
+        f"{base['val_loss']:.4f} nats/char on its own validation text"
+        if _finite(base.get("val_loss"))
+        else ("its loss not recorded")
+    )
+    return [f"- Started from the weights of {_code(base['name'])} ({loss}; trained on {sources})"]
+
+
 def _parameters(config: dict[str, Any]) -> int | None:
     """The parameter count config.json records, or (a model saved before it did) counted from its shape."""
     if isinstance(config.get("parameters"), int):
@@ -195,6 +209,7 @@ def render_card(name: str, config: dict[str, Any]) -> str:
             else ["- Not recorded: this model was saved without its training."]
         ),
         f"- {tuned}",
+        *_built_on(config.get("base")),
         f"- Saved {summary.get('saved_at', 'at an unrecorded time')}",
         "",
         "## Quality",

@@ -100,6 +100,11 @@ class TrainConfig:
     """How to train: budget, optimiser, schedule, evaluation and checkpoints."""
 
     data_dir: str = _help("folder with output_train.txt, output_val.txt and vocab.txt", default="dataset")
+    init_from: str = _help(
+        "start from a saved model's weights (a name in models/ or a folder): its shape, vocabulary and recipe, with "
+        "a fresh optimizer, schedule and step count (core.base)",
+        default="",
+    )
     batch_size: int = _help("sequences per optimiser step (per micro-batch)", default=12)
     grad_accum: int = _help("micro-batches accumulated per optimiser step", default=1)
     max_iters: int = _help("optimiser steps to run (0 = no step limit: train for max_minutes)", default=2000)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,12 +123,17 @@ def prepare(
     vocab_size: int = 2048,
     max_unpacked_chars: int = MAX_UNPACKED_CHARS,
     names: dict[str, str] | None = None,
+    tokenizer_from: Any = None,
 ) -> PrepareStats:
     """Build `data_dir` from text files or folders (None = the default corpus); with `tokenizer="bpe"`, a
     byte-level BPE of `vocab_size` tokens is trained on the training split and its ids written as the tokens.
-    `names`: what to call an input file in the dataset's record and the model card (an upload's own name)."""
+    `names`: what to call an input file in the dataset's record and the model card (an upload's own name).
+    `tokenizer_from`: a saved model's tokenizer, for a run built on it: a BPE's encodes the text (none is
+    trained); a character model's means characters (the run adds the text's new ones to its vocabulary)."""
     started = time.perf_counter()
     data_dir = Path(data_dir)
+    if tokenizer_from is not None:
+        tokenizer = tokenizer_from.kind
     if tokenizer not in TOKENIZERS:
         raise DataError(f"tokenizer must be {' or '.join(TOKENIZERS)}, got {tokenizer!r}")
     if tokenizer == "bpe" and not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
@@ -153,8 +159,9 @@ def prepare(
         lengths = _write_splits(stage, sources, split_ranges(n_chars, val_fraction), vocab, report)
         bpe_started = time.perf_counter()
         if tokenizer == "bpe":
-            report(1.0, "training the BPE tokenizer on the training split")
-            bpe = fit_bpe(stage, vocab_size, lengths["train"])
+            report(1.0, "training the BPE tokenizer on the training split" if tokenizer_from is None
+                   else "encoding with the saved model's tokenizer")  # fmt: skip
+            bpe = tokenizer_from or fit_bpe(stage, vocab_size, lengths["train"])
             bpe.save(stage / TOKENIZER_JSON)
             tokens, _ = _encode_bpe_files(stage, bpe)
         stats = PrepareStats(

@@ -28,7 +28,7 @@ from core.checkpoint import LoadedModel
 from core.config import ModelConfig
 from core.data import DataError, Dataset, line_chunks
 from core.model import GPT
-from core.variants import SOURCE_JSON, open_dataset, variant_dir
+from core.variants import SOURCE_JSON, open_dataset, tokenized_as, variant_dir
 from core.vocab import describe_chars
 
 
@@ -123,6 +123,26 @@ def encode_text_file(vocab, path: Path, out: Path) -> int:
     return chars
 
 
+def _read_as_model(data_dir: str | Path, loaded: LoadedModel) -> Dataset:
+    """`data_dir` with the model's vocabulary: as prepared, a study's variant of it, or (a model built on a base
+    that grew its characters, or a BPE of another tokenizer) the text read with the model's own."""
+    vocab, dataset = loaded.vocab, Dataset(data_dir)
+    cached = variant_dir(data_dir, vocab.kind, len(vocab))  # a study's model may be trained on a variant
+    if dataset.vocab != vocab and cached != Path(data_dir) and (cached / SOURCE_JSON).is_file():
+        dataset = open_dataset(cached)
+    readable = dataset.vocab.kind == vocab.kind and (
+        vocab.kind == "bpe" or set(dataset.vocab.chars) <= set(vocab.chars)
+    )
+    if dataset.vocab != vocab and readable:
+        dataset = open_dataset(tokenized_as(data_dir, vocab))
+    if dataset.vocab != vocab:
+        raise DataError(
+            f"{data_dir} was prepared with another vocabulary than model {loaded.name}; evaluate it on the "
+            "data it was trained on, or give --text FILE"
+        )
+    return dataset
+
+
 def evaluate(
     loaded: LoadedModel,
     *,
@@ -136,16 +156,7 @@ def evaluate(
     split of `data_dir` (which must share the model's vocabulary). `stride` 0 slides by half the context."""
     vocab = loaded.vocab
     if text is None and text_file is None:
-        dataset = Dataset(data_dir)
-        cached = variant_dir(data_dir, vocab.kind, len(vocab))  # a study's model may be trained on a variant
-        if dataset.vocab != vocab and cached != Path(data_dir) and (cached / SOURCE_JSON).is_file():
-            dataset = open_dataset(cached)
-        if dataset.vocab != vocab:
-            raise DataError(
-                f"{data_dir} was prepared with another vocabulary than model {loaded.name}; evaluate it on the "
-                "data it was trained on, or give --text FILE"
-            )
-        ids = np.asarray(dataset.tokens["val"])
+        ids = np.asarray(_read_as_model(data_dir, loaded).tokens["val"])
     elif text is not None:
         missing = vocab.unknown(text)  # none for a byte-level BPE
         if missing:

@@ -4,18 +4,20 @@
     claim_model_dir(out_dir, resume=False, overwrite=True)      # refuses or clears an existing model
     info = record_source(out_dir, record)                       # best_params.json + where the params came from
 
-Configs are layered in one order: the recipe's defaults (or, to resume, the checkpoint's own configs), then a
-study's tuned parameters, then the fields the user set, which always win.
+Configs are layered in one order: the recipe's defaults (or, to resume, the checkpoint's own configs; or, for a
+run from a saved model, its shape and recipe), then a study's tuned parameters, then the fields the user set,
+which always win.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
 
 from core import checkpoint as ckpt
-from core.config import ModelConfig, TrainConfig, recipe_configs, replace_known
+from core.config import ConfigError, ModelConfig, TrainConfig, recipe_configs, replace_known
 
 
 class ModelTaken(ckpt.ModelError):
@@ -31,24 +33,61 @@ class ModelTaken(ckpt.ModelError):
 def run_configs(
     out_dir: Path | None = None,
     *,
-    recipe: str = "modern",
+    recipe: str | None = None,
     flags: dict[str, Any] | None = None,
     tuned: dict[str, Any] | None = None,
     resume: bool = False,
+    models_dir: str | Path = "models",
 ) -> tuple[ModelConfig, TrainConfig]:
-    """The validated configs of a run of `out_dir` (see the module docstring for the order)."""
+    """The validated configs of a run of `out_dir` (see the module docstring for the order); with `init_from`
+    among the flags, the base model's shape and recipe replace the recipe's (core.base)."""
     from core.tune.space import apply_params
 
-    flags = flags or {}
-    model_config, train_config = recipe_configs(recipe)
+    flags = dict(flags or {})
+    if flags.get("init_from"):
+        from core.base import base_path
+
+        flags["init_from"] = str(base_path(flags["init_from"], models_dir))
     checkpoint = ckpt.latest_checkpoint(out_dir) if resume and out_dir is not None else None
     if checkpoint is not None:
         model_config = ModelConfig.from_saved(checkpoint.state["model_config"])
         train_config = TrainConfig.from_saved(checkpoint.state["train_config"])
+        _check_same_base(out_dir, train_config.init_from, flags.get("init_from", ""))
+        return replace_known(model_config, flags).validate(), replace_known(train_config, flags).validate()
+    if flags.get("init_from"):
+        return _base_configs(recipe, flags, tuned)
+    model_config, train_config = recipe_configs(recipe or "modern")
     model_config, train_config = replace_known(model_config, flags), replace_known(train_config, flags)
-    if tuned and checkpoint is None:
+    if tuned:
         model_config, train_config = apply_params(tuned["params"], model_config, train_config, keep=set(flags))
     return model_config.validate(), train_config.validate()
+
+
+def _base_configs(recipe: str | None, flags: dict[str, Any], tuned: dict[str, Any] | None):
+    from core.base import check_tokenizer_kind, fine_tune_configs, load_base, refuse_shape_flags
+    from core.tune.space import apply_params
+
+    base = load_base(flags["init_from"])
+    if recipe is not None:
+        raise ConfigError(f"--recipe {recipe} would change the recipe of {base.name}: a run started from it keeps "
+                          "its recipe; drop --recipe")  # fmt: skip
+    model_config, train_config = fine_tune_configs(base, TrainConfig(), flags)
+    if tuned:  # a study's fine-tuning parameters; a shape or tokenizer it chose is refused like a flag
+        params = {k: v for k, v in tuned["params"].items() if k not in ("tokenizer", "vocab_size")}
+        model_config, train_config = apply_params(params, model_config, train_config, keep=set(flags))
+        refuse_shape_flags(dataclasses.asdict(model_config), base)
+    check_tokenizer_kind(base, train_config.data_dir)
+    return model_config.validate(), train_config.validate()
+
+
+def _check_same_base(out_dir: Path, started_from: str, asked: str) -> None:
+    """--resume with --init-from continues the run only if that run was itself started from the same base."""
+    if asked and (not started_from or Path(started_from).resolve() != Path(asked).resolve()):
+        began = f"was started from {Path(started_from).name}" if started_from else "was trained from scratch"
+        raise ConfigError(
+            f"{shown_model(out_dir)} {began}, so --resume continues it as it was; --init-from {Path(asked).name} "
+            "applies to a new run only: drop --init-from to resume, or give a new --name to start from the base"
+        )
 
 
 def claim_model_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:

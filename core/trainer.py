@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 
 from core import checkpoint as ckpt
 from core.autocompile import COMPILING, AutoCompile
+from core.base import Base, check_tokenizer_kind, load_base, refuse_shape_flags
 from core.config import ModelConfig, TrainConfig, to_dict
 from core.data import BatchSampler, DataError, Dataset
 from core.device import autocast, autocast_dtype, configure, device_name, pick_device, seed_everything
@@ -34,7 +35,7 @@ from core.evaluate import score_kept_weights
 from core.fileio import append_line, atomic_write_text, printable
 from core.model import GPT
 from core.sampling import SamplingConfig, complete
-from core.variants import open_dataset
+from core.variants import open_dataset, tokenized_as, variant_source
 
 log = logging.getLogger(__name__)
 # Param-group fields a run takes from its config even when it resumes a checkpoint saved with others.
@@ -214,6 +215,7 @@ class Run:
     train_seconds: float = 0.0
     steps_this_run: int = 0
     budget_s: float = 0.0  # what this call may train for (0: no time budget)
+    base: Base | None = None  # the saved model the run started from (init_from)
 
     @property
     def tokens_per_step(self) -> int:
@@ -262,6 +264,8 @@ def train(
     run = _start(model_config, train_config, out_dir, dataset, dist, hooks or TrainHooks())
     if resume:
         _resume(run)
+    if run.base is not None and run.step == 0:  # a new run from a saved model: its weights, grown to the vocab
+        ckpt.load_weights(run.model, run.base.weights_for(run.dataset.vocab), run.base.path)
     _begin(run, info, budget_spans_resumes)
     runner = _wrap(run, torch.compile(run.model) if train_config.compile == "on" else run.model)
     # ranks must agree on their graphs: under torchrun `auto` stays eager (`on` compiles every rank from the start)
@@ -302,7 +306,10 @@ def _start(model_config: ModelConfig, train_config: TrainConfig, out_dir, datase
     device = pick_device(dist.device(train_config.device))
     configure(device)
     amp_dtype = autocast_dtype(device, train_config.dtype)
-    dataset = dataset or open_dataset(train_config.data_dir)
+    base = load_base(train_config.init_from) if train_config.init_from else None
+    if base is not None:
+        refuse_shape_flags(to_dict(model_config), base)
+    dataset = dataset or open_dataset(_data_dir(train_config, base))
     model_config = dataclasses.replace(model_config, vocab_size=len(dataset.vocab)).validate()
     dataset.check_block_size(model_config.block_size)
     seed_everything(train_config.seed)
@@ -322,7 +329,15 @@ def _start(model_config: ModelConfig, train_config: TrainConfig, out_dir, datase
         dataset.tokens["train"], model_config.block_size, train_config.batch_size, train_config.seed + dist.rank, device
     )
     return Run(model_config, train_config, dataset, device, amp_dtype, model, optimizer, scaler, sampler, dist, hooks,
-               out, writes=out is not None and dist.is_main)  # fmt: skip
+               out, writes=out is not None and dist.is_main, base=base)  # fmt: skip
+
+
+def _data_dir(train_config: TrainConfig, base: Base | None) -> str | Path:
+    """The run's text, read with its base's vocabulary when it starts from one (core.variants.tokenized_as)."""
+    if base is None:
+        return train_config.data_dir
+    check_tokenizer_kind(base, variant_source(train_config.data_dir))
+    return tokenized_as(train_config.data_dir, base.vocab)
 
 
 def _resume(run: Run) -> None:
@@ -378,6 +393,7 @@ def _begin(run: Run, info: dict[str, Any] | None, budget_spans_resumes: bool) ->
         "data": data_record(run.dataset),
         "device": device_name(run.device),
         "parameters": run.model.num_params(),
+        **({"base": run.base.record()} if run.base is not None else {}),
         **(info or {}),
     }
     if run.budget_s and budget_spans_resumes:  # what the earlier calls of this run spent is spent

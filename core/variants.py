@@ -4,10 +4,14 @@ training split; token files encoded) and reused by every trial, worker and final
 
     data_dir = variant_dir("dataset", "bpe", 2048)   # a path only; "prepared" means the dataset as it is
     dataset = open_dataset(data_dir)                 # builds the variant on first use, then reads it
+
+A run built on a saved model reads the text with that model's vocabulary (`tokenized_as`): a character base's
+characters first and the text's new ones after them, or a BPE base's own tokenizer, in `tokenized/base-HASH`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -15,9 +19,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from core.bpe import MAX_VOCAB, MIN_VOCAB, TOKENIZER_JSON, load_tokenizer, read_kind
+from core.bpe import MAX_VOCAB, MIN_VOCAB, TOKENIZER_JSON, BpeTokenizer, load_tokenizer, read_kind
 from core.data import META_JSON, SPLITS, TRAIN_TXT, VOCAB_TXT, DataError, Dataset, encode_text_files, fit_bpe
 from core.fileio import atomic_write_text, fsync_dir
+from core.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,39 @@ def open_dataset(data_dir: str | Path) -> Dataset:
     return Dataset(path)
 
 
+def variant_source(data_dir: str | Path) -> Path:
+    """The prepared folder a variant was built from (`data_dir` itself when it is not a variant)."""
+    path = Path(data_dir)
+    return path.parent.parent if path.parent.name == TOKENIZED_DIR else path
+
+
+def tokenized_as(data_dir: str | Path, vocab: Vocab | BpeTokenizer) -> Path:
+    """`data_dir`'s text as a model of vocabulary `vocab` reads it: `data_dir` itself when it was prepared so,
+    else `tokenized/base-HASH` (built now if missing or stale). For characters, the vocabulary is `vocab`'s
+    characters and then, sorted, the text's that it lacks."""
+    base = variant_source(data_dir)
+    prepared = load_tokenizer(base)
+    if vocab.kind == "bpe":
+        files = {TOKENIZER_JSON: _tokenizer_json(vocab)}
+        wanted = vocab
+    else:
+        added = sorted(set(prepared.chars) - set(vocab.chars))
+        wanted = Vocab([*vocab.chars, *added])
+        files = {VOCAB_TXT: wanted.to_text()}
+    if prepared.kind == wanted.kind and prepared.chars == wanted.chars:
+        return base
+    digest = hashlib.sha256("".join(files.values()).encode("utf-8")).hexdigest()[:12]
+    path = base / TOKENIZED_DIR / f"base-{digest}"
+    _ensure_variant(path, files)
+    return path
+
+
+def _tokenizer_json(tokenizer: BpeTokenizer) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save(Path(tmp) / TOKENIZER_JSON)
+        return (Path(tmp) / TOKENIZER_JSON).read_text(encoding="utf-8")
+
+
 def _source(base: Path) -> dict[str, list[int]]:
     found = {}
     for name in (*SPLITS.values(), VOCAB_TXT):
@@ -69,7 +107,9 @@ def _source(base: Path) -> dict[str, list[int]]:
     return found
 
 
-def _ensure_variant(path: Path) -> None:
+def _ensure_variant(path: Path, files: dict[str, str] | None = None) -> None:
+    """Build the variant at `path` unless it is current; a base's (`files`: its tokenizer files) keeps the files
+    it was built with when it is rebuilt for changed text."""
     base, source = path.parent.parent, _source(path.parent.parent)
     try:
         if json.loads((path / SOURCE_JSON).read_text(encoding="utf-8")) == source:
@@ -77,17 +117,27 @@ def _ensure_variant(path: Path) -> None:
     except (OSError, ValueError):
         pass
     kind, _, size = path.name.partition("-")
-    if kind not in ("char", "bpe") or (kind == "bpe" and not size.isdigit()):
-        raise DataError(f"{path.name} is not a tokenizer variant name (char or bpe-N)")
-    log.info("building %s: %s of %s", path, kind if kind == "char" else f"a BPE of {size} tokens", base)
+    if kind not in ("char", "bpe", "base") or (kind == "bpe" and not size.isdigit()):
+        raise DataError(f"{path.name} is not a tokenizer variant name (char, bpe-N or base-HASH)")
+    if kind == "base" and files is None:
+        names = [name for name in (TOKENIZER_JSON, VOCAB_TXT) if (path / name).is_file()]
+        files = {name: (path / name).read_text(encoding="utf-8") for name in names[:1]}
+        if not files:
+            raise DataError(f"{path} has lost its tokenizer; start the run from its base model again")
+    log.info("building %s: %s of %s", path, {"char": "characters", "bpe": f"a BPE of {size} tokens",
+                                             "base": "a saved model's tokenizer"}[kind], base)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
     try:
         for name in (*SPLITS.values(), VOCAB_TXT):
+            if name in (files or {}):
+                continue
             try:
                 os.link(base / name, building / name)  # the same text, no second copy on disk
             except OSError:
                 shutil.copy2(base / name, building / name)
+        for name, text in (files or {}).items():
+            atomic_write_text(building / name, text)
         if kind == "bpe":
             train_chars = _train_chars(base) or sum(len(piece) for piece in _chars_of(building / TRAIN_TXT))
             fit_bpe(building, int(size), train_chars).save(building / TOKENIZER_JSON)

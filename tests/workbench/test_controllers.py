@@ -78,7 +78,7 @@ def test_a_taken_model_name_offers_a_free_one_and_no_server_path(project):
 
 def test_train_and_val_keep_their_colours_on_every_chart_and_counts_read_as_words():
     from workbench.controllers.tune import fmt_minutes, plural
-    from workbench.ui import LOSS_COLOURS, loss_figure
+    from workbench.views import LOSS_COLOURS, loss_figure
 
     evals = [{"step": 10, "train_loss": 2.0, "val_loss": 2.1}]
     for figure in (loss_figure(evals), loss_figure(evals, steps=[{"step": 1, "loss": 3.0}])):

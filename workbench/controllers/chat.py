@@ -22,6 +22,7 @@ from core.export import export_model
 from core.sampling import SamplingConfig
 from workbench.project import Project
 from workbench.studies import model_names
+from workbench.views import KEEP
 
 CACHE_SIZE = 3
 UPDATE_EVERY_S = 0.05  # streamed replies reach the page at most 20 times a second
@@ -63,7 +64,6 @@ class ModelCache:
             return loaded
 
 
-KEEP = object()  # an output the page keeps as it is
 SETTINGS = ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "seed")
 
 

@@ -13,11 +13,10 @@ from core.data import DataError, Dataset, prepare
 from core.vocab import Vocab
 from workbench.jobs import JobBusy, JobManager
 from workbench.project import Project
-from workbench.ui import error_html, job_status_html, ok_html, progress_html
+from workbench.views import KEEP, error_html, job_status_html, ok_html, progress_html
 
 DEFAULT, UPLOAD, PATH = "Default corpus (Shakespeare)", "Upload text files", "Files or folders on the server"
 SAMPLE_CHARS = 600
-KEEP = object()  # a view field the page keeps as it is
 
 
 def _added(stats: dict[str, Any]) -> str:

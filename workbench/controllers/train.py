@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core import checkpoint as ckpt
+from core.checkpoint import read_metrics
 from core.compare import compare
 from core.config import ConfigError, ModelConfig, TrainConfig, recipe_configs
 from core.data import DataError
@@ -20,16 +21,7 @@ from core.tune.storage import open_study
 from workbench.jobs import INTERRUPTED, JobBusy, JobManager
 from workbench.project import Project
 from workbench.studies import StudyReader, model_names
-from workbench.ui import (
-    curves_figure,
-    error_html,
-    fmt_seconds,
-    job_status_html,
-    loss_figure,
-    ok_html,
-    progress_html,
-    read_metrics,
-)
+from workbench.views import curves_figure, error_html, fmt_seconds, job_status_html, loss_figure, ok_html, progress_html
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
 TRAIN_FIELDS = ("batch_size", "lr", "weight_decay", "warmup_iters")
@@ -217,8 +209,9 @@ class TrainController:
             model_config, train_config = self.configs(form, record, chosen)
             self.launch(f"training {out_dir.name}", out_dir, model_config, train_config, False, record, replace)
         except ModelTaken as err:
-            return error_html(f"models/{err.out_dir.name} already holds a model: press Resume to continue it, tick "
-                              f"Overwrite to replace it, or choose another name ({err.free} is free).")  # fmt: skip
+            return error_html(
+                f"{ModelTaken(err.out_dir, 'press Resume to continue it, tick Overwrite to replace it')}."
+            )
         except (ConfigError, DataError, ckpt.ModelError, JobBusy, OSError) as err:
             return error_html(str(err))
         limits = [f"{train_config.max_iters:,} steps"] if train_config.max_iters else []

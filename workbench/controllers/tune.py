@@ -30,10 +30,9 @@ from core.tune.study import run_study
 from workbench.jobs import JobBusy, JobManager
 from workbench.project import Project
 from workbench.studies import StudyReader
-from workbench.ui import error_html, fmt_seconds, job_status_html, ok_html, progress_html
+from workbench.views import KEEP, error_html, fmt_seconds, job_status_html, ok_html, progress_html
 
 log = logging.getLogger(__name__)
-SKIP = object()  # a view field the page keeps as it is
 BUDGET_FIELDS = ("study", "minutes", "model", "seed", "fixed", "search_short", "overwrite")
 
 
@@ -283,8 +282,8 @@ class TuneController:
                                                 overwrite=bool(form.get("overwrite")) and not tune)  # fmt: skip
         except ModelTaken as err:
             return Started(
-                error_html(f"models/{err.out_dir.name} already holds a model: tick “Replace a saved model of that "
-                           f"name” to overwrite it, or start again as {err.free} (filled in below)."),
+                error_html(f"{ModelTaken(err.out_dir, 'tick “Replace a saved model of that name” to overwrite it')} "
+                           "(filled in below)."),
                 free_name=err.free,
             )  # fmt: skip
         except (TuningError, DataError, ckpt.ModelError, ValueError, TypeError) as err:
@@ -416,9 +415,9 @@ class TuneController:
         return TuneView(fingerprint, fields | {
             "summary": f"**{name}** — {summary_line(trials)}",
             "table": trial_rows(trials, live),
-            "history": SKIP if settled else history,
-            "curves": SKIP if same_trials else curves,
-            "importance": SKIP if settled else importance,
+            "history": KEEP if settled else history,
+            "curves": KEEP if same_trials else curves,
+            "importance": KEEP if settled else importance,
         })  # fmt: skip
 
 

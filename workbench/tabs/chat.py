@@ -9,8 +9,9 @@ from typing import Any
 import gradio as gr
 
 from core.sampling import SamplingConfig
-from workbench.controllers.chat import CONCURRENT_CHATS, KEEP, ChatController, ChatError
+from workbench.controllers.chat import CONCURRENT_CHATS, ChatController, ChatError
 from workbench.project import Project
+from workbench.views import KEEP
 
 
 def _settings() -> list[Any]:

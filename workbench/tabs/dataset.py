@@ -6,10 +6,10 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from workbench.controllers.dataset import DEFAULT, KEEP, PATH, UPLOAD, DatasetController
+from workbench.controllers.dataset import DEFAULT, PATH, UPLOAD, DatasetController
 from workbench.jobs import JobManager
 from workbench.project import UPLOAD_LIMIT_MB, Project
-from workbench.ui import progress_html
+from workbench.views import KEEP, progress_html
 
 
 def _prepare_form() -> SimpleNamespace:

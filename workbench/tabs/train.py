@@ -22,7 +22,8 @@ from workbench.controllers.train import (
 from workbench.jobs import JobManager
 from workbench.project import Project
 from workbench.studies import StudyReader, model_names
-from workbench.ui import progress_html, remember
+from workbench.ui import remember
+from workbench.views import progress_html
 
 
 def _params_form(reader: StudyReader) -> SimpleNamespace:

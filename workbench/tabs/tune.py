@@ -11,7 +11,6 @@ import gradio as gr
 from core.tune.config import PRUNERS, StudyConfig
 from workbench.controllers.tune import (
     BUDGET_FIELDS,
-    SKIP,
     TRIALS_FORM,
     TuneController,
     default_space_json,
@@ -19,7 +18,8 @@ from workbench.controllers.tune import (
 from workbench.jobs import JobManager
 from workbench.project import Project
 from workbench.studies import StudyReader
-from workbench.ui import progress_html, remember
+from workbench.ui import remember
+from workbench.views import KEEP, progress_html
 
 BUDGET_MODE, TRIALS_MODE = "One budget: search, then the final model", "Trials only"
 MODE_HELP = (
@@ -219,8 +219,8 @@ def _wire_forms(control, mode, budget, form, study_name, space, space_column, st
     gr.on([budget.minutes.change, budget.fixed.change, budget.search_short.change, study_name.change, mode.change],
           tune_plan, budget_inputs, budget.plan, api_name="tune_plan", show_progress="hidden", trigger_mode="always_last",
           concurrency_limit=1, concurrency_id="tune_plan")  # fmt: skip
-    trials_inputs = [study_name, *(getattr(form, name) for name in TRIALS_FORM[1:9]), space,
-                     *(getattr(form, name) for name in TRIALS_FORM[10:])]  # fmt: skip
+    widgets = vars(form) | {"study": study_name, "space": space}
+    trials_inputs = [widgets[name] for name in TRIALS_FORM]
     start_trials.click(lambda *v: _started(control.start_trials(v)), trials_inputs, [out.message, out.view],
                        api_name="tune_start")  # fmt: skip
 
@@ -237,7 +237,7 @@ def _wire_tick(control: TuneController, out: SimpleNamespace):
             if key == "view":
                 updates[out.view] = gr.update(choices=value[0], value=value[1])
             else:
-                updates[names[key]] = gr.skip() if value is SKIP else value
+                updates[names[key]] = gr.skip() if value is KEEP else value
         return updates
 
     outputs = [*names.values(), out.view, seen]

@@ -1,0 +1,146 @@
+"""Building on a saved model (`--init-from`): a run that starts from its weights, on new text.
+
+    base = load_base("shakespeare", "models")
+    model_config, train_config = fine_tune_configs(base, train_config, flags)   # shape and recipe from the base
+    weights = base.weights_for(dataset.vocab)                                    # rows for new characters
+
+The base gives the shape (every model field but dropout) and the recipe (optimizer, batch, decay); the run
+gets a fresh optimizer, schedule, step count and seed, with the fine-tuning rates of `FINE_TUNE` (measured:
+benchmarks/fine_tune.py, "Building on a model" in RESULTS.md). A character base reads the new text with its
+own characters first and the text's new ones after them (`core.variants.tokenized_as`); a BPE base's tokenizer
+encodes the new text as it is, never a retrained one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core import checkpoint as ckpt
+from core.bpe import BpeTokenizer, read_kind
+from core.config import ConfigError, ModelConfig, TrainConfig, replace_known
+from core.data import DataError
+from core.vocab import Vocab
+
+log = logging.getLogger(__name__)
+
+# What a fine-tuning run changes from its base's recipe unless the user sets it: a lower peak rate, a short
+# warmup and a decay over the whole run (see the module docstring for where they were measured).
+FINE_TUNE: dict[str, Any] = {
+    "lr": 3e-4,
+    "muon_lr": 0.005,
+    "warmup_iters": 20,
+    "warmup_fraction": 0.0,
+    "schedule": "wsd",
+    "cooldown_fraction": 0.5,
+    "min_lr": -1.0,
+}
+# The base's training fields a fine-tuning run keeps: how its weights were shaped by their optimizer.
+RECIPE_FIELDS = (
+    "optimizer", "batch_size", "grad_accum", "weight_decay", "muon_weight_decay", "beta1", "beta2", "grad_clip",
+)  # fmt: skip
+VOCAB_KEYS = ("wte.weight", "lm_head.weight")  # the tensors with a row a token
+
+
+@dataclass
+class Base:
+    """A saved model a run starts from."""
+
+    path: Path
+    model_config: ModelConfig
+    train_config: TrainConfig
+    vocab: Vocab | BpeTokenizer
+    weights: dict[str, torch.Tensor]
+    info: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def record(self) -> dict[str, Any]:
+        """What a model built on this one keeps of it (config.json's `base`, the card, Compare)."""
+        data, summary = self.info.get("data") or {}, self.info.get("summary") or {}
+        return {
+            "name": self.name,
+            "val_loss": summary.get("val_loss", summary.get("best_val_loss")),
+            "tokenizer": self.vocab.kind,
+            "vocab_size": len(self.vocab),
+            "data": {k: data.get(k) for k in ("sources", "chars") if k in data},
+            "base": (self.info.get("base") or {}).get("name"),
+        }
+
+    def weights_for(self, vocab: Vocab | BpeTokenizer) -> dict[str, torch.Tensor]:
+        """The base's weights for a model whose vocabulary is `vocab`: the base's own first, as
+        `core.variants.tokenized_as` orders it; each new token's rows start at the mean of the base's, so a new
+        character begins as an average one rather than at random scale."""
+        if list(vocab.chars[: len(self.vocab)]) != list(self.vocab.chars):
+            raise DataError(f"the dataset's vocabulary does not begin with {self.name}'s; it was not built from it")
+        added = len(vocab) - len(self.vocab)
+        if added == 0:
+            return self.weights
+        grown = dict(self.weights)
+        for key in VOCAB_KEYS:
+            if key in grown:
+                rows = grown[key]
+                grown[key] = torch.cat([rows, rows.mean(dim=0, keepdim=True).expand(added, -1)])
+        return grown
+
+
+def base_path(name_or_path: str | Path, models_dir: str | Path = "models") -> Path:
+    """The folder of the model to start from, a name in `models_dir` or a folder."""
+    try:
+        return ckpt.resolve_model(str(name_or_path), models_dir)
+    except ckpt.ModelError as err:
+        raise ckpt.ModelError(f"cannot start from {name_or_path}: {err}") from None
+
+
+def load_base(name_or_path: str | Path, models_dir: str | Path = "models") -> Base:
+    """A saved model to start from, checked as `core.checkpoint.load_model` checks any (the folder, its config, its
+    tokenizer, its weights' shapes); the message says which base is at fault."""
+    try:
+        loaded = ckpt.load_model(str(name_or_path), models_dir, device="cpu")
+    except ckpt.ModelError as err:
+        raise ckpt.ModelError(f"cannot start from {Path(name_or_path).name}: {err}") from None
+    weights = {k: v.detach().clone() for k, v in ckpt.weights_for_saving(loaded.model).items()}
+    train_config = TrainConfig.from_saved(loaded.info.get("train") or {})
+    return Base(loaded.path, loaded.model.config, train_config, loaded.vocab, weights, loaded.info)
+
+
+def refuse_shape_flags(flags: dict[str, Any], base: Base) -> None:
+    """A run from a base keeps its shape: a flag that would change it is an error, not ignored."""
+    shape = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("dropout", "vocab_size")]
+    given = [name for name in shape if name in flags and flags[name] != getattr(base.model_config, name)]
+    if given:
+        said = ", ".join(f"--{n.replace('_', '-')} {flags[n]}" for n in given)
+        kept = ", ".join(f"{n}={getattr(base.model_config, n)}" for n in given)
+        raise ConfigError(
+            f"{said} would change the model {base.name} gives: a run started from it keeps its shape ({kept}); "
+            "drop the flag, or train from scratch without --init-from"
+        )
+
+
+def fine_tune_configs(base: Base, defaults: TrainConfig, flags: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+    """The configs of a run from `base`: its shape and recipe, `FINE_TUNE`'s rates, then the user's flags
+    (which always win); dropout may change, the shape not."""
+    refuse_shape_flags(flags, base)
+    model_config = dataclasses.replace(base.model_config, dropout=flags.get("dropout", base.model_config.dropout))
+    recipe = {name: getattr(base.train_config, name) for name in RECIPE_FIELDS}
+    train_config = replace_known(defaults, {**recipe, **FINE_TUNE, **flags})
+    return model_config.validate(), train_config.validate()
+
+
+def check_tokenizer_kind(base: Base, data_dir: str | Path) -> None:
+    """A character base reads characters and a BPE base its own tokens: a dataset prepared the other way is
+    refused with the command that prepares it for this base."""
+    prepared = read_kind(Path(data_dir))
+    if prepared != base.vocab.kind:
+        raise DataError(
+            f"{data_dir} was prepared with {'a BPE' if prepared == 'bpe' else 'characters'}, but {base.name} reads "
+            f"{'a BPE' if base.vocab.kind == 'bpe' else 'characters'}: prepare the text for it with "
+            f"`python app.py prepare FILES --tokenizer-from {base.name}`"
+        )
