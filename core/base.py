@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from core import checkpoint as ckpt
-from core.bpe import BpeTokenizer, read_kind
+from core.bpe import BpeTokenizer, load_tokenizer, read_kind
 from core.config import ConfigError, ModelConfig, TrainConfig, replace_known
 from core.data import DataError
 from core.vocab import Vocab
@@ -137,10 +137,29 @@ def fine_tune_configs(base: Base, defaults: TrainConfig, flags: dict[str, Any]) 
 def check_tokenizer_kind(base: Base, data_dir: str | Path) -> None:
     """A character base reads characters and a BPE base its own tokens: a dataset prepared the other way is
     refused with the command that prepares it for this base."""
-    prepared = read_kind(Path(data_dir))
-    if prepared != base.vocab.kind:
+    base_data_dir(data_dir, base.path)
+
+
+def base_data_dir(data_dir: str | Path, init_from: str | Path) -> Path:
+    """The run's text as the base reads it (its tokenizer only is loaded, not its weights)."""
+    from core.variants import tokenized_as, variant_source
+
+    folder = base_path(init_from)
+    vocab = load_tokenizer(folder)
+    prepared = read_kind(variant_source(data_dir))
+    if prepared != vocab.kind:
         raise DataError(
-            f"{data_dir} was prepared with {'a BPE' if prepared == 'bpe' else 'characters'}, but {base.name} reads "
-            f"{'a BPE' if base.vocab.kind == 'bpe' else 'characters'}: prepare the text for it with "
-            f"`python app.py prepare FILES --tokenizer-from {base.name}`"
+            f"{data_dir} was prepared with {'a BPE' if prepared == 'bpe' else 'characters'}, but {folder.name} reads "
+            f"{'a BPE' if vocab.kind == 'bpe' else 'characters'}: prepare the text for it with "
+            f"`python app.py prepare FILES --tokenizer-from {folder.name}`"
         )
+    return tokenized_as(data_dir, vocab)
+
+
+def tuning_overrides(base: Base) -> dict[str, Any]:
+    """What every candidate of a tournament from `base` keeps: the base itself, its shape and its recipe; the
+    candidates search the fine-tuning fields that remain (core.tune.space.SearchSpace.for_fine_tune)."""
+    shape = {f.name: getattr(base.model_config, f.name) for f in dataclasses.fields(ModelConfig)
+             if f.name not in ("dropout", "vocab_size")}  # fmt: skip
+    recipe = {name: getattr(base.train_config, name) for name in RECIPE_FIELDS}
+    return {**shape, **recipe, "init_from": str(base.path)}

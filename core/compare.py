@@ -2,7 +2,8 @@
 
     comparison = compare(["tiny", "best"], models_dir="models", prompt="ROMEO:", seed=1)
 
-The CLI's `compare` and the Train tab's comparison view both call this.
+A model built on another (`--init-from`) is shown beside its base when the base is still saved. The CLI's
+`compare` and the Train tab's comparison view both call this.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from core.sampling import SamplingConfig, complete
 
 # The rows of the side-by-side table: the shape, the recipe, and what training reached.
 CONFIG_ROWS = (
-    "n_layer", "n_head", "n_embd", "block_size", "pos_encoding", "norm", "mlp", "qk_norm", "tie_head",
+    "started_from", "tokenizer", "vocab_size", "n_layer", "n_head", "n_embd", "block_size", "pos_encoding", "norm", "mlp", "qk_norm", "tie_head",
     "optimizer", "lr", "muon_lr", "schedule", "batch_size", "val_loss", "best_val_loss", "best_step", "iters",
     "parameters",
 )  # fmt: skip
@@ -34,8 +35,9 @@ class Comparison:
 def compare(
     names: list[str], models_dir: str | Path = "models", prompt: str = "\n", seed: int = 0, chars: int = 200
 ) -> Comparison:
+    names = with_bases(names, models_dir)
     if len(names) < 2:
-        raise ckpt.ModelError("choose two or more saved models to compare")
+        raise ckpt.ModelError("choose two or more saved models to compare (or one built on a saved model)")
     result = Comparison(names=list(names))
     columns: list[dict[str, Any]] = []
     settings = SamplingConfig(temperature=0.8, max_new_tokens=chars, seed=seed).validate()
@@ -52,11 +54,26 @@ def compare(
         ]
         model_values = vars(loaded.model.config)  # older configs read as classic, as they load
         train_values = vars(TrainConfig.from_saved(train_info))
-        columns.append(
-            {**train_values, **model_values, **summary, "parameters": f"{loaded.model.num_params() / 1e6:.3g}M"}
-        )
+        base = info.get("base") or {}
+        columns.append({**train_values, **model_values, **summary, "tokenizer": loaded.vocab.kind,
+                        "parameters": f"{loaded.model.num_params() / 1e6:.3g}M",
+                        "started_from": base.get("name", "scratch")})  # fmt: skip
         result.continuations[name] = complete(loaded.model, loaded.vocab, prompt, settings)
     for row in CONFIG_ROWS:
         values = [column.get(row, "-") for column in columns]
         result.table.append([row, *(f"{v:.4g}" if isinstance(v, float) else str(v) for v in values)])
     return result
+
+
+def with_bases(names: list[str], models_dir: str | Path) -> list[str]:
+    """`names`, each followed by the saved model it was built on unless that one is named already."""
+    shown: list[str] = []
+    for name in names:
+        shown.append(name)
+        try:
+            base = (ckpt.read_config(ckpt.resolve_model(name, models_dir)).get("base") or {}).get("name")
+        except ckpt.ModelError:
+            continue  # compare's own load says what is wrong with it
+        if base and base not in names and base not in shown and (Path(models_dir) / base).is_dir():
+            shown.append(base)
+    return shown

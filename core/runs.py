@@ -48,6 +48,9 @@ def run_configs(
         from core.base import base_path
 
         flags["init_from"] = str(base_path(flags["init_from"], models_dir))
+        if out_dir is not None and Path(flags["init_from"]).resolve() == Path(out_dir).resolve():
+            raise ConfigError(f"{shown_model(Path(out_dir))} is the model the run starts from; save the new one "
+                              "under another --name")  # fmt: skip
     checkpoint = ckpt.latest_checkpoint(out_dir) if resume and out_dir is not None else None
     if checkpoint is not None:
         model_config = ModelConfig.from_saved(checkpoint.state["model_config"])

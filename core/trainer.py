@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 
 from core import checkpoint as ckpt
 from core.autocompile import COMPILING, AutoCompile
-from core.base import Base, check_tokenizer_kind, load_base, refuse_shape_flags
+from core.base import Base, base_data_dir, load_base, refuse_shape_flags
 from core.config import ModelConfig, TrainConfig, to_dict
 from core.data import BatchSampler, DataError, Dataset
 from core.device import autocast, autocast_dtype, configure, device_name, pick_device, seed_everything
@@ -35,7 +35,7 @@ from core.evaluate import score_kept_weights
 from core.fileio import append_line, atomic_write_text, printable
 from core.model import GPT
 from core.sampling import SamplingConfig, complete
-from core.variants import open_dataset, tokenized_as, variant_source
+from core.variants import open_dataset
 
 log = logging.getLogger(__name__)
 # Param-group fields a run takes from its config even when it resumes a checkpoint saved with others.
@@ -309,7 +309,11 @@ def _start(model_config: ModelConfig, train_config: TrainConfig, out_dir, datase
     base = load_base(train_config.init_from) if train_config.init_from else None
     if base is not None:
         refuse_shape_flags(to_dict(model_config), base)
-    dataset = dataset or open_dataset(_data_dir(train_config, base))
+    if base is not None:  # the text as the base reads it, whatever dataset the caller opened
+        wanted = base_data_dir(train_config.data_dir, base.path)
+        if dataset is None or dataset.data_dir.resolve() != wanted.resolve():
+            dataset = open_dataset(wanted)
+    dataset = dataset or open_dataset(train_config.data_dir)
     model_config = dataclasses.replace(model_config, vocab_size=len(dataset.vocab)).validate()
     dataset.check_block_size(model_config.block_size)
     seed_everything(train_config.seed)
@@ -330,14 +334,6 @@ def _start(model_config: ModelConfig, train_config: TrainConfig, out_dir, datase
     )
     return Run(model_config, train_config, dataset, device, amp_dtype, model, optimizer, scaler, sampler, dist, hooks,
                out, writes=out is not None and dist.is_main, base=base)  # fmt: skip
-
-
-def _data_dir(train_config: TrainConfig, base: Base | None) -> str | Path:
-    """The run's text, read with its base's vocabulary when it starts from one (core.variants.tokenized_as)."""
-    if base is None:
-        return train_config.data_dir
-    check_tokenizer_kind(base, variant_source(train_config.data_dir))
-    return tokenized_as(train_config.data_dir, base.vocab)
 
 
 def _resume(run: Run) -> None:

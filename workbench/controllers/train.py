@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core import checkpoint as ckpt
+from core.base import fine_tune_configs, load_base
 from core.checkpoint import read_metrics
 from core.compare import compare
 from core.config import ConfigError, ModelConfig, TrainConfig, recipe_configs
@@ -153,8 +154,10 @@ class TrainController:
     def guard(self) -> None:
         self.jobs.require_dataset(self.project.data_dir)
 
-    def configs(self, values: dict[str, Any], record: dict | None, chosen: dict[str, Any] | None = None):
-        """The run's configs from the form's FIELDS, a study's record, and the recipe widgets' values."""
+    def configs(self, values: dict[str, Any], record: dict | None, chosen: dict[str, Any] | None = None,
+                start_from: str | None = None, out_dir=None):  # fmt: skip
+        """The run's configs from the form's FIELDS, a study's record, the recipe widgets' values, and the saved
+        model it starts from (whose shape and recipe the form shows once it is picked: `base_form`)."""
         missing = [LABELS[k] for k in FIELDS if values.get(k) is None]
         if missing:
             raise ConfigError(f"fill in {', '.join(missing)}")
@@ -166,7 +169,26 @@ class TrainController:
         for name, value in (chosen or {}).items():  # the recipe's widgets, unless a study chose that field
             if not (record and name in record["params"] and value == self.recipe_values[name]):
                 flags[name] = float(value) if RECIPE_CHOICES[name] is float else value
-        return run_configs(flags=flags, tuned=record)
+        if start_from:
+            flags["init_from"] = start_from
+        return run_configs(out_dir, flags=flags, tuned=record, models_dir=self.project.models_dir)
+
+    def base_form(self, name: str | None) -> tuple[dict[str, Any] | None, str]:
+        """(the form's values for a run from saved model `name`: its shape and recipe, the fine-tuning rates;
+        a note), or (None, a note) for a run from scratch."""
+        if not name:
+            return None, ""
+        try:
+            base = load_base(name, self.project.models_dir)
+            model_config, train_config = fine_tune_configs(base, TrainConfig(), {})
+        except (ConfigError, ckpt.ModelError) as err:
+            return None, error_html(str(err))
+        values = {**vars(model_config), **vars(train_config)}
+        loss = base.record()["val_loss"] or float("nan")
+        return {k: shown_value(values[k]) for k in (*FIELDS, *RECIPE_CHOICES) if k in values}, ok_html(
+            f"Starting from {html.escape(base.name)} (val loss {loss:.4f}): its shape and recipe are kept; the "
+            "rates are the fine-tuning defaults; its vocabulary grows by your text's new characters."
+        )
 
     def launch(self, title: str, out_dir, model_config, train_config, resume: bool, record: dict | None = None,
                replace: bool = False) -> None:  # fmt: skip
@@ -199,14 +221,14 @@ class TrainController:
         self.jobs.start("train", title, run, before=claim, model=out_dir.name, max_iters=train_config.max_iters,
                         max_minutes=train_config.max_minutes, resume=resume)  # fmt: skip
 
-    def start(self, name: str, replace: bool, record: dict | None, values: tuple) -> str:
-        """Values: FIELDS in order, then (optionally) RECIPE_CHOICES in order."""
+    def start(self, name: str, replace: bool, record: dict | None, values: tuple, start_from: str | None = None) -> str:
+        """Values: FIELDS in order, then (optionally) RECIPE_CHOICES in order; `start_from`: a saved model."""
         try:
             self.guard()
             out_dir = ckpt.model_dir((name or "").strip(), self.project.models_dir)
             form = dict(zip(FIELDS, values))
             chosen = {k: v for k, v in zip(RECIPE_CHOICES, values[len(FIELDS) :]) if v is not None}
-            model_config, train_config = self.configs(form, record, chosen)
+            model_config, train_config = self.configs(form, record, chosen, start_from, out_dir)
             self.launch(f"training {out_dir.name}", out_dir, model_config, train_config, False, record, replace)
         except ModelTaken as err:
             return error_html(
@@ -217,7 +239,8 @@ class TrainController:
         limits = [f"{train_config.max_iters:,} steps"] if train_config.max_iters else []
         if train_config.max_minutes:
             limits.append(plural_minutes(train_config.max_minutes))
-        return ok_html(f"Started training {out_dir.name} for {' or '.join(limits)}.")
+        began = f" from {start_from}" if start_from else ""
+        return ok_html(f"Started training {out_dir.name}{began} for {' or '.join(limits)}.")
 
     def resume(self, name: str, max_iters: float, max_minutes: float) -> str:
         try:

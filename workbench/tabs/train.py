@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,11 +26,16 @@ from workbench.studies import StudyReader, model_names
 from workbench.ui import remember
 from workbench.views import progress_html
 
+NONE = "none (from scratch)"
+MODEL_RECIPE = {f.name for f in dataclasses.fields(ModelConfig)}  # the recipe widgets a base fixes
 
-def _params_form(reader: StudyReader) -> SimpleNamespace:
+
+def _params_form(reader: StudyReader, project: Project) -> SimpleNamespace:
     defaults = {**vars(ModelConfig()), **vars(TrainConfig())}
     with gr.Row():
-        study = gr.Dropdown(choices=reader.names(), value=None, label="Study", allow_custom_value=True, scale=3)
+        start_from = gr.Dropdown(choices=[NONE, *model_names(project)], value=NONE, scale=2,
+                                 label="Start from (a saved model's weights: its shape, recipe and vocabulary)")  # fmt: skip
+        study = gr.Dropdown(choices=reader.names(), value=None, label="Study", allow_custom_value=True, scale=2)
         use_best = gr.Button("Use its best parameters", scale=1)
         refresh = gr.Button("Refresh", size="sm", scale=0, min_width=80)
     note = gr.Markdown()
@@ -41,7 +47,8 @@ def _params_form(reader: StudyReader) -> SimpleNamespace:
                 for name in names:
                     inputs[name] = gr.Number(value=defaults[name], label=LABELS[name],
                                              precision=0 if name in INT_FIELDS else None, minimum=0)  # fmt: skip
-    return SimpleNamespace(study=study, use_best=use_best, refresh=refresh, note=note, inputs=inputs)
+    return SimpleNamespace(start_from=start_from, study=study, use_best=use_best, refresh=refresh, note=note,
+                           inputs=inputs)  # fmt: skip
 
 
 def _recipe_form(values: dict[str, Any]) -> tuple[gr.Dropdown, dict[str, Any]]:
@@ -112,7 +119,7 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
         "Train a model and save it under `models/NAME`. Fill the parameters by hand or take the best trial of a "
         "study (you can still edit them). **Stop** saves a checkpoint; **Resume** continues it from there."
     )
-    form = _params_form(reader)
+    form = _params_form(reader, project)
     tuned = gr.State(None)
     _, recipe_widgets = _recipe_form(control.recipe_values)
     run = _run_controls()
@@ -128,24 +135,29 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
                          [models.message, models.curves, models.table, models.texts], api_name="compare_models")  # fmt: skip
     form.use_best.click(_use_best(control), [form.study, form.inputs["max_iters"]],
                         [*field_inputs, form.note, tuned], api_name="train_use_best")  # fmt: skip
-    run.start.click(lambda name, replace, record, *values: control.start(name, replace, record, values),
-                    [run.name, run.overwrite, tuned, *field_inputs, *recipe_widgets.values()], run.message,
-                    api_name="train_start")  # fmt: skip
+    run.start.click(lambda name, replace, record, *values: control.start(name, replace, record, values[:-1],
+                                                                         start_from=_picked(values[-1])),
+                    [run.name, run.overwrite, tuned, *field_inputs, *recipe_widgets.values(), form.start_from],
+                    run.message, api_name="train_start")  # fmt: skip
+    form.start_from.change(_pick_base(control), form.start_from, [*field_inputs, *recipe_widgets.values(), form.note],
+                           api_visibility="private")  # fmt: skip
     run.resume.click(control.resume, [run.name, form.inputs["max_iters"], form.inputs["max_minutes"]], run.message,
                      api_name="train_resume")  # fmt: skip
     run.stop.click(control.stop, None, run.message, api_name="train_stop")
     _wire_tick(control, run, models, form)
     restore_name = remember(run.name, "chargpt-train-model-name")
 
-    def refresh_lists(current_study: str | None, current_model: str | None, compared: list[str] | None):
+    def refresh_lists(current_study: str | None, current_model: str | None, compared: list[str] | None,
+                      base: str | None):  # fmt: skip
         studies, names = reader.names(), model_names(project)
         return (
             gr.update(choices=studies, value=current_study if current_study in studies else None),
             gr.update(choices=names, value=current_model if current_model in names else None),
             gr.update(choices=names, value=[n for n in compared or [] if n in names]),
+            gr.update(choices=[NONE, *names], value=base if base in names else NONE),
         )
 
-    lists = [form.study, models.saved, models.names]
+    lists = [form.study, models.saved, models.names, form.start_from]
     return {"refresh": (refresh_lists, lists, lists), "load": [restore_name]}
 
 
@@ -157,6 +169,25 @@ def _compare(control: TrainController):
         return message, figure, gr.update(value=table[0], headers=table[1]), texts
 
     return run
+
+
+def _picked(choice: str | None) -> str | None:
+    return None if choice in (None, "", NONE) else choice
+
+
+def _pick_base(control: TrainController):
+    """A base picked: the form shows its shape (fixed) and recipe and the fine-tuning rates; none: editable again."""
+
+    def pick(choice: str | None):
+        values, note = control.base_form(_picked(choice))
+        fixed = values is not None
+        fields = [gr.update(value=values[name], interactive=not (fixed and name in MODEL_FIELDS and name != "dropout"))
+                  if values else gr.update(interactive=True) for name in FIELDS]  # fmt: skip
+        recipe = [gr.update(value=values[name], interactive=not (fixed and name in MODEL_RECIPE))
+                  if values else gr.update(interactive=True) for name in RECIPE_CHOICES]  # fmt: skip
+        return (*fields, *recipe, note)
+
+    return pick
 
 
 def _use_best(control: TrainController):
