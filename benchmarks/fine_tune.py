@@ -40,6 +40,12 @@ RATES = {  # --part rates: the base's own pre-training rates, and lower ones wit
     "pretrain": {"lr": 1e-3, "muon_lr": MUON_LR, "warmup_iters": 100, "cooldown_fraction": 0.3},
     "x0.3": {"lr": 3e-4, "muon_lr": 0.3 * MUON_LR, "warmup_iters": 20, "cooldown_fraction": 0.5},
     "x0.1": {"lr": 1e-4, "muon_lr": 0.1 * MUON_LR, "warmup_iters": 20, "cooldown_fraction": 0.5},
+    "x0.03": {"lr": 3e-5, "muon_lr": 0.03 * MUON_LR, "warmup_iters": 20, "cooldown_fraction": 0.5},
+    "x0.2": {"lr": 2e-4, "muon_lr": 0.2 * MUON_LR, "warmup_iters": 20, "cooldown_fraction": 0.5},
+    "x0.1-dropout": {"lr": 1e-4, "muon_lr": 0.1 * MUON_LR, "warmup_iters": 20, "cooldown_fraction": 0.5, "dropout": 0.1},
+    "x0.1-decay": {"lr": 1e-4, "muon_lr": 0.1 * MUON_LR, "warmup_iters": 20, "cooldown_fraction": 1.0},
+    "x0.1-evals": {"lr": 1e-4, "muon_lr": 0.1 * MUON_LR, "warmup_iters": 20, "cooldown_fraction": 0.5,
+                   "eval_interval": 100},
 }
 
 
@@ -95,11 +101,14 @@ def main() -> None:
     parser.add_argument("--target", choices=["bible", "russian"], default="bible")
     parser.add_argument("--minutes", default="1,2", help="comma-separated minutes per run")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--rates", default=",".join(RATES), help="--part rates: which of RATES, and scratch")
     parser.add_argument("--out", default="", help="results name (default: fine_tune_PART_TARGET)")
     args = parser.parse_args()
     base_model()
-    starts = {f"base {name}": rates for name, rates in RATES.items()} if args.part == "rates" else {
-        "scratch": {}, "base": FINE_TUNE}  # fmt: skip
+    if args.part == "rates":
+        starts = {name if name == "scratch" else f"base {name}": RATES.get(name, {}) for name in args.rates.split(",")}
+    else:
+        starts = {"scratch": {}, "base": FINE_TUNE}
     rows = []
     with tempfile.TemporaryDirectory(prefix="chargpt-fine-tune-") as tmp:
         for minutes in (float(m) for m in args.minutes.split(",")):

@@ -18,7 +18,7 @@ from core.tune.config import StudyConfig, TournamentConfig, TuneConfig
 COMMON_FLAGS = tuple(f.name for f in dataclasses.fields(TuneConfig))
 # The flags of one mode; given in the other, they are refused rather than ignored.
 TRIALS_FLAGS = (*StudyConfig.own_fields(), "create_only", "then_train")
-BUDGET_FLAGS = TournamentConfig.own_fields()
+BUDGET_FLAGS = (*TournamentConfig.own_fields(), "init_from")  # a study of trials searches shapes from scratch
 
 
 def add_parser(sub) -> None:
@@ -110,18 +110,18 @@ def run_budgeted(args: argparse.Namespace, config: TournamentConfig) -> int:
 
     fixed = given(args, ModelConfig) | given(args, TrainConfig)  # the user's flags hold for every candidate
     config = dataclasses.replace(config, overrides=fixed)
-    space = SearchSpace.load(args.space, base=SearchSpace.for_budget(config.device)) if args.space else None
+    default_space = SearchSpace.for_fine_tune if fixed.get("init_from") else SearchSpace.for_budget
+    space = SearchSpace.load(args.space, base=default_space(config.device)) if args.space else None
     ensure_default_dataset(config.data_dir)
     try:
-        out_dir, space, continuing = begin_tournament(
-            config, space, args.name, args.models_dir, overwrite=args.overwrite
-        )
+        begun = begin_tournament(config, space, args.name, args.models_dir, overwrite=args.overwrite)
     except ModelTaken as err:
         raise ModelTaken(err.out_dir, "add --overwrite to replace it") from None
+    config, space, out_dir = begun.config, begun.space, begun.out_dir
     spawned = args.worker_index is not None  # a worker process started by the command below
     if not spawned:
         _, plan = prepare_tournament(config, space, workers=args.workers)
-        verb = "continuing" if continuing else "planned"
+        verb = "continuing" if begun.continuing else "planned"
         print(f"tournament {config.study} ({verb}): {plan.describe()}; budget {config.budget:.0f}s", file=sys.stderr)
         if not plan.searches:
             print("(--search-rungs 1 searches even a short budget)", file=sys.stderr)

@@ -29,11 +29,11 @@ from core.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
-# What a fine-tuning run changes from its base's recipe unless the user sets it: a lower peak rate, a short
-# warmup and a decay over the whole run (see the module docstring for where they were measured).
+# What a fine-tuning run changes from its base's recipe unless the user sets it: a tenth of the pre-training
+# rates, a short warmup and a decay over the second half (benchmarks/fine_tune.py --part rates chose them).
 FINE_TUNE: dict[str, Any] = {
-    "lr": 3e-4,
-    "muon_lr": 0.005,
+    "lr": 1e-4,
+    "muon_lr": 0.002,
     "warmup_iters": 20,
     "warmup_fraction": 0.0,
     "schedule": "wsd",
@@ -161,5 +161,5 @@ def tuning_overrides(base: Base) -> dict[str, Any]:
     candidates search the fine-tuning fields that remain (core.tune.space.SearchSpace.for_fine_tune)."""
     shape = {f.name: getattr(base.model_config, f.name) for f in dataclasses.fields(ModelConfig)
              if f.name not in ("dropout", "vocab_size")}  # fmt: skip
-    recipe = {name: getattr(base.train_config, name) for name in RECIPE_FIELDS}
+    recipe = {name: getattr(base.train_config, name) for name in RECIPE_FIELDS if "decay" not in name}
     return {**shape, **recipe, "init_from": str(base.path)}

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from workbench.jobs import DONE, FAILED, INTERRUPTED, RUNNING, STOPPED, STOPPING
 
 KEEP = object()  # a view field the page keeps as it is (the tabs turn it into gr.skip())
+NO_BASE = "none (from scratch)"  # the "Start from" lists' first choice
 LOSS_COLOURS = {"train": "#2563eb", "val": "#ea580c"}  # the same on every chart, whichever curves it has
 STATUS_LABEL = {
     RUNNING: "running",
@@ -103,3 +104,8 @@ def curves_figure(curves: dict[str, list[tuple[float, float]]]) -> go.Figure:
         legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"},
     )
     return fig
+
+
+def picked_base(choice: str | None) -> str | None:
+    """The saved model a "Start from" list names, or None for a run from scratch."""
+    return None if choice in (None, "", NO_BASE) else choice

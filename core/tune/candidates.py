@@ -3,11 +3,13 @@ of the space; each candidate's configs for a slice."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from core.base import FINE_TUNE
 from core.config import (
     ModelConfig,
     TrainConfig,
@@ -17,13 +19,17 @@ from core.config import (
 )
 from core.tune.config import TournamentConfig
 from core.tune.plan import PLAN_ATTR, Plan
-from core.tune.space import SearchSpace, apply_params
+from core.tune.space import Choice, SearchSpace, apply_params
+from core.variants import AS_PREPARED
 
 
 def default_params(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The configuration `train` uses by default, as tuned parameters, with the fields the user fixed."""
+    """The configuration `train` uses by default, as tuned parameters, with the fields the user fixed; from a
+    saved model (`init_from`, whose shape the overrides hold), the fine-tuning rates."""
     model_config, train_config = recipe_configs()
     values = {k: v for k, v in (to_dict(model_config) | to_dict(train_config)).items() if k in _TUNABLE}
+    if (overrides or {}).get("init_from"):
+        values |= {k: v for k, v in FINE_TUNE.items() if k in _TUNABLE}
     return values | (overrides or {})
 
 
@@ -100,14 +106,16 @@ def neighbours(default: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def first_candidates(
-    space: SearchSpace, count: int, seed: int, overrides: dict[str, Any] | None = None
+    space: SearchSpace, count: int, seed: int, overrides: dict[str, Any] | None = None, tokenizer: dict | None = None
 ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(params, the space's values of them) of a first rung: the default configuration, its `neighbours`
-    that the space allows, then a seeded random sample of the space (the random start-up phase of a seeded
-    TPE sampler). A candidate the space cannot express records no values (the default, often)."""
-    default = default_params(overrides)
+    """(params, the space's values of them) of a first rung: the default configuration (with the plan's
+    `tokenizer`), its `neighbours` that the space allows, then a seeded random sample of the space (the random
+    start-up phase of a seeded TPE sampler). A candidate the space cannot express records no values (the
+    default, often)."""
+    default = default_params(overrides) | (tokenizer or {})
     out: list[tuple[dict[str, Any], dict[str, Any]]] = [(default, {})]
-    for change in neighbours(default):
+    searched = isinstance(space.tokenizer, Choice)  # the plan's BPE against the prepared tokenizer
+    for change in ([{"tokenizer": AS_PREPARED}] if searched else []) + neighbours(default):
         params = default | change | (overrides or {})
         values, searched = space.in_space_terms(params), space.searched_values(params)
         changed = ["head_size" if k == "n_embd" else k for k in change]
@@ -126,13 +134,20 @@ def init_tournament(
     study: optuna.Study, plan: Plan, space: SearchSpace, seed: int, overrides: dict[str, Any] | None = None
 ) -> Plan:
     """Record the plan and enqueue the first rung's candidates (`first_candidates`), once per study (later
-    calls return the recorded plan)."""
+    calls return the recorded plan). A plan that picked a BPE searches it against the prepared tokenizer."""
     recorded = study.user_attrs.get(PLAN_ATTR)
     if recorded:
         return Plan.from_json(recorded)
+    tokenizer = {k: v for k, v in plan.tokenizer.items() if k in ("tokenizer", "vocab_size")}
+    if tokenizer.get("tokenizer", AS_PREPARED) == AS_PREPARED:
+        tokenizer = {}
+    elif plan.tokenizer.get("searched") and "tokenizer" not in (overrides or {}):
+        space = dataclasses.replace(space, tokenizer=Choice((tokenizer["tokenizer"], AS_PREPARED)),
+                                    vocab_size=tokenizer["vocab_size"])  # fmt: skip
     study.set_user_attr(PLAN_ATTR, plan.to_json())
     study.set_user_attr("search_space", space.to_json())
-    for candidate, (params, fixed) in enumerate(first_candidates(space, plan.rungs[0].candidates, seed, overrides)):
+    firsts = first_candidates(space, plan.rungs[0].candidates, seed, overrides, tokenizer)
+    for candidate, (params, fixed) in enumerate(firsts):
         study.enqueue_trial(
             fixed, user_attrs={"candidate": candidate, "rung": 0, "parent": None, "params": params, "fixed": fixed}
         )

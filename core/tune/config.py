@@ -13,6 +13,7 @@ from core.config import DEFAULT_STORAGE, STUDIES_DIR, parse_duration, parse_flop
 from core.fileio import valid_name
 
 PRUNERS = ("percentile", "median", "asha", "hyperband", "none")
+TOKENIZER_MODES = ("auto", "char", "prepared", "bpe")  # what a tournament's tokenizer may be (core.tune.tokenizer)
 
 
 class TuningError(ValueError):
@@ -182,6 +183,13 @@ class TournamentConfig(TuneConfig):
             "configuration for all of it (1: search even with a single rung)"
         },
     )
+    tokenizer: str = field(
+        default="auto",
+        metadata={
+            "help": "--budget: auto (a BPE where it is measured to pay, else the characters; see docs/tuning.md), "
+            "char, prepared (the dataset as prepared) or bpe"
+        },
+    )
     runs_dir: str = field(
         default=f"{STUDIES_DIR}/runs",
         metadata={"help": "--budget: candidates' checkpoints, under RUNS_DIR/STUDY (shared by all workers)"},
@@ -195,4 +203,6 @@ class TournamentConfig(TuneConfig):
             raise TuningError(f"search_rungs must be 1, 2 or 3, got {self.search_rungs}")
         if self.eta < 2 or not 0 < self.final_share < 1:
             raise TuningError(f"eta must be >= 2 and final_share in (0, 1), got {self.eta} and {self.final_share}")
+        if self.tokenizer not in TOKENIZER_MODES:
+            raise TuningError(f"tokenizer must be one of {', '.join(TOKENIZER_MODES)}, got {self.tokenizer!r}")
         return self

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from core.tune.config import TuningError
@@ -44,6 +44,7 @@ class Plan:
     # (`final_shape`), else as a larger batch.
     final_token_scale: int = FINAL_TOKEN_SCALE
     final_longer_context: bool = True
+    tokenizer: dict[str, Any] = field(default_factory=dict)  # the default candidate's (core.tune.tokenizer)
 
     @property
     def deadline(self) -> float:
@@ -65,7 +66,18 @@ class Plan:
         """False for a budget too short for a search that pays: the default trains for all of it."""
         return len(self.rungs) > 1
 
+    def tokenizer_text(self) -> str:
+        """What the plan does about the tokenizer, first: which one and why, and what building it cost."""
+        pick = self.tokenizer
+        if not pick:
+            return ""
+        built = f" (built in {_clock(pick['build_s'])})" if pick.get("build_s") else ""
+        return f"{pick['why']}{built}; "
+
     def describe(self) -> str:
+        return self.tokenizer_text() + self._rungs_text()
+
+    def _rungs_text(self) -> str:
         if not self.searches:
             return self.note or "no search: the default configuration trains for all of the budget"
         grown = "context (or batch)" if self.final_longer_context else "batch"
@@ -74,7 +86,7 @@ class Plan:
         return f"{len(self.rungs)} rungs: " + ", then ".join(parts)
 
     def summary(self) -> str:
-        """The plan in a user's words: who trains for how long."""
+        """The plan in a user's words: the tokenizer, who trains for how long."""
         if not self.searches:
             return self.describe()
         rounds = [math.ceil(r.candidates / self.workers) for r in self.rungs[:-1]]
@@ -85,6 +97,7 @@ class Plan:
         parts += [f"the best {r.candidates} go on for {_clock(r.seconds)} more" for r in rest]
         grown = " at twice its context" if self.final_token_scale > 1 and self.final_longer_context else ""
         said = ", then ".join(parts) + f"; the winner trains for the last {_clock(final_s)}{grown} and is saved"
+        said = self.tokenizer_text() + said
         return f"{said} ({self.note})" if self.note else said
 
 

@@ -3,6 +3,7 @@ reads to know what comes next."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from core import checkpoint as ckpt
+from core.base import base_data_dir, base_path, load_base, refuse_shape_flags, tuning_overrides
 from core.data import Dataset, require_dataset
 from core.runs import claim_model_dir
 from core.tune.candidates import init_tournament
@@ -21,6 +23,8 @@ from core.tune.plan import PLAN_ATTR, Plan, fmt_ms
 from core.tune.space import SearchSpace
 from core.tune.speed import measured_speed, plan_for, recorded_plan
 from core.tune.storage import create_study, open_study
+from core.tune.tokenizer import build as build_tokenizer
+from core.tune.tokenizer import pick_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +80,10 @@ def prepare_tournament(
     if recorded:
         return study, Plan.from_json(recorded)
     dataset = dataset or Dataset(config.data_dir)
-    plan = plan_for(config, measured_speed(config, dataset), workers=workers)
-    plan.started = started
+    speed = measured_speed(config, dataset)
+    pick = build_tokenizer(pick_tokenizer(config, dataset, speed.step_s), config.data_dir)
+    plan = plan_for(config, speed, workers=workers)
+    plan.started, plan.tokenizer = started, pick.to_json()
     plan = init_tournament(study, plan, space.fixing(config.overrides), config.seed, config.overrides)
     log.info(
         "tournament plan (default model at %.0f ms/step, %.1f s a slice besides training): %s",
@@ -86,22 +92,49 @@ def prepare_tournament(
     return study, plan
 
 
+@dataclass
+class Begun:
+    """A tournament's checked inputs: the final model's folder, the search space, whether the study's recorded
+    tournament is continued, and the config (with a base model's shape and recipe among its overrides)."""
+
+    out_dir: Path
+    space: SearchSpace
+    continuing: bool
+    config: TournamentConfig
+
+
 def begin_tournament(
     config: TournamentConfig, space: SearchSpace | None, name: str, models_dir: str | Path, *, overwrite: bool = False
-) -> tuple[Path, SearchSpace, bool]:
-    """Check a budgeted run's inputs and claim its model folder, for every front end: (the final model's
-    folder, the search space, whether the study's recorded tournament is continued)."""
+) -> Begun:
+    """Check a budgeted run's inputs and claim its model folder, for every front end."""
     config.validate()
-    space = (space or SearchSpace.for_budget(config.device)).validate()
     require_dataset(config.data_dir)
     out_dir = ckpt.model_dir(name, models_dir)
+    config = with_base(config, models_dir, out_dir)
+    fine_tuning = bool(config.overrides.get("init_from"))
+    space = (space or (SearchSpace.for_fine_tune if fine_tuning else SearchSpace.for_budget)(config.device)).validate()
     plan = recorded_plan(config)
     if plan is not None and _finished(open_study(config.study, config.storage), plan):
         raise TuningError(
             f"the tournament of study {config.study} has finished; give another study name to run a new one"
         )
     claim_model_dir(out_dir, resume=plan is not None, overwrite=overwrite)
-    return out_dir, space, plan is not None
+    return Begun(out_dir, space, plan is not None, config)
+
+
+def with_base(config: TournamentConfig, models_dir: str | Path, out_dir: Path | None = None) -> TournamentConfig:
+    """With `init_from` among the fixed fields, every candidate starts from that saved model: its shape and
+    recipe join the fixed fields (a fixed field that would change them is refused)."""
+    asked = config.overrides.get("init_from")
+    if not asked:
+        return config
+    base = load_base(base_path(asked, models_dir))
+    refuse_shape_flags(config.overrides, base)
+    if out_dir is not None and base.path.resolve() == out_dir.resolve():
+        raise TuningError(f"models/{out_dir.name} is the model the tournament starts from; name the winner otherwise")
+    base_data_dir(config.data_dir, base.path)  # a dataset the base cannot read is refused before anything starts
+    overrides = {**tuning_overrides(base), **config.overrides, "init_from": str(base.path)}
+    return dataclasses.replace(config, overrides=overrides)
 
 
 def _finished(study: optuna.Study, plan: Plan) -> bool:

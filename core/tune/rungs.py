@@ -23,6 +23,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from core import checkpoint as ckpt
+from core.base import base_data_dir
 from core.config import (
     ModelConfig,
     TrainConfig,
@@ -208,7 +209,9 @@ def _train_rung(run: Running, trial, final: bool, owned: _Ownership, watch: _Run
     model_config, train_config = candidate_configs(
         trial.user_attrs["params"], run.config, candidate, len(dataset.vocab)
     )
-    if Path(train_config.data_dir) != dataset.data_dir:  # a tokenizer the space searches
+    if train_config.init_from:  # from a saved model: the text as it reads it
+        dataset = open_dataset(base_data_dir(train_config.data_dir, train_config.init_from))
+    elif Path(train_config.data_dir) != dataset.data_dir:  # a tokenizer the space searches
         dataset = open_dataset(train_config.data_dir)
     dataset.check_block_size(model_config.block_size)
     if not final:

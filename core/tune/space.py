@@ -12,6 +12,7 @@ from typing import Any
 
 import optuna
 
+from core.base import FINE_TUNE
 from core.bpe import MAX_VOCAB, MIN_VOCAB
 from core.config import (
     MUON_LR,
@@ -124,6 +125,19 @@ class SearchSpace:
             block_size=Choice((64, 128, 256)),
             lr=FloatRange(5e-4, 3e-3, log=True),
             muon_lr=FloatRange(0.004, 0.04, log=True),  # 0.005 beat 0.01 and 0.02 at 4 minutes (docs/tuning.md)
+        )
+
+    @classmethod
+    def for_fine_tune(cls, device: str = "auto") -> SearchSpace:
+        """The space of a tournament from a saved model (core.base): its shape and recipe are fixed by the
+        tournament's overrides; the rates are searched around the fine-tuning defaults, and dropout and
+        weight decay, which a small corpus may need."""
+        rates = {"lr": FINE_TUNE["lr"], "muon_lr": FINE_TUNE["muon_lr"]}
+        return dataclasses.replace(
+            cls.for_budget(device),
+            **{name: FloatRange(rate / 3, rate * 3, log=True) for name, rate in rates.items()},
+            dropout=FloatRange(0.0, 0.2),
+            weight_decay=FloatRange(0.0, 0.2),
         )
 
     def validate(self) -> SearchSpace:

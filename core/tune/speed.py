@@ -26,6 +26,7 @@ from core.tune.candidates import candidate_configs, default_params
 from core.tune.config import TournamentConfig, TuningError
 from core.tune.plan import PLAN_ATTR, SLICE_OVERHEAD_S, Minimums, Plan, budget_minimums, plan_tournament
 from core.tune.storage import open_study
+from core.tune.tokenizer import pick_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,16 @@ def _write_speed(config: TournamentConfig, key: str, speed: Speed) -> None:
         )
 
 
+def known_step_s(data_dir: str | Path) -> float | None:
+    """The fastest pace of the default model measured on this dataset so far (any device), if any."""
+    try:
+        known = json.loads((Path(data_dir) / SPEED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    paces = [s.get("step_s") for s in known.values() if isinstance(s, dict) and s.get("step_s")]
+    return min(paces) if paces else None
+
+
 def plan_for(config: TournamentConfig, speed: Speed, workers: int = 1) -> Plan:
     return plan_tournament(
         config.budget,
@@ -166,7 +177,9 @@ def preview(config: TournamentConfig, workers: int = 1, measure: bool = True) ->
     if recorded is not None:
         return Preview(least, recorded, continuing=True, step_s=speed.step_s)
     try:
-        return Preview(least, plan_for(config, speed, workers), step_s=speed.step_s)
+        plan = plan_for(config, speed, workers)
+        plan.tokenizer = pick_tokenizer(config, dataset, speed.step_s).to_json()  # built when it starts
+        return Preview(least, plan, step_s=speed.step_s)
     except TuningError as err:
         return Preview(least, None, error=str(err), step_s=speed.step_s)
 

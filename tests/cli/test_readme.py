@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 
@@ -9,12 +10,12 @@ from cli.main import build_parser
 from tests.helpers import ROOT, TEXT, TINY_MODEL_FLAGS, run_app
 
 # What makes a README command tiny here; the command itself, its flags and their spelling stay as written.
-TINY_SIZES = {"30m": "20s", "10": "0.05"}
+TINY_SIZES = {"30m": "20s", "10": "0.05", "5": "0.05"}
 
 
 def readme_commands() -> list[list[str]]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = text.split("## Five everyday commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    block = text.split("## Six everyday commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     return [shlex.split(line.split("#", 1)[0]) for line in block.strip().splitlines()]
 
 
@@ -28,9 +29,9 @@ def tiny(argv: list[str]) -> list[str]:
     return out[2:]
 
 
-def test_the_readme_lists_five_everyday_commands_of_this_program():
+def test_the_readme_lists_six_everyday_commands_of_this_program():
     commands = readme_commands()
-    assert len(commands) == 5 and all(c[:2] == ["python", "app.py"] for c in commands)
+    assert len(commands) == 6 and all(c[:2] == ["python", "app.py"] for c in commands)
 
 
 def test_every_everyday_command_of_the_readme_runs(tmp_path):
@@ -47,6 +48,7 @@ def test_every_everyday_command_of_the_readme_runs(tmp_path):
         assert result.returncode == 0, f"{shlex.join(argv)}:\n{result.stderr[-2000:]}"
     assert (tmp_path / "models" / "best" / "model.safetensors").is_file()
     assert (tmp_path / "models" / "mine" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "models" / "letters" / "config.json").read_text())["base"]["name"] == "best"
 
 
 def test_the_take_out_commands_of_the_readme_parse_and_name_an_existing_requirements_file():

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from dataclasses import replace
 
+import optuna
 import pytest
 import torch
 
@@ -18,6 +20,10 @@ from core.evaluate import evaluate
 from core.runs import run_configs
 from core.sampling import SamplingConfig, complete
 from core.trainer import train
+from core.tune.config import TournamentConfig
+from core.tune.record import begin_tournament
+from core.tune.rungs import run_tournament
+from core.tune.space import SearchSpace
 from core.variants import TOKENIZED_DIR
 from tests.conftest import VERSE
 
@@ -82,7 +88,9 @@ def test_a_bpe_base_reads_new_text_with_its_own_tokenizer(tmp_path, corpus_file,
     other.write_text(VERSE.upper() * 30, encoding="utf-8")
     char_dir = tmp_path / "other-char"
     prepare([other], char_dir)
-    with pytest.raises(DataError, match="prepared with characters, but bpe-base reads a BPE.*--tokenizer-from bpe-base"):
+    with pytest.raises(
+        DataError, match="prepared with characters, but bpe-base reads a BPE.*--tokenizer-from bpe-base"
+    ):
         fine_tune(base, char_dir, tmp_path)
     from_base = tmp_path / "other-from-base"
     prepare([other], from_base, tokenizer_from=load_base(base).vocab)
@@ -141,3 +149,24 @@ def test_resume_continues_a_run_only_from_its_own_base(tmp_path, base_dir, datas
                                              models_dir=tmp_path / "models")  # fmt: skip
     result = train(model_config, train_config, out_dir=out, resume=True)
     assert result.iters == 30 and train_config.init_from == str(base_dir)
+
+
+def test_a_tournament_from_a_base_searches_its_fine_tuning_not_its_shape(tmp_path, base_dir, dataset_dir):
+    config = TournamentConfig(study="ft", storage=f"sqlite:///{tmp_path / 's.db'}", budget=30, data_dir=str(dataset_dir),
+                              runs_dir=str(tmp_path / "runs"), search_rungs=1, final_share=0.5,
+                              overrides={"init_from": "verse", "batch_size": 4})  # fmt: skip
+    with pytest.raises(ConfigError, match="--n-layer 3 would change the model verse gives"):
+        begin_tournament(
+            replace(config, overrides={"init_from": "verse", "n_layer": 3}), None, "x", tmp_path / "models"
+        )
+    begun = begin_tournament(config, None, "ft-best", tmp_path / "models")
+    base = load_base(base_dir)
+    assert begun.space.lr == SearchSpace.for_fine_tune().lr and begun.space.lr.high < SearchSpace.for_budget().lr.high
+    final = run_tournament(begun.config, begun.space, name="ft-best", models_dir=tmp_path / "models")
+    saved = json.loads((final / "config.json").read_text())
+    assert saved["base"]["name"] == "verse" and saved["model"]["n_layer"] == base.model_config.n_layer
+    study = optuna.load_study(study_name="ft", storage=config.storage)
+    for trial in study.get_trials(deepcopy=False):
+        params = trial.user_attrs["params"]
+        assert (params["n_layer"], params["n_embd"], params["block_size"]) == (2, 32, 32)  # the base's shape
+        assert params["init_from"] == str(base_dir) and params["batch_size"] == 4  # the user's fixed field too

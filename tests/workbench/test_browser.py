@@ -103,6 +103,8 @@ def test_tune_tab_runs_a_budgeted_tournament_and_saves_its_winner(page):
     page.get_by_label('Keep these fixed in every candidate (JSON, e.g. {"n_layer": 4, "block_size": 128})').filter(
         visible=True
     ).fill(json.dumps(TINY_FIXED))
+    # the plan says what it does about the tokenizer before Start (this tiny text: characters, and why)
+    page.locator("#tune-plan").get_by_text("characters: a BPE would read this text").wait_for()
     shoot(page, "tune-budget")
     page.get_by_role("button", name="Start", exact=True).click()
     # "Started tournament ..." gives way to the job's status line at the next tick: either says it started
@@ -340,6 +342,30 @@ def test_chat_tab_chats_with_a_bpe_model_in_any_script(page, project):
     send_message(page, "Ça va? 日本 ☃")
     assert not page.get_by_text("not in this model's vocabulary").count()  # a byte-level BPE knows every character
     shoot(page, "chat-bpe")
+
+
+def test_train_tab_starts_a_run_from_a_saved_model(page, project):
+    open_tab(page, "Train")
+    page.get_by_role("button", name="Refresh").filter(visible=True).first.click()
+    chooser = page.get_by_label("Start from", exact=False).filter(visible=True)
+    chooser.click()
+    chooser.fill("browser-model")
+    chooser.press("Enter")
+    page.get_by_text("Starting from browser-model").wait_for()
+    assert field(page, "Layers").input_value() == "1" and field(page, "Layers").is_disabled()  # the base's shape
+    for label, value in {
+        "Max steps (0 = no limit)": "30",
+        "Steps between evals": "15",
+        "Max minutes (0 = no limit)": "0",
+    }.items():
+        field(page, label).fill(value)
+    field(page, "Model name").fill("browser-fine")
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("Started training browser-fine from browser-model").wait_for()
+    page.get_by_text("max iters at step 30").wait_for()
+    shoot(page, "train-from-a-model")
+    saved = json.loads((project / "models" / "browser-fine" / "config.json").read_text())
+    assert saved["base"]["name"] == "browser-model" and saved["model"]["n_layer"] == 1
 
 
 def test_train_tab_compares_saved_models(page):

@@ -10,6 +10,8 @@ from typing import Any
 
 from core.bpe import describe
 from core.data import DataError, Dataset, prepare
+from core.tune.speed import known_step_s
+from core.tune.tokenizer import tokenizer_outlook
 from core.vocab import Vocab
 from workbench.jobs import JobBusy, JobManager
 from workbench.project import Project
@@ -60,7 +62,12 @@ def corpus_overview(project: Project) -> tuple[str, str]:
         rows.append(("Vocabulary", f"a byte-level BPE of {len(dataset.vocab):,} tokens, "
                                    f"{shown_bpe['tokens_per_char']:.2f} tokens a character; longest: {longest}"))  # fmt: skip
     else:
-        rows.append(("Tokenizer", "characters (one token a character)"))
+        rows.append(
+            (
+                "Tokenizer",
+                f"characters (one token a character). {tokenizer_outlook(dataset, known_step_s(project.data_dir))}",
+            )
+        )
     if meta:
         rows.insert(0, ("Source", html.escape(source_text or "-")))
         rows.append(("Text", f"{meta.get('input_bytes', 0) / 1e6:.2f} MB, {meta.get('lines', 0):,} lines"))

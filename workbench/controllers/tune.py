@@ -21,7 +21,7 @@ from core.data import DataError
 from core.runs import ModelTaken
 from core.tune.config import StudyConfig, TournamentConfig, TuningError
 from core.tune.plan import fmt_ms
-from core.tune.record import STOPPED_REASON, RungEvent, begin_tournament
+from core.tune.record import STOPPED_REASON, RungEvent, begin_tournament, with_base
 from core.tune.results import last_step, trial_value
 from core.tune.rungs import run_tournament
 from core.tune.space import SearchSpace
@@ -30,10 +30,10 @@ from core.tune.study import run_study
 from workbench.jobs import JobBusy, JobManager
 from workbench.project import Project
 from workbench.studies import StudyReader
-from workbench.views import KEEP, error_html, fmt_seconds, job_status_html, ok_html, progress_html
+from workbench.views import KEEP, NO_BASE, error_html, fmt_seconds, job_status_html, ok_html, picked_base, progress_html
 
 log = logging.getLogger(__name__)
-BUDGET_FIELDS = ("study", "minutes", "model", "seed", "fixed", "search_short", "overwrite")
+BUDGET_FIELDS = ("study", "minutes", "model", "seed", "fixed", "search_short", "overwrite", "start_from", "tokenizer")
 
 
 @dataclass
@@ -108,11 +108,16 @@ def parse_fixed(text: str) -> dict[str, Any]:
         data = json.loads(text or "{}")
     except ValueError as err:
         raise TuningError(f"the fixed settings are not valid JSON: {err}") from None
-    known = {f.name for cls in (ModelConfig, TrainConfig) for f in dataclasses.fields(cls)}
+    known = {f.name for cls in (ModelConfig, TrainConfig) for f in dataclasses.fields(cls)} | {"tokenizer"}
     if not isinstance(data, dict) or set(data) - known:
         unknown = ", ".join(sorted(set(data) - known)) if isinstance(data, dict) else text
         raise TuningError(f"fixed settings must be a JSON object of model or training fields; unknown: {unknown}")
     return data
+
+
+def _base_field(choice: str | None) -> dict[str, Any]:
+    base = picked_base(choice)
+    return {"init_from": base} if base else {}
 
 
 def parse_space(text: str) -> SearchSpace:
@@ -217,6 +222,9 @@ class TuneController:
 
     def budget_config(self, form: dict[str, Any]) -> TournamentConfig:
         """A tournament's config from the budget form (BUDGET_FIELDS by name)."""
+        fixed = parse_fixed(form.get("fixed") or "{}")
+        # the tokenizer fixed in the JSON (as `{"tokenizer": "char"}`) or chosen in the form
+        tokenizer = fixed.pop("tokenizer", None) or form.get("tokenizer") or TournamentConfig.tokenizer
         return TournamentConfig(
             study=(form.get("study") or "").strip(),
             storage=self.project.storage,
@@ -224,8 +232,9 @@ class TuneController:
             seed=int(form.get("seed") or 0),
             data_dir=str(self.project.data_dir),
             runs_dir=str(self.project.root / STUDIES_DIR / "runs"),
-            overrides=parse_fixed(form.get("fixed") or "{}"),
+            overrides=fixed | _base_field(form.get("start_from")),
             search_rungs=1 if form.get("search_short") else TournamentConfig.search_rungs,
+            tokenizer=tokenizer,
         )
 
     def running_form(self) -> dict[str, Any] | None:
@@ -236,13 +245,16 @@ class TuneController:
         tune = info.get("tune") if info.get("mode") == "budget" else None
         if not tune:
             return None
-        overrides = tune.get("overrides") or {}
+        overrides = dict(tune.get("overrides") or {})
+        base = overrides.pop("init_from", None)
         return {
             "study": tune.get("study"),
             "minutes": round(float(tune.get("budget") or 0) / 60, 2),
             "model": info.get("model"),
             "fixed": json.dumps(overrides) if overrides else "",
             "search_short": tune.get("search_rungs") == 1,
+            "start_from": base or NO_BASE,
+            "tokenizer": tune.get("tokenizer", TournamentConfig.tokenizer),
         }
 
     def plan_text(self, form: dict[str, Any]) -> str:
@@ -250,9 +262,9 @@ class TuneController:
         try:
             self.guard()
             config = self.budget_config({**form, "minutes": form.get("minutes") or 0.001})
-            config.validate()
+            config = with_base(config.validate(), self.project.models_dir)
             shown = preview(config, measure=not (self.jobs.active("train") or self.jobs.active("tune")))
-        except (TuningError, DataError, ValueError, TypeError) as err:
+        except (TuningError, DataError, ckpt.ModelError, ValueError, TypeError) as err:
             return f"*{err}*"
         least = shown.minimums
         pace = f" (the default model at {fmt_ms(shown.step_s)} a step)" if shown.step_s else ""
@@ -274,12 +286,13 @@ class TuneController:
                 raise TuningError("give the total budget in minutes (more than 0)")
             self.guard()
             if not tune:  # a budget too short is refused here, in one line, not by the job after it started
-                shown = preview(config, measure=not (self.jobs.active("train") or self.jobs.active("tune")))
+                shown = preview(with_base(config, self.project.models_dir),
+                                measure=not (self.jobs.active("train") or self.jobs.active("tune")))  # fmt: skip
                 if shown.error:
                     raise TuningError(shown.error)
-            target, space, _ = begin_tournament(config, None, (form.get("model") or "").strip(),
-                                                self.project.models_dir,
-                                                overwrite=bool(form.get("overwrite")) and not tune)  # fmt: skip
+            begun = begin_tournament(config, None, (form.get("model") or "").strip(), self.project.models_dir,
+                                     overwrite=bool(form.get("overwrite")) and not tune)  # fmt: skip
+            target, space = begun.out_dir, begun.space
         except ModelTaken as err:
             return Started(
                 error_html(f"{ModelTaken(err.out_dir, 'tick “Replace a saved model of that name” to overwrite it')} "
@@ -294,7 +307,7 @@ class TuneController:
                 job.add_event({"at": time.time(), **dataclasses.asdict(event)})
                 job.update(progress=1 - max(0.0, event.time_left_s) / config.budget, message=event.text())
 
-            final = run_tournament(config, space, name=target.name, models_dir=self.project.models_dir,
+            final = run_tournament(begun.config, space, name=target.name, models_dir=self.project.models_dir,
                                    stop=job.stop, on_event=on_event)  # fmt: skip
             if final is not None:
                 job.update(message=f"saved models/{final.name}; the Chat tab lists it")

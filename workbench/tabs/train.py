@@ -24,16 +24,15 @@ from workbench.jobs import JobManager
 from workbench.project import Project
 from workbench.studies import StudyReader, model_names
 from workbench.ui import remember
-from workbench.views import progress_html
+from workbench.views import NO_BASE, picked_base, progress_html
 
-NONE = "none (from scratch)"
 MODEL_RECIPE = {f.name for f in dataclasses.fields(ModelConfig)}  # the recipe widgets a base fixes
 
 
 def _params_form(reader: StudyReader, project: Project) -> SimpleNamespace:
     defaults = {**vars(ModelConfig()), **vars(TrainConfig())}
     with gr.Row():
-        start_from = gr.Dropdown(choices=[NONE, *model_names(project)], value=NONE, scale=2,
+        start_from = gr.Dropdown(choices=[NO_BASE, *model_names(project)], value=NO_BASE, scale=2,
                                  label="Start from (a saved model's weights: its shape, recipe and vocabulary)")  # fmt: skip
         study = gr.Dropdown(choices=reader.names(), value=None, label="Study", allow_custom_value=True, scale=2)
         use_best = gr.Button("Use its best parameters", scale=1)
@@ -126,7 +125,8 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
     models = _saved_models(project)
     field_inputs = [form.inputs[name] for name in FIELDS]
 
-    form.refresh.click(lambda: gr.update(choices=reader.names()), None, form.study, api_visibility="private")
+    form.refresh.click(lambda: (gr.update(choices=reader.names()), gr.update(choices=[NO_BASE, *model_names(project)])),
+                       None, [form.study, form.start_from], api_visibility="private")  # fmt: skip
     for target in (models.saved, models.names):
         models.refresh.click(lambda: gr.update(choices=model_names(project)), None, target, api_visibility="private")
     models.saved.change(lambda n: model_details(project, n), models.saved, [models.info, models.plot],
@@ -136,7 +136,7 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
     form.use_best.click(_use_best(control), [form.study, form.inputs["max_iters"]],
                         [*field_inputs, form.note, tuned], api_name="train_use_best")  # fmt: skip
     run.start.click(lambda name, replace, record, *values: control.start(name, replace, record, values[:-1],
-                                                                         start_from=_picked(values[-1])),
+                                                                         start_from=picked_base(values[-1])),
                     [run.name, run.overwrite, tuned, *field_inputs, *recipe_widgets.values(), form.start_from],
                     run.message, api_name="train_start")  # fmt: skip
     form.start_from.change(_pick_base(control), form.start_from, [*field_inputs, *recipe_widgets.values(), form.note],
@@ -154,7 +154,7 @@ def build_train(project: Project, jobs: JobManager, reader: StudyReader) -> dict
             gr.update(choices=studies, value=current_study if current_study in studies else None),
             gr.update(choices=names, value=current_model if current_model in names else None),
             gr.update(choices=names, value=[n for n in compared or [] if n in names]),
-            gr.update(choices=[NONE, *names], value=base if base in names else NONE),
+            gr.update(choices=[NO_BASE, *names], value=base if base in names else NO_BASE),
         )
 
     lists = [form.study, models.saved, models.names, form.start_from]
@@ -171,15 +171,11 @@ def _compare(control: TrainController):
     return run
 
 
-def _picked(choice: str | None) -> str | None:
-    return None if choice in (None, "", NONE) else choice
-
-
 def _pick_base(control: TrainController):
     """A base picked: the form shows its shape (fixed) and recipe and the fine-tuning rates; none: editable again."""
 
     def pick(choice: str | None):
-        values, note = control.base_form(_picked(choice))
+        values, note = control.base_form(picked_base(choice))
         fixed = values is not None
         fields = [gr.update(value=values[name], interactive=not (fixed and name in MODEL_FIELDS and name != "dropout"))
                   if values else gr.update(interactive=True) for name in FIELDS]  # fmt: skip

@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from core.tune.config import PRUNERS, StudyConfig
+from core.tune.config import PRUNERS, TOKENIZER_MODES, StudyConfig
 from workbench.controllers.tune import (
     BUDGET_FIELDS,
     TRIALS_FORM,
@@ -17,9 +17,9 @@ from workbench.controllers.tune import (
 )
 from workbench.jobs import JobManager
 from workbench.project import Project
-from workbench.studies import StudyReader
+from workbench.studies import StudyReader, model_names
 from workbench.ui import remember
-from workbench.views import KEEP, progress_html
+from workbench.views import KEEP, NO_BASE, progress_html
 
 BUDGET_MODE, TRIALS_MODE = "One budget: search, then the final model", "Trials only"
 MODE_HELP = (
@@ -35,11 +35,13 @@ SPACE_HELP = (
 )
 
 
-def _budget_form() -> SimpleNamespace:
+def _budget_form(project: Project) -> SimpleNamespace:
     with gr.Group(visible=True) as group:
         with gr.Row():
             minutes = gr.Number(value=10, minimum=0, label="Total budget (minutes)", min_width=90)
             model = gr.Textbox(value="best", label="Save the winner as (model name)", max_lines=1)
+            start_from = gr.Dropdown(choices=[NO_BASE, *model_names(project)], value=NO_BASE,
+                                     label="Start from (a saved model: candidates search its fine-tuning)")  # fmt: skip
         plan = gr.Markdown("*The plan appears here once the budget is set.*", elem_id="tune-plan")
         fixed = gr.Textbox(
             value="{}",
@@ -53,9 +55,13 @@ def _budget_form() -> SimpleNamespace:
                 info="a budget under the search minimum otherwise trains the default model for all of it",
             )
             overwrite = gr.Checkbox(value=False, label="Replace a saved model of that name")
+            tokenizer = gr.Dropdown(list(TOKENIZER_MODES), value="auto", label="Tokenizer",
+                                    info="auto: a BPE where it is measured to pay, else characters; char: "
+                                    "characters only; prepared: the dataset as prepared")  # fmt: skip
         start = gr.Button("Start", variant="primary")
     return SimpleNamespace(group=group, minutes=minutes, model=model, plan=plan, fixed=fixed,
-                           search_short=search_short, overwrite=overwrite, start=start)  # fmt: skip
+                           search_short=search_short, overwrite=overwrite, start=start, start_from=start_from,
+                           tokenizer=tokenizer)  # fmt: skip
 
 
 def _trials_form() -> SimpleNamespace:
@@ -154,7 +160,7 @@ def build_tune(project: Project, jobs: JobManager, reader: StudyReader, dashboar
         with gr.Column(scale=2, min_width=320):
             study_name = gr.Textbox(value="default", label="Study name", max_lines=1)
             mode = gr.Radio([BUDGET_MODE, TRIALS_MODE], value=BUDGET_MODE, label="What to run", info=MODE_HELP)
-            budget = _budget_form()
+            budget = _budget_form(project)
             form = _trials_form()
             with gr.Row():
                 start_trials = gr.Button("Start study", variant="primary", visible=False)
@@ -182,6 +188,8 @@ def build_tune(project: Project, jobs: JobManager, reader: StudyReader, dashboar
             (budget.model, "model"),
             (budget.fixed, "fixed"),
             (budget.search_short, "search_short"),
+            (budget.start_from, "start_from"),
+            (budget.tokenizer, "tokenizer"),
         )
     ]
     return [*kept, *_wire_tick(control, out), budget.plan_on_load]
@@ -201,7 +209,7 @@ def _wire_forms(control, mode, budget, form, study_name, space, space_column, st
                 mode, [budget.group, *trials_only], api_visibility="private")  # fmt: skip
     reset_space.click(default_space_json, None, space, api_visibility="private")
     budget_inputs = [study_name, budget.minutes, budget.model, form.seed, budget.fixed, budget.search_short,
-                     budget.overwrite]  # fmt: skip
+                     budget.overwrite, budget.start_from, budget.tokenizer]  # fmt: skip
 
     def start_budget(*values):
         return _started(control.start_budget(dict(zip(BUDGET_FIELDS, values))), with_name=True)
@@ -216,7 +224,7 @@ def _wire_forms(control, mode, budget, form, study_name, space, space_column, st
 
     # one listener, one call at a time: the plan shown is the last one asked for (a first call measures this
     # machine's speed for seconds, and a later, quicker one must not be overwritten by it)
-    gr.on([budget.minutes.change, budget.fixed.change, budget.search_short.change, study_name.change, mode.change],
+    gr.on([budget.minutes.change, budget.fixed.change, budget.start_from.change, budget.tokenizer.change, budget.search_short.change, study_name.change, mode.change],
           tune_plan, budget_inputs, budget.plan, api_name="tune_plan", show_progress="hidden", trigger_mode="always_last",
           concurrency_limit=1, concurrency_id="tune_plan")  # fmt: skip
     widgets = vars(form) | {"study": study_name, "space": space}
