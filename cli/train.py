@@ -71,6 +71,8 @@ def _run_training(args: argparse.Namespace, tuned: dict[str, Any] | None, dist: 
 
     out_dir = ckpt.model_dir(args.name, args.models_dir)
     flags = given(args, ModelConfig) | given(args, TrainConfig)
+    if dist.is_main and flags.get("init_from"):  # the base's vocabulary reads the text before training starts
+        ensure_default_dataset(flags.get("data_dir", TrainConfig.data_dir))
     model_config, train_config = run_configs(
         out_dir, recipe=args.recipe, flags=flags, tuned=tuned, resume=args.resume, models_dir=args.models_dir
     )

@@ -63,16 +63,7 @@ class Base:
         return self.path.name
 
     def record(self) -> dict[str, Any]:
-        """What a model built on this one keeps of it (config.json's `base`, the card, Compare)."""
-        data, summary = self.info.get("data") or {}, self.info.get("summary") or {}
-        return {
-            "name": self.name,
-            "val_loss": summary.get("val_loss", summary.get("best_val_loss")),
-            "tokenizer": self.vocab.kind,
-            "vocab_size": len(self.vocab),
-            "data": {k: data.get(k) for k in ("sources", "chars") if k in data},
-            "base": (self.info.get("base") or {}).get("name"),
-        }
+        return base_record(self.path, self.info, self.vocab)
 
     def weights_for(self, vocab: Vocab | BpeTokenizer) -> dict[str, torch.Tensor]:
         """The base's weights for a model whose vocabulary is `vocab`: the base's own first, as
@@ -89,6 +80,21 @@ class Base:
                 rows = grown[key]
                 grown[key] = torch.cat([rows, rows.mean(dim=0, keepdim=True).expand(added, -1)])
         return grown
+
+
+def base_record(folder: Path, info: dict[str, Any] | None = None, vocab: Any = None) -> dict[str, Any]:
+    """What a model built on the one in `folder` keeps of it (config.json's `base`, the card, Compare)."""
+    info = info if info is not None else ckpt.read_config(folder)
+    vocab = vocab if vocab is not None else load_tokenizer(folder)
+    data, summary = info.get("data") or {}, info.get("summary") or {}
+    return {
+        "name": folder.name,
+        "val_loss": summary.get("val_loss", summary.get("best_val_loss")),
+        "tokenizer": vocab.kind,
+        "vocab_size": len(vocab),
+        "data": {k: data.get(k) for k in ("sources", "chars") if k in data},
+        "base": (info.get("base") or {}).get("name"),
+    }
 
 
 def base_path(name_or_path: str | Path, models_dir: str | Path = "models") -> Path:
@@ -142,16 +148,21 @@ def check_tokenizer_kind(base: Base, data_dir: str | Path) -> None:
 
 def base_data_dir(data_dir: str | Path, init_from: str | Path) -> Path:
     """The run's text as the base reads it (its tokenizer only is loaded, not its weights)."""
+    folder = base_path(init_from)
+    return read_with(data_dir, load_tokenizer(folder), folder.name)
+
+
+def read_with(data_dir: str | Path, vocab: Vocab | BpeTokenizer, name: str) -> Path:
+    """`data_dir`'s text read with the vocabulary of model `name` (core.variants.tokenized_as); a dataset
+    prepared with the other kind of tokenizer is refused with the command that prepares it for the model."""
     from core.variants import tokenized_as, variant_source
 
-    folder = base_path(init_from)
-    vocab = load_tokenizer(folder)
     prepared = read_kind(variant_source(data_dir))
     if prepared != vocab.kind:
         raise DataError(
-            f"{data_dir} was prepared with {'a BPE' if prepared == 'bpe' else 'characters'}, but {folder.name} reads "
+            f"{data_dir} was prepared with {'a BPE' if prepared == 'bpe' else 'characters'}, but {name} reads "
             f"{'a BPE' if vocab.kind == 'bpe' else 'characters'}: prepare the text for it with "
-            f"`python app.py prepare FILES --tokenizer-from {folder.name}`"
+            f"`python app.py prepare FILES --tokenizer-from {name}`"
         )
     return tokenized_as(data_dir, vocab)
 
@@ -161,5 +172,5 @@ def tuning_overrides(base: Base) -> dict[str, Any]:
     candidates search the fine-tuning fields that remain (core.tune.space.SearchSpace.for_fine_tune)."""
     shape = {f.name: getattr(base.model_config, f.name) for f in dataclasses.fields(ModelConfig)
              if f.name not in ("dropout", "vocab_size")}  # fmt: skip
-    recipe = {name: getattr(base.train_config, name) for name in RECIPE_FIELDS if "decay" not in name}
+    recipe = {name: getattr(base.train_config, name) for name in RECIPE_FIELDS if name != "weight_decay"}
     return {**shape, **recipe, "init_from": str(base.path)}

@@ -390,6 +390,11 @@ def remove_leftovers(folder: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def has_checkpoint(folder: Path) -> bool:
+    """Whether `folder` holds a checkpoint folder (intact or not: `latest_checkpoint` reads them)."""
+    return bool(_checkpoint_dirs(folder))
+
+
 def _checkpoint_dirs(folder: Path) -> list[Path]:
     root = folder / CHECKPOINT_DIR
     if not root.is_dir():

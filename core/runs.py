@@ -44,6 +44,8 @@ def run_configs(
     from core.tune.space import apply_params
 
     flags = dict(flags or {})
+    if not flags.get("init_from") and (tuned or {}).get("params", {}).get("init_from"):
+        flags["init_from"] = tuned["params"]["init_from"]  # a tournament from a base: its winner is built on it
     if flags.get("init_from"):
         from core.base import base_path
 

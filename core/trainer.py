@@ -26,7 +26,8 @@ from safetensors import SafetensorError
 
 from core import checkpoint as ckpt
 from core.autocompile import COMPILING, AutoCompile
-from core.base import Base, base_data_dir, load_base, refuse_shape_flags
+from core.base import Base, base_path, base_record, load_base, read_with, refuse_shape_flags
+from core.bpe import load_tokenizer
 from core.config import ModelConfig, TrainConfig, to_dict
 from core.data import BatchSampler, DataError, Dataset
 from core.device import autocast, autocast_dtype, configure, device_name, pick_device, seed_everything
@@ -215,7 +216,8 @@ class Run:
     train_seconds: float = 0.0
     steps_this_run: int = 0
     budget_s: float = 0.0  # what this call may train for (0: no time budget)
-    base: Base | None = None  # the saved model the run started from (init_from)
+    base: Base | None = None  # the saved model a new run starts from (init_from); None once resumed
+    base_record: dict[str, Any] | None = None  # what config.json keeps of that model
 
     @property
     def tokens_per_step(self) -> int:
@@ -261,11 +263,13 @@ def train(
     batch_size x grad_accum x world_size.
     """
     train_config.validate()
-    run = _start(model_config, train_config, out_dir, dataset, dist, hooks or TrainHooks())
+    resuming = resume and out_dir is not None and ckpt.has_checkpoint(Path(out_dir))
+    run = _start(model_config, train_config, out_dir, dataset, dist, hooks or TrainHooks(), resuming)
     if resume:
         _resume(run)
-    if run.base is not None and run.step == 0:  # a new run from a saved model: its weights, grown to the vocab
-        ckpt.load_weights(run.model, run.base.weights_for(run.dataset.vocab), run.base.path)
+    if train_config.init_from and run.step == 0:  # a new run from a saved model: its weights, grown to the vocab
+        base = run.base or load_base(train_config.init_from)
+        ckpt.load_weights(run.model, base.weights_for(run.dataset.vocab), base.path)
     _begin(run, info, budget_spans_resumes)
     runner = _wrap(run, torch.compile(run.model) if train_config.compile == "on" else run.model)
     # ranks must agree on their graphs: under torchrun `auto` stays eager (`on` compiles every rank from the start)
@@ -300,17 +304,21 @@ def train(
 
 
 def _start(model_config: ModelConfig, train_config: TrainConfig, out_dir, dataset: Dataset | None, dist: DistContext,
-           hooks: TrainHooks) -> Run:  # fmt: skip
-    """The run's device, data, model, optimizer and batches, seeded."""
+           hooks: TrainHooks, resuming: bool = False) -> Run:  # fmt: skip
+    """The run's device, data, model, optimizer and batches, seeded; `resuming` a run that has a checkpoint."""
     out = Path(out_dir) if out_dir is not None else None
     device = pick_device(dist.device(train_config.device))
     configure(device)
     amp_dtype = autocast_dtype(device, train_config.dtype)
-    base = load_base(train_config.init_from) if train_config.init_from else None
-    if base is not None:
-        refuse_shape_flags(to_dict(model_config), base)
-    if base is not None:  # the text as the base reads it, whatever dataset the caller opened
-        wanted = base_data_dir(train_config.data_dir, base.path)
+    base, base_record = None, None
+    if train_config.init_from:  # the text as the base reads it, whatever dataset the caller opened
+        if resuming:  # the base's weights are in the checkpoint, its vocabulary (grown) in the run's own folder
+            vocab, base_record = _resumed_vocab(out, train_config.init_from)
+        else:
+            base = load_base(train_config.init_from)
+            refuse_shape_flags(to_dict(model_config), base)
+            vocab, base_record = base.vocab, base.record()
+        wanted = read_with(train_config.data_dir, vocab, Path(train_config.init_from).name)
         if dataset is None or dataset.data_dir.resolve() != wanted.resolve():
             dataset = open_dataset(wanted)
     dataset = dataset or open_dataset(train_config.data_dir)
@@ -333,7 +341,16 @@ def _start(model_config: ModelConfig, train_config: TrainConfig, out_dir, datase
         dataset.tokens["train"], model_config.block_size, train_config.batch_size, train_config.seed + dist.rank, device
     )
     return Run(model_config, train_config, dataset, device, amp_dtype, model, optimizer, scaler, sampler, dist, hooks,
-               out, writes=out is not None and dist.is_main, base=base)  # fmt: skip
+               out, writes=out is not None and dist.is_main, base=base, base_record=base_record)  # fmt: skip
+
+
+def _resumed_vocab(out: Path, init_from: str) -> tuple[Any, dict[str, Any] | None]:
+    """A resumed run's vocabulary and base record: its own folder's (the base may be gone since), or, for a copy of
+    a checkpoint alone (a tournament's cooldown branch), the base's, which grows to the same vocabulary."""
+    if (out / ckpt.CONFIG_JSON).is_file():
+        return load_tokenizer(out), ckpt.read_config(out).get("base")
+    folder = base_path(init_from)
+    return load_tokenizer(folder), base_record(folder)
 
 
 def _resume(run: Run) -> None:
@@ -389,7 +406,7 @@ def _begin(run: Run, info: dict[str, Any] | None, budget_spans_resumes: bool) ->
         "data": data_record(run.dataset),
         "device": device_name(run.device),
         "parameters": run.model.num_params(),
-        **({"base": run.base.record()} if run.base is not None else {}),
+        **({"base": run.base_record} if run.base_record else {}),
         **(info or {}),
     }
     if run.budget_s and budget_spans_resumes:  # what the earlier calls of this run spent is spent

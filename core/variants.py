@@ -111,11 +111,8 @@ def _ensure_variant(path: Path, files: dict[str, str] | None = None) -> None:
     """Build the variant at `path` unless it is current; a base's (`files`: its tokenizer files) keeps the files
     it was built with when it is rebuilt for changed text."""
     base, source = path.parent.parent, _source(path.parent.parent)
-    try:
-        if json.loads((path / SOURCE_JSON).read_text(encoding="utf-8")) == source:
-            return
-    except (OSError, ValueError):
-        pass
+    if _current(path, source):
+        return
     kind, _, size = path.name.partition("-")
     if kind not in ("char", "bpe", "base") or (kind == "bpe" and not size.isdigit()):
         raise DataError(f"{path.name} is not a tokenizer variant name (char, bpe-N or base-HASH)")
@@ -146,6 +143,8 @@ def _ensure_variant(path: Path, files: dict[str, str] | None = None) -> None:
         _keep_source_stats(base, building)
         atomic_write_text(building / SOURCE_JSON, json.dumps(source) + "\n")
         fsync_dir(building)
+        if _current(path, source):  # another process (a worker, a rank) finished the same variant first: use it
+            return
         old = path.parent / f".tmp-old-{path.name}-{os.getpid()}"
         if path.exists():
             os.replace(path, old)
@@ -157,6 +156,13 @@ def _ensure_variant(path: Path, files: dict[str, str] | None = None) -> None:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(building, ignore_errors=True)
+
+
+def _current(path: Path, source: dict[str, list[int]]) -> bool:
+    try:
+        return json.loads((path / SOURCE_JSON).read_text(encoding="utf-8")) == source
+    except (OSError, ValueError):
+        return False
 
 
 def _keep_source_stats(base: Path, variant: Path) -> None:

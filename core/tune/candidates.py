@@ -141,9 +141,10 @@ def init_tournament(
     tokenizer = {k: v for k, v in plan.tokenizer.items() if k in ("tokenizer", "vocab_size")}
     if tokenizer.get("tokenizer", AS_PREPARED) == AS_PREPARED:
         tokenizer = {}
-    elif plan.tokenizer.get("searched") and "tokenizer" not in (overrides or {}):
-        space = dataclasses.replace(space, tokenizer=Choice((tokenizer["tokenizer"], AS_PREPARED)),
-                                    vocab_size=tokenizer["vocab_size"])  # fmt: skip
+    else:  # searched against the prepared tokenizer, or (asked for) the only one every candidate uses
+        picked = tokenizer["tokenizer"]
+        choice = Choice((picked, AS_PREPARED)) if plan.tokenizer.get("searched") else picked
+        space = dataclasses.replace(space, tokenizer=choice, vocab_size=tokenizer["vocab_size"] or space.vocab_size)
     study.set_user_attr(PLAN_ATTR, plan.to_json())
     study.set_user_attr("search_space", space.to_json())
     firsts = first_candidates(space, plan.rungs[0].candidates, seed, overrides, tokenizer)

@@ -172,8 +172,8 @@ def _run_rung(run: Running, trial: optuna.Trial) -> None:
     if owned.check():
         return end(None, _abandoned(trial))
     pace = watch.pace()
-    if rung == 0 and candidate == 0 and pace is not None:  # the default model, at its own shape
-        record_observed_speed(run.config, dataset, pace)
+    if rung == 0 and candidate == 0 and pace is not None and dataset is run.dataset:  # the measured default model
+        record_observed_speed(run.config, run.dataset, pace)
     if _record_rung(run, trial, score, final, watch, started):
         end(score)
 

@@ -58,10 +58,10 @@ def pick_tokenizer(config: TournamentConfig, dataset: Dataset, step_s: float) ->
     default = default_params(config.overrides)
     tokens_per_step = default["batch_size"] * default.get("grad_accum", 1) * default["block_size"]
     asked = config.tokenizer
-    if asked in ("char", "prepared") or config.overrides.get("init_from"):
-        kept = "char" if asked == "char" else AS_PREPARED
-        why = "a saved model's own tokenizer" if config.overrides.get("init_from") else f"{asked}, as asked"
-        return TokenizerPick(kept, 0, why)
+    if config.overrides.get("init_from"):
+        return TokenizerPick(AS_PREPARED, 0, "the saved model's own tokenizer")
+    if asked in ("char", "prepared"):
+        return TokenizerPick("char" if asked == "char" else AS_PREPARED, 0, f"{asked}, as asked")
     if dataset.vocab.kind == "bpe":
         return TokenizerPick(AS_PREPARED, 0, f"the dataset's own BPE of {len(dataset.vocab)} tokens")
     passes = expected_passes(dataset, config.budget, step_s, tokens_per_step * CHARS_PER_BPE_TOKEN)
@@ -73,7 +73,8 @@ def pick_tokenizer(config: TournamentConfig, dataset: Dataset, step_s: float) ->
     if asked == "bpe" or passes <= MAX_BPE_PASSES:
         why = (f"BPE {BPE_SIZE}: in {config.budget / 60:.0f} min it reads the text about {passes:.1f} times, where "
                f"a BPE has beaten characters by {BPE_GAIN}")  # fmt: skip
-        return TokenizerPick("bpe", BPE_SIZE, why if asked == "auto" else f"BPE {BPE_SIZE}, as asked", searched=True)
+        return TokenizerPick("bpe", BPE_SIZE, why if asked == "auto" else f"BPE {BPE_SIZE}, as asked",
+                             searched=asked == "auto")  # fmt: skip
     why = (f"characters: a BPE would read this text about {passes:.0f} times in {config.budget / 60:.0f} min and "
            f"overfit (it pays up to about {MAX_BPE_PASSES:.0f})")  # fmt: skip
     return TokenizerPick(AS_PREPARED, 0, why)

@@ -22,6 +22,7 @@ from core.sampling import SamplingConfig, complete
 from core.trainer import train
 from core.tune.config import TournamentConfig
 from core.tune.record import begin_tournament
+from core.tune.results import best_params
 from core.tune.rungs import run_tournament
 from core.tune.space import SearchSpace
 from core.variants import TOKENIZED_DIR
@@ -149,6 +150,10 @@ def test_resume_continues_a_run_only_from_its_own_base(tmp_path, base_dir, datas
                                              models_dir=tmp_path / "models")  # fmt: skip
     result = train(model_config, train_config, out_dir=out, resume=True)
     assert result.iters == 30 and train_config.init_from == str(base_dir)
+    base_dir.rename(tmp_path / "elsewhere")  # the base gone: the run's own folder holds what a resume needs
+    model_config, train_config = run_configs(out, flags={"max_iters": 40}, resume=True, models_dir=tmp_path / "models")
+    assert train(model_config, train_config, out_dir=out, resume=True).iters == 40
+    assert json.loads((out / "config.json").read_text())["base"]["name"] == "verse"
 
 
 def test_a_tournament_from_a_base_searches_its_fine_tuning_not_its_shape(tmp_path, base_dir, dataset_dir):
@@ -170,3 +175,8 @@ def test_a_tournament_from_a_base_searches_its_fine_tuning_not_its_shape(tmp_pat
         params = trial.user_attrs["params"]
         assert (params["n_layer"], params["n_embd"], params["block_size"]) == (2, 32, 32)  # the base's shape
         assert params["init_from"] == str(base_dir) and params["batch_size"] == 4  # the user's fixed field too
+    best = best_params(study)  # train --from-study ft: its winner's params start from the base too
+    _, train_config = run_configs(flags={"data_dir": str(dataset_dir)}, tuned=best, models_dir=tmp_path / "models")
+    assert train_config.init_from == str(base_dir)
+    with pytest.raises(ConfigError, match="models/verse is the model the run starts from"):
+        run_configs(base_dir, flags={"data_dir": str(dataset_dir)}, tuned=best, models_dir=tmp_path / "models")

@@ -188,11 +188,15 @@ def build_tune(project: Project, jobs: JobManager, reader: StudyReader, dashboar
             (budget.model, "model"),
             (budget.fixed, "fixed"),
             (budget.search_short, "search_short"),
-            (budget.start_from, "start_from"),
             (budget.tokenizer, "tokenizer"),
         )
     ]
-    return [*kept, *_wire_tick(control, out), budget.plan_on_load]
+    def bases():  # the models saved since the server started; the running tournament's base on a reload
+        names = model_names(project)
+        running = from_job("start_from")()
+        return gr.update(choices=[NO_BASE, *names], value=running if running in names else NO_BASE)
+
+    return [*kept, (bases, None, budget.start_from), *_wire_tick(control, out), budget.plan_on_load]
 
 
 def _started(started, with_name: bool = False) -> tuple:

@@ -28,7 +28,7 @@ def tournament(tmp_path, dataset_dir, **fields) -> TournamentConfig:
     return TournamentConfig(**(values | fields))
 
 
-def test_a_bpe_is_picked_where_the_budget_reads_the_text_a_few_times(tmp_path, dataset_dir):
+def test_a_bpe_is_picked_where_the_budget_reads_the_text_a_few_times(tmp_path, dataset_dir, monkeypatch):
     dataset = Dataset(dataset_dir)
     config = tournament(tmp_path, dataset_dir, budget=600, overrides={})
     chars = dataset.stats["train_chars"]
@@ -39,6 +39,9 @@ def test_a_bpe_is_picked_where_the_budget_reads_the_text_a_few_times(tmp_path, d
     assert many.params == {} and "about 20 times" in many.why and "overfit" in many.why
     fixed = pick_tokenizer(TournamentConfig(**{**vars(config), "tokenizer": "char"}), dataset, 1.0)
     assert fixed.tokenizer == "char" and fixed.params == {"tokenizer": "char", "vocab_size": 0}
+    forced = pick_tokenizer(TournamentConfig(**{**vars(config), "tokenizer": "bpe"}), dataset, 1.0)
+    assert forced.tokenizer == "bpe" and not forced.searched  # asked for: every candidate uses it
+    monkeypatch.setattr(tokenizers, "BUILD_CHARS_PER_S", 1e3)  # as slow to build as a huge corpus would be
     huge = pick_tokenizer(TournamentConfig(**{**vars(config), "budget": 1.0}), dataset, 1e-6)
     assert huge.params == {} and "building a BPE" in huge.why  # its build would eat the budget
     with pytest.raises(TuningError, match="tokenizer must be one of auto, char, prepared, bpe"):
