@@ -24,8 +24,7 @@ from benchmarks.common import ROOT, print_table, write_results  # noqa: E402
 from benchmarks.corpora import corpus_dir  # noqa: E402
 from core import checkpoint as ckpt  # noqa: E402
 from core.config import parse_duration  # noqa: E402
-from core.data import Dataset  # noqa: E402
-from core.evaluate import split_loss  # noqa: E402
+from core.evaluate import evaluate  # noqa: E402
 
 APP = [sys.executable, str(ROOT / "app.py")]
 METHODS = ("a_default", "b_trials_then_train", "c_budget")
@@ -55,8 +54,11 @@ def run(method: str, budget_s: float, seed: int, data_dir: Path) -> dict:
         if done.returncode:
             raise SystemExit(f"{method} failed ({done.returncode}):\n{done.stderr[-3000:]}")
         loaded = ckpt.load_model(work / "models" / method)
-        val = split_loss(loaded.model, Dataset(data_dir).tokens["val"])
+        # the trainer's score of the kept weights over the whole validation split, per character (a BPE winner's
+        # too: its own tokens of the same text); older models without it are scored here
+        val = (loaded.info.get("summary") or {}).get("val_loss") or evaluate(loaded, data_dir=data_dir).nats_per_char
         shape = {k: loaded.info["model"].get(k) for k in ("n_layer", "n_embd", "block_size")}
+        shape["tokenizer"] = f"{loaded.vocab.kind}-{len(loaded.vocab)}"
         return {"method": method, "seed": seed, "val": val, "wall_s": wall, "budget_s": budget_s, **shape,
                 "trials": study_summary(storage_url(work), method), "log_tail": done.stderr[-1500:]}  # fmt: skip
 

@@ -174,3 +174,30 @@ def tuning_overrides(base: Base) -> dict[str, Any]:
              if f.name not in ("dropout", "vocab_size")}  # fmt: skip
     recipe = {name: getattr(base.train_config, name) for name in RECIPE_FIELDS if name != "weight_decay"}
     return {**shape, **recipe, "init_from": str(base.path)}
+
+
+@dataclass
+class Start:
+    """How a run with `init_from` begins: the base (None when resumed: its weights are in the checkpoint), what
+    config.json keeps of it, and the folder of the text as the model reads it."""
+
+    base: Base | None
+    record: dict[str, Any] | None
+    data_dir: Path
+
+
+def starting_from(train_config: TrainConfig, shape: dict[str, Any], out: Path | None, resuming: bool) -> Start:
+    """A new run loads the base (and refuses a `shape` that is not its own); a resumed one reads its vocabulary
+    from its own folder (the base may be gone since) or, for a copy of a checkpoint alone (a tournament's
+    cooldown branch), from the base's tokenizer, which grows to the same vocabulary."""
+    base = None
+    if resuming and out is not None and (out / ckpt.CONFIG_JSON).is_file():
+        vocab, record = load_tokenizer(out), ckpt.read_config(out).get("base")
+    elif resuming:
+        folder = base_path(train_config.init_from)
+        vocab, record = load_tokenizer(folder), base_record(folder)
+    else:
+        base = load_base(train_config.init_from)
+        refuse_shape_flags(shape, base)
+        vocab, record = base.vocab, base.record()
+    return Start(base, record, read_with(train_config.data_dir, vocab, Path(train_config.init_from).name))

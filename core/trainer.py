@@ -26,8 +26,7 @@ from safetensors import SafetensorError
 
 from core import checkpoint as ckpt
 from core.autocompile import COMPILING, AutoCompile
-from core.base import Base, base_path, base_record, load_base, read_with, refuse_shape_flags
-from core.bpe import load_tokenizer
+from core.base import Base, load_base, starting_from
 from core.config import ModelConfig, TrainConfig, to_dict
 from core.data import BatchSampler, DataError, Dataset
 from core.device import autocast, autocast_dtype, configure, device_name, pick_device, seed_everything
@@ -312,15 +311,10 @@ def _start(model_config: ModelConfig, train_config: TrainConfig, out_dir, datase
     amp_dtype = autocast_dtype(device, train_config.dtype)
     base, base_record = None, None
     if train_config.init_from:  # the text as the base reads it, whatever dataset the caller opened
-        if resuming:  # the base's weights are in the checkpoint, its vocabulary (grown) in the run's own folder
-            vocab, base_record = _resumed_vocab(out, train_config.init_from)
-        else:
-            base = load_base(train_config.init_from)
-            refuse_shape_flags(to_dict(model_config), base)
-            vocab, base_record = base.vocab, base.record()
-        wanted = read_with(train_config.data_dir, vocab, Path(train_config.init_from).name)
-        if dataset is None or dataset.data_dir.resolve() != wanted.resolve():
-            dataset = open_dataset(wanted)
+        start = starting_from(train_config, to_dict(model_config), out, resuming)
+        base, base_record = start.base, start.record
+        if dataset is None or dataset.data_dir.resolve() != start.data_dir.resolve():
+            dataset = open_dataset(start.data_dir)
     dataset = dataset or open_dataset(train_config.data_dir)
     model_config = dataclasses.replace(model_config, vocab_size=len(dataset.vocab)).validate()
     dataset.check_block_size(model_config.block_size)
@@ -342,15 +336,6 @@ def _start(model_config: ModelConfig, train_config: TrainConfig, out_dir, datase
     )
     return Run(model_config, train_config, dataset, device, amp_dtype, model, optimizer, scaler, sampler, dist, hooks,
                out, writes=out is not None and dist.is_main, base=base, base_record=base_record)  # fmt: skip
-
-
-def _resumed_vocab(out: Path, init_from: str) -> tuple[Any, dict[str, Any] | None]:
-    """A resumed run's vocabulary and base record: its own folder's (the base may be gone since), or, for a copy of
-    a checkpoint alone (a tournament's cooldown branch), the base's, which grows to the same vocabulary."""
-    if (out / ckpt.CONFIG_JSON).is_file():
-        return load_tokenizer(out), ckpt.read_config(out).get("base")
-    folder = base_path(init_from)
-    return load_tokenizer(folder), base_record(folder)
 
 
 def _resume(run: Run) -> None:

@@ -11,6 +11,7 @@ study       a classic study of trials (`tune --trials`)
 results     best trial and parameters, the studies a storage holds
 plan        a tournament's rungs for a budget, the minimum budgets
 speed       the default model's measured pace, the preview before Start
+tokenizer   the tokenizer a tournament trains with: a BPE where it is measured to pay
 candidates  the default, its neighbours, a seeded draw of the space
 record      a tournament's state in its study: waiting, stopped, promoted
 rungs       running a tournament's rungs

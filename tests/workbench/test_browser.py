@@ -362,7 +362,7 @@ def test_train_tab_starts_a_run_from_a_saved_model(page, project):
     field(page, "Model name").fill("browser-fine")
     page.get_by_role("button", name="Start training").click()
     page.get_by_text("Started training browser-fine from browser-model").wait_for()
-    page.get_by_text("max iters at step 30").wait_for()
+    page.get_by_text("max iters at step 30").first.wait_for()
     shoot(page, "train-from-a-model")
     saved = json.loads((project / "models" / "browser-fine" / "config.json").read_text())
     assert saved["base"]["name"] == "browser-model" and saved["model"]["n_layer"] == 1
