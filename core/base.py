@@ -201,3 +201,34 @@ def starting_from(train_config: TrainConfig, shape: dict[str, Any], out: Path | 
         refuse_shape_flags(shape, base)
         vocab, record = base.vocab, base.record()
     return Start(base, record, read_with(train_config.data_dir, vocab, Path(train_config.init_from).name))
+
+
+NEW_TEXT_WARNING = 0.3  # of the training text in characters the base has never seen
+
+
+def unseen_share(tokens: Any, base_vocab_size: int, sample: int = 10_000_000) -> float:
+    """The share of the training text (its first `sample` tokens) spelled with tokens the base lacks: the rows a
+    run from it must learn from nothing."""
+    import numpy as np
+
+    ids = np.asarray(tokens[:sample])
+    return float((ids >= base_vocab_size).mean()) if ids.size else 0.0
+
+
+def unseen_note(share: float, name: str) -> str:
+    """Said when most of a text is new to its base: the base's head start is then small, and the fine-tuning
+    rates learn new letters slowly (RESULTS.md, "Building on a model": a Cyrillic text)."""
+    if share <= NEW_TEXT_WARNING:
+        return ""
+    return (
+        f"{share:.0%} of this text is in characters {name} has never seen: starting from it may do worse than "
+        "training from scratch (measured on a Cyrillic text); compare both, or raise --lr"
+    )
+
+
+def start_weights(model: torch.nn.Module, dataset: Any, base: Base | None, init_from: str) -> str:
+    """Load the base's weights, grown to the dataset's vocabulary, into a new run's `model`; returns what to
+    tell the user when most of the text is new to the base (else "")."""
+    base = base or load_base(init_from)
+    ckpt.load_weights(model, base.weights_for(dataset.vocab), base.path)
+    return unseen_note(unseen_share(dataset.tokens["train"], len(base.vocab)), base.name)

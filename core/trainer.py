@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 
 from core import checkpoint as ckpt
 from core.autocompile import COMPILING, AutoCompile
-from core.base import Base, load_base, starting_from
+from core.base import Base, start_weights, starting_from
 from core.config import ModelConfig, TrainConfig, to_dict
 from core.data import BatchSampler, DataError, Dataset
 from core.device import autocast, autocast_dtype, configure, device_name, pick_device, seed_everything
@@ -267,8 +267,10 @@ def train(
     if resume:
         _resume(run)
     if train_config.init_from and run.step == 0:  # a new run from a saved model: its weights, grown to the vocab
-        base = run.base or load_base(train_config.init_from)
-        ckpt.load_weights(run.model, base.weights_for(run.dataset.vocab), base.path)
+        note = start_weights(run.model, run.dataset, run.base, train_config.init_from)
+        if note and run.writes:
+            log.warning(note)
+            (run.hooks.on_status or log.debug)(note)
     _begin(run, info, budget_spans_resumes)
     runner = _wrap(run, torch.compile(run.model) if train_config.compile == "on" else run.model)
     # ranks must agree on their graphs: under torchrun `auto` stays eager (`on` compiles every rank from the start)

@@ -7,12 +7,13 @@ import json
 import math
 from dataclasses import replace
 
+import numpy as np
 import optuna
 import pytest
 import torch
 
 from core import checkpoint as ckpt
-from core.base import load_base
+from core.base import load_base, unseen_note, unseen_share
 from core.bpe import TOKENIZER_JSON
 from core.config import ConfigError, TrainConfig
 from core.data import DataError, Dataset, prepare
@@ -180,3 +181,9 @@ def test_a_tournament_from_a_base_searches_its_fine_tuning_not_its_shape(tmp_pat
     assert train_config.init_from == str(base_dir)
     with pytest.raises(ConfigError, match="models/verse is the model the run starts from"):
         run_configs(base_dir, flags={"data_dir": str(dataset_dir)}, tuned=best, models_dir=tmp_path / "models")
+
+
+def test_a_text_mostly_new_to_its_base_is_said_to_be():
+    assert unseen_share(np.array([0, 1, 2, 80, 81], dtype=np.uint8), 80) == pytest.approx(0.4)
+    assert "40% of this text is in characters verse has never seen" in unseen_note(0.4, "verse")
+    assert unseen_note(0.1, "verse") == "" and unseen_share(np.zeros(0, dtype=np.uint8), 80) == 0.0

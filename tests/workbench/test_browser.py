@@ -70,6 +70,14 @@ def field(page, label: str):
     return page.get_by_label(label, exact=True).filter(visible=True)
 
 
+def start_training(page, name: str, values: dict[str, str]) -> None:
+    """Fill the Train tab's fields by label, name the model, press Start."""
+    for label, value in values.items():
+        field(page, label).fill(value)
+    field(page, "Model name").fill(name)
+    page.get_by_role("button", name="Start training").click()
+
+
 def test_dataset_tab_shows_the_corpus(page):
     open_tab(page, "Dataset")
     page.get_by_text("Vocabulary:").wait_for()
@@ -253,21 +261,22 @@ def test_tune_tab_runs_a_study_with_live_table_and_plots_and_stays_responsive(pa
 
 def test_train_tab_trains_survives_a_reload_and_stops(page, server):
     open_tab(page, "Train")
-    for label, value in {
-        "Layers": "1",
-        "Heads": "2",
-        "Width (n_embd)": "16",
-        "Context (tokens)": "16",
-        "Batch size": "8",
-        "Warmup steps": "5",
-        "Max steps (0 = no limit)": "5000",
-        "Steps between evals": "25",
-        "Batches per eval": "4",
-        "Sample length (tokens)": "60",
-    }.items():
-        field(page, label).fill(value)
-    field(page, "Model name").fill("browser-model")
-    page.get_by_role("button", name="Start training").click()
+    start_training(
+        page,
+        "browser-model",
+        {
+            "Layers": "1",
+            "Heads": "2",
+            "Width (n_embd)": "16",
+            "Context (tokens)": "16",
+            "Batch size": "8",
+            "Warmup steps": "5",
+            "Max steps (0 = no limit)": "5000",
+            "Steps between evals": "25",
+            "Batches per eval": "4",
+            "Sample length (tokens)": "60",
+        },
+    )
     page.get_by_text("Started training browser-model").wait_for()
     page.get_by_text("tokens/s").wait_for()
 
@@ -353,14 +362,11 @@ def test_train_tab_starts_a_run_from_a_saved_model(page, project):
     chooser.press("Enter")
     page.get_by_text("Starting from browser-model").wait_for()
     assert field(page, "Layers").input_value() == "1" and field(page, "Layers").is_disabled()  # the base's shape
-    for label, value in {
-        "Max steps (0 = no limit)": "30",
-        "Steps between evals": "15",
-        "Max minutes (0 = no limit)": "0",
-    }.items():
-        field(page, label).fill(value)
-    field(page, "Model name").fill("browser-fine")
-    page.get_by_role("button", name="Start training").click()
+    start_training(
+        page,
+        "browser-fine",
+        {"Max steps (0 = no limit)": "30", "Steps between evals": "15", "Max minutes (0 = no limit)": "0"},
+    )
     page.get_by_text("Started training browser-fine from browser-model").wait_for()
     page.get_by_text("max iters at step 30").first.wait_for()
     shoot(page, "train-from-a-model")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core import checkpoint as ckpt
-from core.base import fine_tune_configs, load_base
+from core.base import fine_tune_configs, load_base, read_with, unseen_note, unseen_share
 from core.checkpoint import read_metrics
 from core.compare import compare
 from core.config import ConfigError, ModelConfig, TrainConfig, recipe_configs
@@ -19,6 +19,7 @@ from core.tune.config import TuningError
 from core.tune.results import best_params
 from core.tune.space import apply_params
 from core.tune.storage import open_study
+from core.variants import open_dataset
 from workbench.jobs import INTERRUPTED, JobBusy, JobManager
 from workbench.project import Project
 from workbench.studies import StudyReader, model_names
@@ -185,10 +186,15 @@ class TrainController:
             return None, error_html(str(err))
         values = {**vars(model_config), **vars(train_config)}
         loss = base.record()["val_loss"] or float("nan")
-        return {k: shown_value(values[k]) for k in (*FIELDS, *RECIPE_CHOICES) if k in values}, ok_html(
-            f"Starting from {html.escape(base.name)} (val loss {loss:.4f}): its shape and recipe are kept; the "
-            "rates are the fine-tuning defaults; its vocabulary grows by your text's new characters."
-        )
+        try:  # what the dataset holds that the base has never seen, said before Start
+            text = open_dataset(read_with(self.project.data_dir, base.vocab, base.name)).tokens["train"]
+            unseen = unseen_note(unseen_share(text, len(base.vocab)), base.name)
+        except DataError as err:
+            return None, error_html(str(err))
+        said = (f"Starting from {html.escape(base.name)} (val loss {loss:.4f}): its shape and recipe are kept; the "
+                "rates are the fine-tuning defaults; its vocabulary grows by your text's new characters.")  # fmt: skip
+        note = error_html(f"{said} {unseen}") if unseen else ok_html(said)
+        return {k: shown_value(values[k]) for k in (*FIELDS, *RECIPE_CHOICES) if k in values}, note
 
     def launch(self, title: str, out_dir, model_config, train_config, resume: bool, record: dict | None = None,
                replace: bool = False) -> None:  # fmt: skip

@@ -191,6 +191,7 @@ def build_tune(project: Project, jobs: JobManager, reader: StudyReader, dashboar
             (budget.tokenizer, "tokenizer"),
         )
     ]
+
     def bases():  # the models saved since the server started; the running tournament's base on a reload
         names = model_names(project)
         running = from_job("start_from")()
