@@ -114,8 +114,11 @@ def first_candidates(
     default, often)."""
     default = default_params(overrides) | (tokenizer or {})
     out: list[tuple[dict[str, Any], dict[str, Any]]] = [(default, {})]
-    searched = isinstance(space.tokenizer, Choice)  # the plan's BPE against the prepared tokenizer
-    for change in ([{"tokenizer": AS_PREPARED}] if searched else []) + neighbours(default):
+    other = []  # the tokenizer the plan searches beside the default's, as the second candidate
+    if isinstance(space.tokenizer, Choice) and isinstance(space.vocab_size, int):
+        alternative = next((t for t in space.tokenizer.options if t != default.get("tokenizer", AS_PREPARED)), None)
+        other = [{"tokenizer": alternative, "vocab_size": space.vocab_size}] if alternative else []
+    for change in other + neighbours(default):
         params = default | change | (overrides or {})
         values, searched = space.in_space_terms(params), space.searched_values(params)
         changed = ["head_size" if k == "n_embd" else k for k in change]
@@ -130,6 +133,22 @@ def first_candidates(
     return out[:count]
 
 
+def _tokenizer_space(pick: dict[str, Any], space: SearchSpace) -> tuple[dict[str, Any], SearchSpace]:
+    """The default candidate's tokenizer params, and the space with the plan's tokenizers: the picked one and the
+    other searched together, or the one asked for alone (a space file's own choices are kept)."""
+    default = {k: v for k, v in pick.items() if k in ("tokenizer", "vocab_size")}
+    if default.get("tokenizer", AS_PREPARED) == AS_PREPARED:
+        default = {}
+    if space.tokenizer != AS_PREPARED:
+        return default, space
+    if pick.get("tried"):  # the prepared characters by default, a BPE tried beside them
+        return default, dataclasses.replace(space, tokenizer=Choice((AS_PREPARED, "bpe")), vocab_size=pick["tried"])
+    if default:
+        choice = Choice((default["tokenizer"], AS_PREPARED)) if pick.get("searched") else default["tokenizer"]
+        space = dataclasses.replace(space, tokenizer=choice, vocab_size=default["vocab_size"] or space.vocab_size)
+    return default, space
+
+
 def init_tournament(
     study: optuna.Study, plan: Plan, space: SearchSpace, seed: int, overrides: dict[str, Any] | None = None
 ) -> Plan:
@@ -138,13 +157,7 @@ def init_tournament(
     recorded = study.user_attrs.get(PLAN_ATTR)
     if recorded:
         return Plan.from_json(recorded)
-    tokenizer = {k: v for k, v in plan.tokenizer.items() if k in ("tokenizer", "vocab_size")}
-    if tokenizer.get("tokenizer", AS_PREPARED) == AS_PREPARED:
-        tokenizer = {}
-    else:  # searched against the prepared tokenizer, or (asked for) the only one every candidate uses
-        picked = tokenizer["tokenizer"]
-        choice = Choice((picked, AS_PREPARED)) if plan.tokenizer.get("searched") else picked
-        space = dataclasses.replace(space, tokenizer=choice, vocab_size=tokenizer["vocab_size"] or space.vocab_size)
+    tokenizer, space = _tokenizer_space(plan.tokenizer, space)
     study.set_user_attr(PLAN_ATTR, plan.to_json())
     study.set_user_attr("search_space", space.to_json())
     firsts = first_candidates(space, plan.rungs[0].candidates, seed, overrides, tokenizer)

@@ -81,9 +81,9 @@ def prepare_tournament(
         return study, Plan.from_json(recorded)
     dataset = dataset or Dataset(config.data_dir)
     speed = measured_speed(config, dataset)
-    pick = build_tokenizer(pick_tokenizer(config, dataset, speed.step_s), config.data_dir)
     plan = plan_for(config, speed, workers=workers)
-    plan.started, plan.tokenizer = started, pick.to_json()
+    pick = pick_tokenizer(config, dataset, speed.step_s).for_plan(plan.searches)
+    plan.started, plan.tokenizer = started, build_tokenizer(pick, config.data_dir).to_json()
     plan = init_tournament(study, plan, space.fixing(config.overrides), config.seed, config.overrides)
     log.info(
         "tournament plan (default model at %.0f ms/step, %.1f s a slice besides training): %s",

@@ -178,7 +178,9 @@ def preview(config: TournamentConfig, workers: int = 1, measure: bool = True) ->
         return Preview(least, recorded, continuing=True, step_s=speed.step_s)
     try:
         plan = plan_for(config, speed, workers)
-        plan.tokenizer = pick_tokenizer(config, dataset, speed.step_s).to_json()  # built when it starts
+        plan.tokenizer = (
+            pick_tokenizer(config, dataset, speed.step_s).for_plan(plan.searches).to_json()
+        )  # built at Start
         return Preview(least, plan, step_s=speed.step_s)
     except TuningError as err:
         return Preview(least, None, error=str(err), step_s=speed.step_s)

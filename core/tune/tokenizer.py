@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from core.data import Dataset
@@ -17,7 +18,8 @@ from core.tune.config import TournamentConfig
 from core.variants import AS_PREPARED, open_dataset, variant_dir
 
 BPE_SIZE = 2048
-MAX_BPE_PASSES = 8.0
+MAX_BPE_PASSES = 8.0  # the default candidate takes the BPE up to here
+MAX_TRIED_PASSES = 20.0  # past the measured loss (13 passes) and up to here, the search still tries it beside
 CHARS_PER_BPE_TOKEN = 3.0  # what a 2048-token BPE spells on English text, between the plays' and the verses'
 BPE_GAIN = "0.13-0.19 nats/char"  # what it won by where it read the text a few times (RESULTS.md)
 BUILD_CHARS_PER_S = 2.8e6  # fitting on a bounded sample and encoding every split (data_speed.py, BPE 2048)
@@ -32,8 +34,9 @@ class TokenizerPick:
     tokenizer: str  # AS_PREPARED, "char" or "bpe"
     vocab_size: int
     why: str
-    searched: bool = False  # the candidates may draw the prepared tokenizer too
+    searched: bool = False  # the candidates may draw the other tokenizer too (`tried`, or the prepared one)
     build_s: float = 0.0
+    tried: int = 0  # a BPE size the search tries beside a default that keeps the prepared characters
 
     @property
     def params(self) -> dict[str, Any]:
@@ -44,6 +47,13 @@ class TokenizerPick:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def for_plan(self, searches: bool) -> TokenizerPick:
+        """This pick for a plan that searches or not: with no search there are no candidates to try a BPE on."""
+        if searches or not self.tried:
+            return self
+        why = self.why.replace(f", with BPE {self.vocab_size or self.tried} among the candidates", "")
+        return TokenizerPick(AS_PREPARED, 0, why + " (a search would try it)")
 
 
 def expected_passes(dataset: Dataset, budget_s: float, step_s: float, chars_per_step: float) -> float:
@@ -71,21 +81,27 @@ def pick_tokenizer(config: TournamentConfig, dataset: Dataset, step_s: float) ->
                f"{MAX_BUILD_SHARE:.0%} of the budget")  # fmt: skip
         return TokenizerPick(AS_PREPARED, 0, why)
     if asked == "bpe" or passes <= MAX_BPE_PASSES:
-        why = (f"BPE {BPE_SIZE}: in {config.budget / 60:.0f} min it reads the text about {passes:.1f} times, where "
+        why = (f"BPE {BPE_SIZE}: in {config.budget / 60:.3g} min it reads the text about {passes:.1f} times, where "
                f"a BPE has beaten characters by {BPE_GAIN}")  # fmt: skip
         return TokenizerPick("bpe", BPE_SIZE, why if asked == "auto" else f"BPE {BPE_SIZE}, as asked",
                              searched=asked == "auto")  # fmt: skip
-    why = (f"characters: a BPE would read this text about {passes:.0f} times in {config.budget / 60:.0f} min and "
+    if passes <= MAX_TRIED_PASSES:
+        why = (f"characters, with BPE {BPE_SIZE} among the candidates: in {config.budget / 60:.3g} min a BPE would "
+               f"read the text about {passes:.0f} times, where it may overfit")  # fmt: skip
+        return TokenizerPick(AS_PREPARED, 0, why, searched=True, tried=BPE_SIZE)
+    why = (f"characters: a BPE would read this text about {passes:,.0f} times in {config.budget / 60:.3g} min and "
            f"overfit (it pays up to about {MAX_BPE_PASSES:.0f})")  # fmt: skip
     return TokenizerPick(AS_PREPARED, 0, why)
 
 
-def build(pick: TokenizerPick, data_dir: str) -> TokenizerPick:
-    """Build the picked variant now (once; every worker and rung reuses it), timed: it is paid from the budget."""
-    if pick.tokenizer == AS_PREPARED:
+def build(pick: TokenizerPick, data_dir: str | Path) -> TokenizerPick:
+    """Build the BPE variant the tournament uses or tries now (once; every worker and rung reuses it), timed: it is
+    paid from the budget."""
+    size = pick.vocab_size if pick.tokenizer == "bpe" else pick.tried
+    if not size:
         return pick
     started = time.perf_counter()
-    open_dataset(variant_dir(data_dir, pick.tokenizer, pick.vocab_size))
+    open_dataset(variant_dir(data_dir, "bpe", size))
     pick.build_s = time.perf_counter() - started
     return pick
 
@@ -104,5 +120,5 @@ def tokenizer_outlook(dataset: Dataset, step_s: float | None = None, minutes: fl
         )
     return (
         f"On a text this size characters are expected to do as well: in {minutes:.0f} minutes a BPE would read "
-        f"it about {passes:.0f} times and overfit, so Tune keeps characters unless the budget is shorter."
+        f"it about {passes:,.0f} times and overfit, so Tune keeps characters unless the budget is shorter."
     )

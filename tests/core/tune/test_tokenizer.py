@@ -33,10 +33,10 @@ def test_a_bpe_is_picked_where_the_budget_reads_the_text_a_few_times(tmp_path, d
     config = tournament(tmp_path, dataset_dir, budget=600, overrides={})
     chars = dataset.stats["train_chars"]
     per_pass_s = chars / (12 * 64 * tokenizers.CHARS_PER_BPE_TOKEN)  # steps of the default model a pass takes
-    few, many = pick_tokenizer(config, dataset, 600 / (per_pass_s * 4)), pick_tokenizer(config, dataset, 600 / (
-        per_pass_s * 20))  # fmt: skip
+    few, some, many = (pick_tokenizer(config, dataset, 600 / (per_pass_s * passes)) for passes in (4, 12, 30))
     assert few.params == {"tokenizer": "bpe", "vocab_size": 2048} and few.searched and "4.0 times" in few.why
-    assert many.params == {} and "about 20 times" in many.why and "overfit" in many.why
+    assert some.params == {} and some.tried == 2048 and some.searched and "among the candidates" in some.why
+    assert many.params == {} and not many.tried and "about 30 times" in many.why and "overfit" in many.why
     fixed = pick_tokenizer(TournamentConfig(**{**vars(config), "tokenizer": "char"}), dataset, 1.0)
     assert fixed.tokenizer == "char" and fixed.params == {"tokenizer": "char", "vocab_size": 0}
     forced = pick_tokenizer(TournamentConfig(**{**vars(config), "tokenizer": "bpe"}), dataset, 1.0)
@@ -61,6 +61,12 @@ def test_a_tournament_tries_a_bpe_beside_the_characters_unless_characters_are_fi
     study, plan = prepare_tournament(fixed, SearchSpace.for_budget("cpu"))
     assert {t.user_attrs["params"].get("tokenizer", AS_PREPARED) for t in study.trials} <= {"char", AS_PREPARED}
     assert "char, as asked" in plan.summary()
+    monkeypatch.setattr(tokenizers, "MAX_BPE_PASSES", 0)  # where a BPE may overfit: characters, a BPE tried beside
+    monkeypatch.setattr(tokenizers, "MAX_TRIED_PASSES", 1e12)
+    study, plan = prepare_tournament(tournament(tmp_path, dataset_dir, study="tried", budget=120),
+                                     SearchSpace.for_budget("cpu"))  # fmt: skip
+    tried = [t.user_attrs["params"].get("tokenizer", AS_PREPARED) for t in study.trials]
+    assert tried[:2] == [AS_PREPARED, "bpe"] and "among the candidates" in plan.summary()
 
 
 def test_a_bpe_winner_chats_and_evaluates(tmp_path, monkeypatch):
