@@ -142,8 +142,8 @@ def fine_tune_configs(base: Base, defaults: TrainConfig, flags: dict[str, Any]) 
 
 def check_tokenizer_kind(base: Base, data_dir: str | Path) -> None:
     """A character base reads characters and a BPE base its own tokens: a dataset prepared the other way is
-    refused with the command that prepares it for this base."""
-    base_data_dir(data_dir, base.path)
+    refused with the command that prepares it for this base (a check only: nothing is encoded)."""
+    _refuse_other_kind(data_dir, base.vocab.kind, base.name)
 
 
 def base_data_dir(data_dir: str | Path, init_from: str | Path) -> Path:
@@ -155,16 +155,22 @@ def base_data_dir(data_dir: str | Path, init_from: str | Path) -> Path:
 def read_with(data_dir: str | Path, vocab: Vocab | BpeTokenizer, name: str) -> Path:
     """`data_dir`'s text read with the vocabulary of model `name` (core.variants.tokenized_as); a dataset
     prepared with the other kind of tokenizer is refused with the command that prepares it for the model."""
-    from core.variants import tokenized_as, variant_source
+    from core.variants import tokenized_as
+
+    _refuse_other_kind(data_dir, vocab.kind, name)
+    return tokenized_as(data_dir, vocab)
+
+
+def _refuse_other_kind(data_dir: str | Path, kind: str, name: str) -> None:
+    from core.variants import variant_source
 
     prepared = read_kind(variant_source(data_dir))
-    if prepared != vocab.kind:
+    if prepared != kind:
         raise DataError(
             f"{data_dir} was prepared with {'a BPE' if prepared == 'bpe' else 'characters'}, but {name} reads "
-            f"{'a BPE' if vocab.kind == 'bpe' else 'characters'}: prepare the text for it with "
+            f"{'a BPE' if kind == 'bpe' else 'characters'}: prepare the text for it with "
             f"`python app.py prepare FILES --tokenizer-from {name}`"
         )
-    return tokenized_as(data_dir, vocab)
 
 
 def tuning_overrides(base: Base) -> dict[str, Any]:

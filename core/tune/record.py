@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from core import checkpoint as ckpt
-from core.base import base_data_dir, base_path, load_base, refuse_shape_flags, tuning_overrides
+from core.base import base_path, check_tokenizer_kind, load_base, refuse_shape_flags, tuning_overrides
 from core.data import Dataset, require_dataset
 from core.runs import claim_model_dir
 from core.tune.candidates import init_tournament
@@ -132,7 +132,7 @@ def with_base(config: TournamentConfig, models_dir: str | Path, out_dir: Path | 
     refuse_shape_flags(config.overrides, base)
     if out_dir is not None and base.path.resolve() == out_dir.resolve():
         raise TuningError(f"models/{out_dir.name} is the model the tournament starts from; name the winner otherwise")
-    base_data_dir(config.data_dir, base.path)  # a dataset the base cannot read is refused before anything starts
+    check_tokenizer_kind(base, config.data_dir)  # a dataset the base cannot read is refused before anything starts
     overrides = {**tuning_overrides(base), **config.overrides, "init_from": str(base.path)}
     return dataclasses.replace(config, overrides=overrides)
 
