@@ -181,12 +181,13 @@ def test_a_running_tournament_moves_on_the_page_reload_included(page, server):
     started = time.monotonic()
     page.get_by_role("button", name="Start", exact=True).click()
     paces = default_paces(page)
-    # The plan's pace is the run's, within 30% where training has the cores (tests/core/test_newcomer.py); here
-    # headless Chromium and the page's polling share the two cores with it, and the run went 1.4-1.5x slower
-    # than measured (61 against 83-93 ms a step for the default model, 2026-12-07): what this checks is that
-    # the page reports both, and that the plan is not the newcomer's 6x off (a busy CI machine measures either
-    # way: 122 ms planned against 80 run once, in the full suite).
-    if not (paces and 0.5 < statistics.median(paces) / planned < 2.0):
+    # The plan's pace is the run's, within 30% where training has the cores (tests/core/test_newcomer.py). Here
+    # the page watching the run costs it: headless Chromium drawing the bar (a fifth of a core) and the server
+    # answering its polls leave the two OpenMP threads waiting on each other, and the run went 1.8-2.2x slower
+    # than the quiet pace the plan measured (47-56 against 92-126 ms a step; with no page open it ran within
+    # 20% of it; 2026-12-07). What this checks is that the page reports both, and that the plan is not the
+    # newcomer's 6x off; the run's pace replaces the plan's for the next one (core.tune.speed).
+    if not (paces and 1 / 3 < statistics.median(paces) / planned < 3.0):
         page.get_by_role("button", name="Stop", exact=True).filter(visible=True).first.click()  # free the next test
         raise AssertionError((planned, paces))
     left, step = tournament_bar(page)
