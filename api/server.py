@@ -1,10 +1,10 @@
-"""An OpenAI-style completion API over a saved model (`python app.py serve-api`): POST /v1/completions, streamed
-with "stream": true, and GET /v1/models, in the shapes OpenAI's clients read.
+"""An OpenAI-style API over a saved model (`python app.py serve-api`): POST /v1/completions and
+/v1/chat/completions, streamed with "stream": true, and GET /v1/models, in the shapes OpenAI's clients read.
 
 Each request generates with its own KV cache; the model steps of all requests take turns (`taking_turns`),
 and every other part of a request (reading and checking it, decoding, stop strings) runs outside that turn,
 one piece at a time in the thread pool, so no request holds a thread or the model while others wait.
-Every input is bounded (docs/reliability-and-security.md): the body, the prompt, the stop strings.
+Every input is bounded (api/requests.py, docs/reliability-and-security.md).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import contextlib
 import hmac
 import ipaddress
 import json
-import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,42 +26,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from api.requests import ApiError, Completion, Limits, parse_chat, parse_completion
+from core.chat_template import template_for
 from core.checkpoint import LoadedModel
-from core.sampling import SamplingConfig, stream
-from core.vocab import describe_chars
+from core.sampling import stream
 
-MAX_PROMPT_BYTES = 1_000_000
-MAX_STOPS = 4
-MAX_STOP_CHARS = 1_000
-BODY_OVERHEAD_BYTES = 64_000  # what a body may hold besides its prompt and stop strings
 OWNER = "chargpt-workbench"
 WORKER_THREADS = 128
 DISCONNECT_CHECK_EVERY = 16  # pieces of a non-streamed reply between checks that its client is still there
-
-
-class ApiError(ValueError):
-    """A request the API refuses; `status` is its HTTP status."""
-
-    def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None):
-        super().__init__(message)
-        self.param, self.status, self.code = param, status, code
-
-    def response(self) -> JSONResponse:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        body = {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
-
-
-@dataclass
-class Limits:
-    max_tokens: int = 4096  # the most a request may ask for
-    prompt_bytes: int = MAX_PROMPT_BYTES
-    stop_chars: int = MAX_STOP_CHARS  # each stop string
-
-    @property
-    def body_bytes(self) -> int:
-        # as JSON: a client may escape every character (\\uXXXX is 6 bytes, an emoji's surrogate pair 12)
-        return 6 * self.prompt_bytes + MAX_STOPS * self.stop_chars * 12 + BODY_OVERHEAD_BYTES
 
 
 @dataclass
@@ -119,125 +90,6 @@ def _names_this_machine(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
-
-
-@dataclass
-class Completion:
-    """A validated request of /v1/completions."""
-
-    prompt: str
-    sampling: SamplingConfig
-    stop: tuple[str, ...] = ()
-    stream: bool = False
-
-
-@dataclass
-class _Field:
-    types: tuple[type, ...]
-    kind: str  # the type in words, for the error
-    check: Any = None  # value -> message when out of range, else None
-    default: Any = None
-
-
-def _number(low: float, high: float, *, low_open: bool = False):
-    def check(value):
-        try:
-            finite = math.isfinite(value)
-        except OverflowError:  # an integer of hundreds of digits
-            finite = False
-        if not finite:
-            return "must be a finite number"
-        below = value <= low if low_open else value < low
-        if below or value > high:
-            return f"must be in {'(' if low_open else '['}{low:g}, {high:g}]"
-        return None
-
-    return check
-
-
-def _fields(limits: Limits) -> dict[str, _Field]:
-    return {
-        "model": _Field((str,), "a string"),
-        "prompt": _Field((str, list), "a string"),
-        "max_tokens": _Field(
-            (int,),
-            "an integer",
-            lambda v: (
-                None
-                if 0 <= v <= limits.max_tokens
-                else f"must be in [0, {limits.max_tokens}] (this server's --max-tokens-limit)"
-            ),
-            16,
-        ),  # fmt: skip
-        "temperature": _Field((int, float), "a number", _number(0, 10), 1.0),
-        "top_p": _Field((int, float), "a number", _number(0, 1, low_open=True), 1.0),
-        "stop": _Field((str, list), "a string or a list of strings"),
-        "seed": _Field((int,), "an integer", lambda v: None if 0 <= v < 2**63 else "must be in [0, 2**63)"),
-        "stream": _Field((bool,), "a boolean", None, False),
-        "n": _Field((int,), "an integer", lambda v: None if v == 1 else "must be 1: one completion a request", 1),
-        "user": _Field((str,), "a string"),
-    }
-
-
-def parse_completion(body: Any, loaded: LoadedModel, limits: Limits) -> Completion:
-    """Validate a /v1/completions body; raises ApiError naming the field and what it must be."""
-    if not isinstance(body, dict):
-        raise ApiError("the body must be a JSON object")
-    fields = _fields(limits)
-    unknown = sorted(set(body) - fields.keys())
-    if unknown:
-        raise ApiError(f"unknown field {unknown[0]!r}; this server reads {', '.join(fields)}", unknown[0])
-    values = {}
-    for name, spec in fields.items():
-        value = body.get(name)
-        if value is None:
-            values[name] = spec.default
-            continue
-        if isinstance(value, bool) and bool not in spec.types or not isinstance(value, spec.types):
-            raise ApiError(f"{name} must be {spec.kind}, got {json.dumps(value)[:40]}", name)
-        message = spec.check(value) if spec.check else None
-        if message:
-            raise ApiError(f"{name} {message}, got {value}", name)
-        values[name] = value
-    if values["model"] not in (None, loaded.name):
-        raise ApiError(f"model {values['model']!r} is not served here; this server serves {loaded.name!r}", "model",
-                       status=404, code="model_not_found")  # fmt: skip
-    prompt = values["prompt"]
-    if isinstance(prompt, list):
-        if len(prompt) != 1 or not isinstance(prompt[0], str):
-            raise ApiError("prompt must be a string (or a list of one string)", "prompt")
-        prompt = prompt[0]
-    if prompt is None:
-        prompt = ""
-    if len(prompt.encode("utf-8", "surrogatepass")) > limits.prompt_bytes:
-        raise ApiError(f"prompt is longer than {limits.prompt_bytes:,} bytes", "prompt")
-    _require_utf8(prompt, "prompt")
-    missing = loaded.vocab.unknown(prompt)
-    if missing:
-        raise ApiError(f"prompt has characters this model does not know: {describe_chars(missing, 5)}", "prompt")
-    stop = values["stop"]
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if len(stops) > MAX_STOPS or not all(isinstance(s, str) for s in stops):
-        raise ApiError(f"stop must be a string or a list of up to {MAX_STOPS} strings", "stop")
-    for each in stops:
-        if len(each) > limits.stop_chars:
-            raise ApiError(f"a stop string may be {limits.stop_chars:,} characters long at most, got {len(each):,}",
-                           "stop")  # fmt: skip
-        _require_utf8(each, "stop")
-    sampling = SamplingConfig(
-        temperature=float(values["temperature"]),
-        top_p=float(values["top_p"]),
-        max_new_tokens=values["max_tokens"],
-        seed=values["seed"] if values["seed"] is not None else -1,
-    )
-    return Completion(prompt, sampling, tuple(s for s in stops if s), bool(values["stream"]))
-
-
-def _require_utf8(text: str, name: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise ApiError(f"{name} holds a lone surrogate ({text[err.start]!r} at {err.start}): not text", name) from None
 
 
 @dataclass
@@ -315,6 +167,71 @@ def _answer_errors_as_openai_does(app: FastAPI) -> None:
         return ApiError("the server failed on this request; its log says why", status=500).response()
 
 
+@dataclass
+class TextShape:
+    """/v1/completions' replies: a text completion, streamed as text chunks."""
+
+    model: str
+    id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex[:24]}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def _head(self, kind: str) -> dict[str, Any]:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+    def whole(self, text: str, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
+        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
+        return {**self._head("text_completion"), "choices": [choice], "usage": usage}
+
+    def chunks(self, pieces: Iterator[str], reply: _Reply) -> Iterator[dict[str, Any]]:
+        for piece in pieces:
+            yield {**self._head("text_completion"), "choices": [{"text": piece, "index": 0, "logprobs": None,
+                                                                  "finish_reason": None}]}  # fmt: skip
+        last = {"text": "", "index": 0, "logprobs": None, "finish_reason": reply.finish_reason}
+        yield {**self._head("text_completion"), "choices": [last]}
+
+
+@dataclass
+class ChatShape(TextShape):
+    """/v1/chat/completions' replies: the assistant's message, streamed as deltas of it."""
+
+    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
+
+    def whole(self, text: str, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
+        message = {"role": "assistant", "content": text}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+        return {**self._head("chat.completion"), "choices": [choice], "usage": usage}
+
+    def chunks(self, pieces: Iterator[str], reply: _Reply) -> Iterator[dict[str, Any]]:
+        def chunk(delta: dict[str, str], finish_reason: str | None = None) -> dict[str, Any]:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return {**self._head("chat.completion.chunk"), "choices": [choice]}
+
+        yield chunk({"role": "assistant", "content": ""})
+        for piece in pieces:
+            yield chunk({"content": piece})
+        yield chunk({}, reply.finish_reason)
+        if reply.request.include_usage:
+            yield {**self._head("chat.completion.chunk"), "choices": [], "usage": reply.usage()}
+
+
+async def _answer(request: Request, reply: _Reply, shape: TextShape):
+    """The reply whole, or streamed as server-sent events in `shape`'s chunks."""
+    if not reply.request.stream:
+        pieces = 0
+        async for _ in iterate_in_threadpool(iter(reply)):  # a thread for each piece, not the whole reply
+            pieces += 1
+            if pieces % DISCONNECT_CHECK_EVERY == 0 and await request.is_disconnected():
+                return JSONResponse({}, status_code=499)
+        return shape.whole("".join(reply.pieces), reply.finish_reason, await run_in_threadpool(reply.usage))
+
+    def events() -> Iterator[str]:
+        for chunk in shape.chunks(iter(reply), reply):
+            yield f"data: {json.dumps(chunk)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
 def create_app(
     loaded: LoadedModel, *, api_key: str | None = None, limits: Limits | None = None, access: Access | None = None
 ) -> FastAPI:
@@ -331,7 +248,9 @@ def create_app(
     app = FastAPI(title=f"chargpt-workbench: {loaded.name}", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)  # fmt: skip
     created = int(loaded.path.joinpath("model.safetensors").stat().st_mtime)
-    model_card = {"id": loaded.name, "object": "model", "created": created, "owned_by": OWNER}
+    template = template_for(loaded.info)
+    model_card = {"id": loaded.name, "object": "model", "created": created, "owned_by": OWNER,
+                  "chat_template": template.describe()}  # fmt: skip
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -360,27 +279,12 @@ def create_app(
         raw = await _read_body(request, limits.body_bytes)
         # parsing and scanning a prompt of a megabyte takes a while: in a thread, not on the loop every stream uses
         completion = await run_in_threadpool(lambda: parse_completion(_parse_json(raw), loaded, limits))
-        reply = _Reply(loaded, completion)
-        head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-                "model": loaded.name}  # fmt: skip
-        if not completion.stream:
-            pieces = 0
-            async for _ in iterate_in_threadpool(iter(reply)):  # a thread for each piece, not the whole reply
-                pieces += 1
-                if pieces % DISCONNECT_CHECK_EVERY == 0 and await request.is_disconnected():
-                    return JSONResponse({}, status_code=499)
-            choice = {"text": "".join(reply.pieces), "index": 0, "logprobs": None,
-                      "finish_reason": reply.finish_reason}  # fmt: skip
-            return {**head, "choices": [choice], "usage": await run_in_threadpool(reply.usage)}
+        return await _answer(request, _Reply(loaded, completion), TextShape(loaded.name))
 
-        def events() -> Iterator[str]:
-            for piece in reply:
-                choice = {"text": piece, "index": 0, "logprobs": None, "finish_reason": None}
-                yield f"data: {json.dumps({**head, 'choices': [choice]})}\n\n"
-            last = {"text": "", "index": 0, "logprobs": None, "finish_reason": reply.finish_reason}
-            yield f"data: {json.dumps({**head, 'choices': [last]})}\n\n"
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        raw = await _read_body(request, limits.body_bytes)
+        completion = await run_in_threadpool(lambda: parse_chat(_parse_json(raw), loaded, limits, template))
+        return await _answer(request, _Reply(loaded, completion), ChatShape(loaded.name))
 
     return app

@@ -12,14 +12,25 @@ from collections.abc import Sequence
 
 import torch
 
-from cli import chat, compare, evaluate, export, prepare, serve_api, studies, train, tune
+from cli import chat, compare, evaluate, export, prepare, push, serve_api, studies, train, tune
 from cli.common import CliError
 from core import checkpoint as ckpt
 from core.config import DEFAULT_STORAGE, ConfigError
 from core.data import DataError
 from core.trainer import LossDiverged
 
-COMMANDS = (prepare, train, compare, evaluate, export, serve_api, chat, tune, studies)  # in the order --help lists
+COMMANDS = (
+    prepare,
+    train,
+    compare,
+    evaluate,
+    export,
+    push,
+    serve_api,
+    chat,
+    tune,
+    studies,
+)  # in the order --help lists
 
 
 def build_parser() -> argparse.ArgumentParser:

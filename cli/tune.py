@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from core.tune.storage import create_study
     from core.tune.study import run_study
 
-    config = mode_config(args)
+    config = dataclasses.replace(mode_config(args), report_to=getattr(args, "report_to", "none")).validate()
     if isinstance(config, TournamentConfig):
         return run_budgeted(args, config)
     space = SearchSpace.for_device(config.device)
@@ -109,6 +109,7 @@ def run_budgeted(args: argparse.Namespace, config: TournamentConfig) -> int:
     from core.tune.space import SearchSpace
 
     fixed = given(args, ModelConfig) | given(args, TrainConfig)  # the user's flags hold for every candidate
+    fixed.pop("report_to", None)  # where the numbers go (config.report_to), not how a candidate trains
     config = dataclasses.replace(config, overrides=fixed)
     default_space = SearchSpace.for_fine_tune if fixed.get("init_from") else SearchSpace.for_budget
     space = SearchSpace.load(args.space, base=default_space(config.device)) if args.space else None

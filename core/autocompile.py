@@ -1,42 +1,119 @@
-"""`--compile auto`: compile the training step once the run shows it has time left to repay the compiling."""
+"""`--compile auto`: compile the training step when it measurably pays here, and remember that it did or not.
+
+Whether compiled steps are faster depends on the machine: on a CPU with native bf16 they were, on an AVX2-only
+CPU they bought nothing, and the compiling itself costs up to a minute on 2 cores. So a run of at least
+COMPILE_MIN_MINUTES times its eager steps, compiles, times as many compiled steps, and keeps the faster. The
+verdict is kept per machine, model and batch shape, precision and PyTorch version (`verdict_key`), in the
+user's cache folder; the next such run follows it without paying again.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import statistics
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from core.config import COMPILE_MIN_MINUTES
+from core.fileio import atomic_write_text
 from core.model import GPT
 
 log = logging.getLogger(__name__)
 
 COMPILING = "compiling the training step (once; no steps for up to a minute on 2 cores)"
+VERDICTS_FILE = "compile_verdicts.json"
+MIN_GAIN = 0.03  # compiled steps must be this much faster than eager ones to be kept
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chargpt-workbench"
+
+
+def verdict_key(device: str, shape: dict[str, Any]) -> str:
+    """What a verdict holds for: this machine (its device in words: CPU model and threads, or GPU; the kernels
+    PyTorch picked for the CPU), the step's shapes and precision, and this PyTorch."""
+    machine = [device, torch.backends.cpu.get_cpu_capability()]
+    return json.dumps([machine, torch.__version__, shape], sort_keys=True, default=str)
+
+
+def read_verdict(key: str) -> str | None:
+    try:
+        verdict = json.loads((cache_dir() / VERDICTS_FILE).read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return verdict.get("verdict") if isinstance(verdict, dict) else None
+
+
+def write_verdict(key: str, verdict: str, eager_s: float, compiled_s: float) -> None:
+    path = cache_dir() / VERDICTS_FILE
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+        known = known if isinstance(known, dict) else {}
+    except (OSError, ValueError):
+        known = {}
+    known[key] = {"verdict": verdict, "eager_step_s": eager_s, "compiled_step_s": compiled_s}
+    with contextlib.suppress(OSError):  # a read-only home measures again next time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(known, indent=2) + "\n")
 
 
 class AutoCompile:
-    """`--compile auto`: after the first steps, compile once if the run has COMPILE_MIN_MINUTES or more left.
+    """The decision, step by step: `observe` each step's seconds; it says "compile" once, then "eager" if the
+    compiled steps were not faster (the run goes back to its eager model). Compilation errors (no C++ compiler,
+    an unsupported op) run eagerly instead of failing the run."""
 
-    Compilation errors (no C++ compiler, an unsupported op) fall back to eager steps instead of failing the run.
-    """
+    SETTLE_STEPS = 10  # the first steps are slower (allocations, caches); paces are read after them
+    TIMED_STEPS = 10  # eager steps timed, then as many compiled ones
+    COMPILED_WARM_STEPS = 3  # the compile itself and its first recompilations
 
-    SETTLE_STEPS = 10  # the first steps are slower (allocations, caches); the run's pace is read after them
+    def __init__(self, key: str = "") -> None:
+        self.key, self.steps, self.phase = key, 0, "eager"
+        self.known = read_verdict(key) if key else None
+        self.eager: list[float] = []
+        self.compiled_steps: list[float] = []
 
-    def __init__(self) -> None:
-        self.steps, self.decided = 0, False
-
-    def observe(self, step_s: float, seconds_left: float) -> bool:
-        """Whether to compile now (true at most once a run)."""
+    def observe(self, step_s: float, seconds_left: float) -> str | None:
+        """ "compile", "eager" (back to the eager model) or None (go on as it is)."""
         self.steps += 1
-        if self.decided or self.steps < self.SETTLE_STEPS:
-            return False
-        self.decided = True
-        return seconds_left >= COMPILE_MIN_MINUTES * 60
+        if self.phase == "eager" and self.steps > self.SETTLE_STEPS:
+            self.eager.append(step_s)
+            if len(self.eager) >= self.TIMED_STEPS:
+                return self._decide(seconds_left)
+        elif self.phase == "timing":
+            self.compiled_steps.append(step_s)
+            if len(self.compiled_steps) >= self.COMPILED_WARM_STEPS + self.TIMED_STEPS:
+                return self._judge()
+        return None
+
+    def _decide(self, seconds_left: float) -> str | None:
+        if seconds_left < COMPILE_MIN_MINUTES * 60 or self.known == "eager":
+            self.phase = "done"
+            if self.known == "eager":
+                log.info("not compiling: compiled steps were measured no faster on this machine and shape")
+            return None
+        self.phase = "kept" if self.known == "compiled" else "timing"
+        return "compile"
+
+    def _judge(self) -> str | None:
+        self.phase = "done"
+        eager_s = statistics.median(self.eager)
+        compiled_s = statistics.median(self.compiled_steps[self.COMPILED_WARM_STEPS :])
+        faster = compiled_s < eager_s * (1 - MIN_GAIN)
+        log.info("compiled steps %.1f ms against eager %.1f ms: %s", compiled_s * 1000, eager_s * 1000,
+                 "kept" if faster else "back to eager steps")  # fmt: skip
+        if self.key:
+            write_verdict(self.key, "compiled" if faster else "eager", eager_s, compiled_s)
+        return None if faster else "eager"
 
     @staticmethod
     def compiled(model: GPT) -> torch.nn.Module:
         import torch._dynamo
 
         torch._dynamo.config.suppress_errors = True  # a failed compile runs eagerly
-        log.info("compiling the training step (--compile auto: a long run left)")
+        log.info("compiling the training step (--compile auto: a long run left; timed against eager steps)")
         return torch.compile(model)

@@ -10,6 +10,7 @@ import shlex
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
+from core.chat_template import template_for
 from core.fileio import atomic_write_text, printable
 
 CARD = "README.md"
@@ -224,8 +225,11 @@ def render_card(name: str, config: dict[str, Any]) -> str:
         f"python app.py chat --model {quoted}",
         f"python app.py evaluate --model {quoted}                  # nats and bits per character",
         f"python app.py export --model {quoted} --format onnx --check",
-        f"python app.py serve-api --model {quoted} --port 8000      # OpenAI-style /v1/completions",
+        f"python app.py export --model {quoted} --format hf --check  # a transformers folder",
+        f"python app.py serve-api --model {quoted} --port 8000      # OpenAI-style /v1/completions, /v1/chat/completions",
         "```",
+        "",
+        f"Chat template of `/v1/chat/completions`: {template_for(config).describe()}.",
         "",
         f"After `export`, `export/` holds `model.onnx` (input `input_ids` int64 [batch, sequence], output `logits` "
         f"float32 [batch, sequence, vocab]), `{vocab_file}` and this card. Sampling from it needs only numpy and "

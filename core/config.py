@@ -150,6 +150,12 @@ class TrainConfig:
         f"{COMPILE_MIN_MINUTES:g} minutes left, where compiling repays its cost; never for shorter runs)",
         default="auto",
     )
+    report_to: str = _help(
+        "also report the run's numbers to a dashboard: none, tensorboard or trackio (under tracking/)", default="none"
+    )
+    report_run: str = field(
+        default="", metadata={"help": "GROUP/NAME the dashboard files the run under (tune sets it)", "cli": False}
+    )
 
     @property
     def final_lr(self) -> float:
@@ -191,6 +197,7 @@ class TrainConfig:
         _check_choice("schedule", self.schedule, ("wsd", "cosine"))
         _check_choice("compile", self.compile, COMPILE_MODES)
         _check_choice("optimizer", self.optimizer, ("muon", "adamw"))
+        _check_choice("report_to", self.report_to, ("none", "tensorboard", "trackio"))
         if not 0 <= self.cooldown_fraction <= 1:
             raise ConfigError(f"cooldown_fraction must be in [0, 1], got {self.cooldown_fraction}")
         if not self.muon_lr > 0:

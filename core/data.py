@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from core.bpe import MAX_VOCAB, MIN_VOCAB, TOKENIZER_JSON, load_tokenizer, train_bpe
-from core.fileio import atomic_path, atomic_write_text, fsync_dir, remove_stale_temps
+from core.chat_template import speakers_of
+from core.fileio import atomic_path, atomic_write_text, fsync_dir, printable, remove_stale_temps
 from core.sources import (
     CHUNK_BYTES,
     MAX_UNPACKED_CHARS,
@@ -561,3 +562,16 @@ __all__ = [
     "split_ranges",
     "token_dtype",
 ]
+
+
+def data_record(dataset: Dataset) -> dict[str, Any]:
+    """What a saved model keeps of its data, for its card: where it came from and how it was split."""
+    stats = dataset.stats
+    return {
+        "dir": printable(str(dataset.data_dir)),
+        "tokenizer": dataset.vocab.kind,
+        "sources": [printable(str(name)) for name in stats.get("sources", [])[:20]],
+        "chars": {"train": stats.get("train_chars"), "val": stats.get("val_chars")},
+        "tokens": {split: len(tokens) for split, tokens in dataset.tokens.items()},
+        "speakers": speakers_of(dataset.data_dir),  # how its chat endpoint writes messages (core.chat_template)
+    }

@@ -1,9 +1,11 @@
-"""Export a saved model to ONNX with PyTorch's own exporter, checked against PyTorch in onnxruntime.
+"""Export a saved model to ONNX with PyTorch's own exporter, checked against PyTorch in onnxruntime, or as a
+Hugging Face `transformers` folder (core.hf), checked against PyTorch in `transformers`.
 
 models/<name>/export/
     model.onnx       input `input_ids` int64 [batch, sequence], output `logits` float32 [batch, sequence, vocab]
     vocab.txt        or tokenizer.json for a BPE model
     README.md        the model card, with an example that samples from model.onnx with numpy and onnxruntime
+    hf/              the `transformers` folder (`--format hf`), kept when the ONNX files are written again
 
 The folder is built beside its final place and renamed into it only when whole (and checked, with `check`),
 so a failed export leaves the previous one, or none, never half of one.
@@ -26,16 +28,17 @@ import torch
 
 from core.bpe import TOKENIZER_JSON
 from core.card import CARD, write_card
-from core.checkpoint import VOCAB_TXT, LoadedModel, ModelError, load_model, read_config
+from core.checkpoint import VOCAB_TXT, WEIGHTS, LoadedModel, ModelError, load_model, read_config, resolve_model
 from core.fileio import fsync_dir
+from core.hf import HF_DIR, HF_PACKAGES, check_hf, write_hf_folder
 from core.model import GPT
 from core.runs import shown_model
 
 EXPORT_DIR = "export"
 ONNX_FILE = "model.onnx"
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "hf")
 MAX_ABS_DIFF = 1e-4  # `check` fails above this difference between ONNX's and PyTorch's logits
-EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+EXPORT_PACKAGES = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "hf": HF_PACKAGES}
 INSTALL_HINT = "pip install -r requirements-export.txt"
 
 
@@ -46,13 +49,15 @@ class ExportError(ModelError):
 @dataclass
 class ExportResult:
     folder: Path
-    onnx_path: Path
+    path: Path  # the weights: model.onnx, or model.safetensors of a `transformers` folder
     max_abs_diff: float | None  # None when not checked
     seconds: float
+    fmt: str = "onnx"
+    sample: str = ""  # what `transformers`' pipeline generated in the check
 
     def line(self) -> str:
         checked = f" max_abs_diff={self.max_abs_diff:.2e}" if self.max_abs_diff is not None else ""
-        return f"export onnx={self.onnx_path}{checked}"
+        return f"export {self.fmt}={self.path}{checked}"
 
 
 class _Logits(torch.nn.Module):
@@ -66,8 +71,8 @@ class _Logits(torch.nn.Module):
         return self.model(input_ids)[0].float()
 
 
-def missing_packages() -> list[str]:
-    return [name for name in EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
+def missing_packages(fmt: str = "onnx") -> list[str]:
+    return [name for name in EXPORT_PACKAGES[fmt] if importlib.util.find_spec(name) is None]
 
 
 def write_onnx(model: GPT, path: Path) -> None:
@@ -133,52 +138,106 @@ def export_model(
     name_or_path: str | Path, models_root: str | Path = "models", *, fmt: str = "onnx", check: bool = False
 ) -> ExportResult:
     """Export a saved model to `models/<name>/export/` (see the module docstring); with `check`, refuse to
-    keep a graph whose logits differ from PyTorch's by more than MAX_ABS_DIFF."""
+    keep an export whose logits differ from PyTorch's by more than MAX_ABS_DIFF."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    missing = missing_packages()
+    missing = missing_packages(fmt)
     if missing:
-        raise ExportError(f"ONNX export needs {', '.join(missing)}, not installed here: {INSTALL_HINT}")
+        raise ExportError(f"{fmt} export needs {', '.join(missing)}, not installed here: {INSTALL_HINT}")
     started = time.perf_counter()
     loaded: LoadedModel = load_model(name_or_path, models_root)
+    final = loaded.path / EXPORT_DIR / (HF_DIR if fmt == "hf" else "")
+    fill = _fill_hf if fmt == "hf" else _fill_onnx
+    difference, sample = _replace_whole(final, lambda building: fill(loaded, building, check))
+    weights = final / ("model.safetensors" if fmt == "hf" else ONNX_FILE)
+    return ExportResult(final, weights, difference, time.perf_counter() - started, fmt, sample)
+
+
+def _fill_onnx(loaded: LoadedModel, building: Path, check: bool) -> tuple[float | None, str]:
     folder = loaded.path
-    final = folder / EXPORT_DIR
-    remove_export_leftovers(folder)
+    onnx_path = building / ONNX_FILE
     try:
-        building = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=folder))
+        write_onnx(loaded.model, onnx_path)
     except OSError as err:
-        raise ExportError(f"cannot write in {shown_model(folder)} ({err.strerror}); check its permissions and free "
+        raise ExportError(f"cannot write {shown_model(folder / EXPORT_DIR)}/{ONNX_FILE} ({err.strerror}); free "
+                          "disk space") from None  # fmt: skip
+    difference = max_logit_difference(loaded.model, onnx_path) if check else None
+    _refuse_difference(difference, "the ONNX graph's")
+    vocab_file = TOKENIZER_JSON if loaded.vocab.kind == "bpe" else VOCAB_TXT
+    shutil.copy2(folder / vocab_file, building / vocab_file)
+    write_card(folder, read_config(folder))  # a model saved before cards existed gets one now
+    shutil.copy2(folder / CARD, building / CARD)
+    kept = folder / EXPORT_DIR / HF_DIR
+    if kept.is_dir():  # the other format's export stays
+        os.replace(kept, building / HF_DIR)
+    return difference, ""
+
+
+def _fill_hf(loaded: LoadedModel, building: Path, check: bool) -> tuple[float | None, str]:
+    write_card(loaded.path, read_config(loaded.path))
+    try:
+        write_hf_folder(loaded, building)
+    except OSError as err:
+        raise ExportError(f"cannot write {shown_model(building.parent)}/{HF_DIR} ({err.strerror}); free disk "
+                          "space") from None  # fmt: skip
+    if not check:
+        return None, ""
+    try:
+        result = check_hf(loaded, building)
+    except Exception as err:  # noqa: BLE001 - whatever transformers raises, the export is not kept
+        raise ExportError(f"transformers could not run the export ({type(err).__name__}: {err}); it was not kept. "
+                          "Please report it with the model's config.json and `pip show transformers`") from err  # fmt: skip
+    _refuse_difference(result.max_abs_diff, "transformers'")
+    return result.max_abs_diff, result.sample
+
+
+def _refuse_difference(difference: float | None, whose: str) -> None:
+    if difference is not None and not difference <= MAX_ABS_DIFF:
+        raise ExportError(
+            f"{whose} logits differ from PyTorch's by {difference:.2e} (> {MAX_ABS_DIFF:g}); the export was not "
+            "kept. Please report it with the model's config.json"
+        )
+
+
+def _replace_whole(final: Path, fill) -> tuple[float | None, str]:
+    """`fill` a folder built beside `final`, then rename it into place only when whole."""
+    parent = final.parent
+    try:
+        parent.mkdir(exist_ok=True)
+        remove_export_leftovers(parent)
+        building = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=parent))
+    except OSError as err:
+        raise ExportError(f"cannot write in {shown_model(parent)} ({err.strerror}); check its permissions and free "
                           "space") from None  # fmt: skip
     try:
-        onnx_path = building / ONNX_FILE
-        try:
-            write_onnx(loaded.model, onnx_path)
-        except OSError as err:
-            raise ExportError(f"cannot write {shown_model(final)}/{ONNX_FILE} ({err.strerror}); free disk space"
-                              ) from None  # fmt: skip
-        difference = max_logit_difference(loaded.model, onnx_path) if check else None
-        if difference is not None and not difference <= MAX_ABS_DIFF:
-            raise ExportError(
-                f"the ONNX graph's logits differ from PyTorch's by {difference:.2e} (> {MAX_ABS_DIFF:g}); "
-                "the export was not kept. Please report it with the model's config.json"
-            )
-        vocab_file = TOKENIZER_JSON if loaded.vocab.kind == "bpe" else VOCAB_TXT
-        shutil.copy2(folder / vocab_file, building / vocab_file)
-        write_card(folder, read_config(folder))  # a model saved before cards existed gets one now
-        shutil.copy2(folder / CARD, building / CARD)
+        outcome = fill(building)
         for path in building.iterdir():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
         fsync_dir(building)
         if final.exists():
-            old = folder / f".tmp-old-export-{os.getpid()}"
+            old = parent / f".tmp-old-export-{os.getpid()}"
             os.replace(final, old)
             os.replace(building, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(building, final)
-        fsync_dir(folder)
+        fsync_dir(parent)
     finally:
         if building.exists():
+            if (building / HF_DIR).is_dir() and final.exists() and not (final / HF_DIR).exists():
+                os.replace(building / HF_DIR, final / HF_DIR)  # a failed ONNX export gives the other one back
             shutil.rmtree(building, ignore_errors=True)
-    return ExportResult(final, final / ONNX_FILE, difference, time.perf_counter() - started)
+    return outcome
+
+
+def ready_export(name_or_path: str | Path | None, models_root: str | Path = "models", log=lambda line: None) -> Path:
+    """The model's `transformers` folder, exported and checked first when missing or older than its weights."""
+    folder = resolve_model(str(name_or_path) if name_or_path else None, models_root)
+    export = folder / EXPORT_DIR / HF_DIR
+    weights = export / "model.safetensors"
+    if weights.is_file() and weights.stat().st_mtime >= (folder / WEIGHTS).stat().st_mtime:
+        return export
+    log(f"exporting {folder.name} for transformers (checked against PyTorch first)...")
+    return export_model(folder, models_root, fmt="hf", check=True).folder

@@ -25,16 +25,18 @@ import torch
 from safetensors import SafetensorError
 
 from core import checkpoint as ckpt
-from core.autocompile import COMPILING, AutoCompile
+from core.autocompile import COMPILING, AutoCompile, verdict_key
 from core.base import Base, start_weights, starting_from
 from core.config import ModelConfig, TrainConfig, to_dict
-from core.data import BatchSampler, DataError, Dataset
+from core.data import BatchSampler, DataError, Dataset, data_record
 from core.device import autocast, autocast_dtype, configure, device_name, pick_device, seed_everything
 from core.distributed import SINGLE, DistContext
 from core.evaluate import score_kept_weights
-from core.fileio import append_line, atomic_write_text, printable
+from core.fileio import append_line, atomic_write_text
 from core.model import GPT
 from core.sampling import SamplingConfig, complete
+from core.schedule import lr_at
+from core.tracking import Tracker, open_tracker
 from core.variants import open_dataset
 
 log = logging.getLogger(__name__)
@@ -119,31 +121,6 @@ def progress_fraction(event: StepEvent, config: TrainConfig) -> float:
     return min(1.0, fraction)
 
 
-def lr_at(progress: float, step: int, config: TrainConfig) -> float:
-    """Linear warmup, then (cosine) decay to `final_lr` as progress goes 0 -> 1, or (wsd) the peak rate until
-    the last `cooldown_fraction` of the run and a linear decay to `final_lr` over it.
-
-    The warmup lasts `warmup_fraction` of the run when that is set (so it fits a budget in minutes as well as
-    one in steps), else `warmup_iters` steps.
-    """
-    if config.warmup_fraction:
-        warm, one_step = config.warmup_fraction, 1 / config.step_limit
-        if progress < warm:
-            return config.lr * (progress + one_step) / (warm + one_step)
-    else:
-        if step < config.warmup_iters:
-            return config.lr * (step + 1) / (config.warmup_iters + 1)
-        warm = config.warmup_iters / config.step_limit
-    if config.schedule == "wsd":
-        decay_from = 1.0 - config.cooldown_fraction
-        if progress <= decay_from:
-            return config.lr
-        ratio = min(1.0, (progress - decay_from) / max(1e-9, config.cooldown_fraction))
-        return config.lr + ratio * (config.final_lr - config.lr)
-    ratio = min(1.0, max(0.0, (progress - warm) / max(1e-9, 1.0 - warm)))
-    return config.final_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (config.lr - config.final_lr)
-
-
 @torch.no_grad()
 def estimate_loss(
     model: torch.nn.Module, dataset: Dataset, config: ModelConfig, train_config: TrainConfig, device, amp_dtype
@@ -168,18 +145,6 @@ def estimate_loss(
         losses[split] = total.item() / train_config.eval_iters
     model.train(was_training)
     return losses
-
-
-def data_record(dataset: Dataset) -> dict[str, Any]:
-    """What a saved model keeps of its data, for its card: where it came from and how it was split."""
-    stats = dataset.stats
-    return {
-        "dir": printable(str(dataset.data_dir)),
-        "tokenizer": dataset.vocab.kind,
-        "sources": [printable(str(name)) for name in stats.get("sources", [])[:20]],
-        "chars": {"train": stats.get("train_chars"), "val": stats.get("val_chars")},
-        "tokens": {split: len(tokens) for split, tokens in dataset.tokens.items()},
-    }
 
 
 @dataclass
@@ -217,6 +182,7 @@ class Run:
     budget_s: float = 0.0  # what this call may train for (0: no time budget)
     base: Base | None = None  # the saved model a new run starts from (init_from); None once resumed
     base_record: dict[str, Any] | None = None  # what config.json keeps of that model
+    tracker: Tracker | None = None  # the dashboard it also reports to (core.tracking)
 
     @property
     def tokens_per_step(self) -> int:
@@ -272,9 +238,19 @@ def train(
             log.warning(note)
             (run.hooks.on_status or log.debug)(note)
     _begin(run, info, budget_spans_resumes)
+    try:
+        return _finish(run, _loop(run))
+    finally:
+        if run.tracker:
+            run.tracker.finish(run.best_sample)
+
+
+def _loop(run: Run) -> str:
+    """Steps, evaluations and checkpoints until a limit or a stop; why it stopped."""
+    train_config, dist = run.train_config, run.dist
     runner = _wrap(run, torch.compile(run.model) if train_config.compile == "on" else run.model)
     # ranks must agree on their graphs: under torchrun `auto` stays eager (`on` compiles every rank from the start)
-    auto_compile = AutoCompile() if train_config.compile == "auto" and not dist.enabled else None
+    auto_compile = AutoCompile(_compile_key(run)) if train_config.compile == "auto" and not dist.enabled else None
     run.started = time.perf_counter()  # after the runner is built, as a resumed run's clock always was
     evals, stop_reason = _EvalClock(run), "max_iters"
     while run.step < train_config.step_limit:
@@ -286,10 +262,13 @@ def train(
         run.step += 1
         run.steps_this_run += 1
         run.train_seconds += time.perf_counter() - step_started
-        if auto_compile and auto_compile.observe(time.perf_counter() - step_started, run.seconds_left()):
+        action = auto_compile.observe(time.perf_counter() - step_started, run.seconds_left()) if auto_compile else None
+        if action == "compile":
             if run.hooks.on_status:
                 run.hooks.on_status(COMPILING)
             runner = _wrap(run, auto_compile.compiled(run.model))
+        elif action == "eager":
+            runner = _wrap(run, run.model)
         _report_step(run, lr, loss)
         if evals.due():
             _evaluate(run)
@@ -301,7 +280,14 @@ def train(
             _save(run)
     if evals.last_step != run.step:
         _evaluate(run)
-    return _finish(run, stop_reason)
+    return stop_reason
+
+
+def _compile_key(run: Run) -> str:
+    config = run.train_config
+    shape = {**to_dict(run.model_config), "batch_size": config.batch_size, "grad_accum": config.grad_accum,
+             "dtype": str(run.amp_dtype), "optimizer": config.optimizer}  # fmt: skip
+    return verdict_key(device_name(run.device), shape)
 
 
 def _start(model_config: ModelConfig, train_config: TrainConfig, out_dir, dataset: Dataset | None, dist: DistContext,
@@ -396,6 +382,9 @@ def _begin(run: Run, info: dict[str, Any] | None, budget_spans_resumes: bool) ->
         **({"base": run.base_record} if run.base_record else {}),
         **(info or {}),
     }
+    if run.dist.is_main:
+        config = run.train_config
+        run.tracker = open_tracker(config.report_to, config.report_run, run.out, run.summary)
     if run.budget_s and budget_spans_resumes:  # what the earlier calls of this run spent is spent
         run.budget_s = max(run.budget_s - run.previous_seconds, 1e-3)
 
@@ -513,6 +502,8 @@ def _evaluate(run: Run) -> None:
     run.history.append(event.as_record())
     if run.writes:
         append_line(run.out / ckpt.METRICS, json.dumps(event.as_record()))
+    if run.tracker:
+        run.tracker.log(event.as_record(), run.step)
     if run.hooks.on_eval:
         run.hooks.on_eval(event)
 

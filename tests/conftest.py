@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# what runs remember per machine (compile verdicts) goes to a cache of the tests' own, this process's and its
+# subprocesses' (tests.helpers copies the environment)
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="chargpt-tests-cache-")
 
 from core.config import ModelConfig, TrainConfig  # noqa: E402
 from core.data import prepare  # noqa: E402

@@ -74,6 +74,8 @@ def candidate_configs(
             "eval_iters": 2,
             "eval_train": False,
             "sample_chars": 0,
+            "report_to": config.report_to,
+            "report_run": f"{config.study}/candidate-{candidate:03d}",
         },
     )
     model_config, train_config = apply_params(params, ModelConfig(vocab_size=vocab_size), base)

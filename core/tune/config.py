@@ -11,6 +11,7 @@ import optuna
 
 from core.config import DEFAULT_STORAGE, STUDIES_DIR, parse_duration, parse_flops
 from core.fileio import valid_name
+from core.tracking import check_report_to
 
 PRUNERS = ("percentile", "median", "asha", "hyperband", "none")
 TOKENIZER_MODES = ("auto", "char", "prepared", "bpe")  # what a tournament's tokenizer may be (core.tune.tokenizer)
@@ -71,9 +72,17 @@ class TuneConfig:
         default_factory=dict,
         metadata={"help": "model and training fields the user fixed: every candidate uses them", "cli": False},
     )
+    report_to: str = field(
+        default="none",
+        metadata={
+            "help": "the dashboard every trial or candidate reports to (train's --report-to)",
+            "cli": False,
+        },  # fmt: skip
+    )
 
     def validate(self) -> Self:
         check_study_name(self.study)
+        check_report_to(self.report_to)
         return self
 
     @classmethod

@@ -64,6 +64,8 @@ def trial_configs(
         eval_train=False,  # pruning and the objective read only the val loss
         seed=config.seed * 100_003 + trial_number,
         device=config.device,
+        report_to=config.report_to,
+        report_run=f"{config.study}/trial-{trial_number:03d}",
     )
     model_config, train_config = apply_params(params, ModelConfig(vocab_size=vocab_size), base)
     if config.trial_flops:

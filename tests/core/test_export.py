@@ -52,7 +52,7 @@ def test_the_onnx_graph_computes_the_models_logits_for_every_recipe_option(tmp_p
     save_random(models, "m", config, Dataset(dataset_dir).vocab)
     result = export_model("m", models, check=True)
     assert result.max_abs_diff is not None and result.max_abs_diff <= MAX_ABS_DIFF
-    session = ort.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     (given,), (out,) = session.get_inputs(), session.get_outputs()
     assert (given.name, given.type, out.name, out.type) == ("input_ids", "tensor(int64)", "logits", "tensor(float)")
     assert all(isinstance(d, str) for d in given.shape)  # batch and sequence are dynamic
@@ -144,14 +144,14 @@ def test_bad_exports_get_a_clear_message_and_write_nothing(exported, monkeypatch
     with pytest.raises(ckpt.ModelError, match="truncated or corrupt"):
         export_model("m", exported)
 
-    monkeypatch.setattr(export_module, "missing_packages", lambda: ["onnxscript"])
+    monkeypatch.setattr(export_module, "missing_packages", lambda fmt="onnx": ["onnxscript"])
     with pytest.raises(ExportError, match="needs onnxscript.*pip install -r requirements-export.txt"):
         export_model("m", exported)
 
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(export_module, "missing_packages", lambda: [])
+    monkeypatch.setattr(export_module, "missing_packages", lambda fmt="onnx": [])
     monkeypatch.setattr(export_module.tempfile, "mkdtemp", read_only)
     save_random(exported, "n", MODERN, Dataset(dataset_dir).vocab)
     with pytest.raises(ExportError, match="cannot write in .*n \\(Permission denied\\)"):

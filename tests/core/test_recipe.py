@@ -15,7 +15,8 @@ from core.config import ConfigError, ModelConfig, TrainConfig, recipe_configs
 from core.decoding import Decoder
 from core.model import GPT, KVCache
 from core.muon import Muon, orthogonalize
-from core.trainer import TrainHooks, lr_at, train
+from core.schedule import lr_at
+from core.trainer import TrainHooks, train
 from tests.helpers import run_app
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "classic_tiny"

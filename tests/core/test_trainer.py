@@ -9,7 +9,8 @@ import torch
 
 from core import checkpoint as ckpt
 from core.config import ConfigError, TrainConfig
-from core.trainer import LossDiverged, TrainHooks, lr_at, train
+from core.schedule import lr_at
+from core.trainer import LossDiverged, TrainHooks, train
 
 
 def test_loss_goes_down(tiny_model_config, tiny_train_config):

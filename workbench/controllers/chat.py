@@ -6,10 +6,10 @@ when its weights change. The conversation's running text lives in the browser se
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import threading
 import time
+import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,9 +124,11 @@ class ChatController:
             result = export_model(saved_model(self.project, name), check=True)
         except ckpt.ModelError as err:
             raise ChatError(str(err)) from None
-        archive = shutil.make_archive(str(Path(tempfile.mkdtemp(prefix="export-")) / f"{name}-onnx"), "zip",
-                                      result.folder)  # fmt: skip
-        return archive, (
+        archive = Path(tempfile.mkdtemp(prefix="export-")) / f"{name}-onnx.zip"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:  # the ONNX files, not export/hf/
+            for path in sorted(p for p in result.folder.iterdir() if p.is_file()):
+                bundle.write(path, path.name)
+        return str(archive), (
             f"Exported to models/{name}/export in {result.seconds:.1f} s: model.onnx, the tokenizer and the card. "
             f"Checked in onnxruntime: the largest logit difference from PyTorch is {result.max_abs_diff:.1e}."
         )

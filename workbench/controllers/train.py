@@ -14,6 +14,7 @@ from core.compare import compare
 from core.config import ConfigError, ModelConfig, TrainConfig, recipe_configs
 from core.data import DataError
 from core.runs import ModelTaken, claim_model_dir, record_source, run_configs
+from core.tracking import REPORT_TO
 from core.trainer import TrainHooks, progress_fraction, train
 from core.tune.config import TuningError
 from core.tune.results import best_params
@@ -56,6 +57,7 @@ LABELS = {
     "optimizer": "Optimiser",
     "muon_lr": "Muon learning rate",
     "schedule": "Schedule",
+    "report_to": "Report to (dashboard)",
 }
 FIELDS = MODEL_FIELDS + TRAIN_FIELDS + BUDGET_FIELDS
 # The recipe's options and their widgets' choices (bool: a checkbox, float: a number).
@@ -68,6 +70,7 @@ RECIPE_CHOICES: dict[str, Any] = {
     "optimizer": ("muon", "adamw"),
     "muon_lr": float,
     "schedule": ("wsd", "cosine"),
+    "report_to": REPORT_TO,  # not the recipe's, but chosen beside it: where the run's numbers also go
 }
 
 

@@ -33,7 +33,8 @@ from workbench.studies import StudyReader
 from workbench.views import KEEP, NO_BASE, error_html, fmt_seconds, job_status_html, ok_html, picked_base, progress_html
 
 log = logging.getLogger(__name__)
-BUDGET_FIELDS = ("study", "minutes", "model", "seed", "fixed", "search_short", "overwrite", "start_from", "tokenizer")
+BUDGET_FIELDS = ("study", "minutes", "model", "seed", "fixed", "search_short", "overwrite", "start_from", "tokenizer",
+                 "report_to")  # fmt: skip
 
 
 @dataclass
@@ -225,6 +226,7 @@ class TuneController:
         fixed = parse_fixed(form.get("fixed") or "{}")
         # the tokenizer fixed in the JSON (as `{"tokenizer": "char"}`) or chosen in the form
         tokenizer = fixed.pop("tokenizer", None) or form.get("tokenizer") or TournamentConfig.tokenizer
+        report_to = fixed.pop("report_to", None) or form.get("report_to") or "none"  # where, not how it trains
         return TournamentConfig(
             study=(form.get("study") or "").strip(),
             storage=self.project.storage,
@@ -235,6 +237,7 @@ class TuneController:
             overrides=fixed | _base_field(form.get("start_from")),
             search_rungs=1 if form.get("search_short") else TournamentConfig.search_rungs,
             tokenizer=tokenizer,
+            report_to=report_to,
         )
 
     def running_form(self) -> dict[str, Any] | None:
@@ -255,6 +258,7 @@ class TuneController:
             "search_short": tune.get("search_rungs") == 1,
             "start_from": base or NO_BASE,
             "tokenizer": tune.get("tokenizer", TournamentConfig.tokenizer),
+            "report_to": tune.get("report_to", "none"),
         }
 
     def plan_text(self, form: dict[str, Any]) -> str:

@@ -52,7 +52,7 @@ def _params_form(reader: StudyReader, project: Project) -> SimpleNamespace:
 
 def _recipe_form(values: dict[str, Any]) -> tuple[gr.Dropdown, dict[str, Any]]:
     widgets: dict[str, Any] = {}
-    with gr.Accordion("Recipe (architecture, optimiser, schedule)", open=False), gr.Row():
+    with gr.Accordion("Recipe (architecture, optimiser, schedule) and dashboard", open=False), gr.Row():
         recipe = gr.Dropdown(sorted(RECIPES), value="modern", label="Recipe", min_width=120)
         for name, choices in RECIPE_CHOICES.items():
             if choices is bool:

@@ -8,6 +8,7 @@ from typing import Any
 
 import gradio as gr
 
+from core.tracking import REPORT_TO
 from core.tune.config import PRUNERS, TOKENIZER_MODES, StudyConfig
 from workbench.controllers.tune import (
     BUDGET_FIELDS,
@@ -58,10 +59,12 @@ def _budget_form(project: Project) -> SimpleNamespace:
             tokenizer = gr.Dropdown(list(TOKENIZER_MODES), value="auto", label="Tokenizer",
                                     info="auto: a BPE where it is measured to pay, else characters; char: "
                                     "characters only; prepared: the dataset as prepared")  # fmt: skip
+            report_to = gr.Dropdown(list(REPORT_TO), value="none", label="Report to (dashboard)",
+                                    info="each candidate's numbers in TensorBoard or trackio too, under tracking/")  # fmt: skip
         start = gr.Button("Start", variant="primary")
     return SimpleNamespace(group=group, minutes=minutes, model=model, plan=plan, fixed=fixed,
                            search_short=search_short, overwrite=overwrite, start=start, start_from=start_from,
-                           tokenizer=tokenizer)  # fmt: skip
+                           tokenizer=tokenizer, report_to=report_to)  # fmt: skip
 
 
 def _trials_form() -> SimpleNamespace:
@@ -189,6 +192,7 @@ def build_tune(project: Project, jobs: JobManager, reader: StudyReader, dashboar
             (budget.fixed, "fixed"),
             (budget.search_short, "search_short"),
             (budget.tokenizer, "tokenizer"),
+            (budget.report_to, "report_to"),
         )
     ]
 
@@ -214,7 +218,7 @@ def _wire_forms(control, mode, budget, form, study_name, space, space_column, st
                 mode, [budget.group, *trials_only], api_visibility="private")  # fmt: skip
     reset_space.click(default_space_json, None, space, api_visibility="private")
     budget_inputs = [study_name, budget.minutes, budget.model, form.seed, budget.fixed, budget.search_short,
-                     budget.overwrite, budget.start_from, budget.tokenizer]  # fmt: skip
+                     budget.overwrite, budget.start_from, budget.tokenizer, budget.report_to]  # fmt: skip
 
     def start_budget(*values):
         return _started(control.start_budget(dict(zip(BUDGET_FIELDS, values))), with_name=True)

@@ -1,0 +1,62 @@
+"""`--compile auto` (core.autocompile): compiled steps are kept only where they measured faster, and the verdict
+is remembered per machine and shape, so the next run does not pay the compile again where it did not pay."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core import autocompile
+from core.autocompile import AutoCompile, read_verdict
+
+LONG, SHORT = 3600.0, 30.0  # seconds a run has left
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    return tmp_path / "chargpt-workbench" / autocompile.VERDICTS_FILE
+
+
+def drive(auto: AutoCompile, eager_s: float, compiled_s: float, left: float = LONG, steps: int = 60) -> list:
+    """Each step's action; after a "compile" the steps take `compiled_s`, the first of them (compiling) 5 s."""
+    actions, pace, compiling = [], eager_s, False
+    for _ in range(steps):
+        action = auto.observe(5.0 if compiling else pace, left)
+        actions.append(action)
+        compiling = action == "compile"
+        if action:
+            pace = compiled_s if action == "compile" else eager_s
+    return actions
+
+
+def test_compiled_steps_no_faster_go_back_to_eager_and_the_next_run_does_not_compile(cache):
+    actions = drive(AutoCompile("machine-a"), eager_s=0.070, compiled_s=0.069)
+    assert actions.index("compile") == AutoCompile.SETTLE_STEPS + AutoCompile.TIMED_STEPS - 1
+    assert [a for a in actions if a] == ["compile", "eager"]
+    saved = json.loads(cache.read_text())["machine-a"]
+    assert saved["verdict"] == "eager" and saved["eager_step_s"] == pytest.approx(0.070)
+    assert [a for a in drive(AutoCompile("machine-a"), 0.070, 0.069) if a] == []  # nothing paid again
+    assert [a for a in drive(AutoCompile("machine-b"), 0.070, 0.069) if a] == ["compile", "eager"]  # another shape
+
+
+def test_compiled_steps_faster_are_kept_and_the_next_run_compiles_without_timing(cache):
+    assert [a for a in drive(AutoCompile("k"), eager_s=0.070, compiled_s=0.040) if a] == ["compile"]
+    assert read_verdict("k") == "compiled"
+    auto = AutoCompile("k")
+    assert [a for a in drive(auto, eager_s=0.070, compiled_s=0.080) if a] == ["compile"]  # not judged again
+    assert auto.phase == "kept"
+
+
+def test_a_short_run_never_compiles_or_judges(cache):
+    assert [a for a in drive(AutoCompile("k"), 0.070, 0.040, left=SHORT) if a] == []
+    assert not cache.exists()
+
+
+def test_an_unreadable_verdict_file_is_measured_again(cache):
+    cache.parent.mkdir(parents=True)
+    cache.write_text("{not json")
+    assert read_verdict("k") is None
+    assert [a for a in drive(AutoCompile("k"), 0.070, 0.069) if a] == ["compile", "eager"]
+    assert read_verdict("k") == "eager"
