@@ -58,6 +58,7 @@ class Completion:
     stop: tuple[str, ...] = ()
     stream: bool = False
     include_usage: bool = False  # a streamed chat's last chunk carries the usage (stream_options)
+    skip_leading: str = ""  # characters a reply does not begin with (a chat reply's line ends)
 
 
 @dataclass
@@ -208,9 +209,11 @@ def parse_chat(body: Any, loaded: LoadedModel, limits: Limits, template: ChatTem
     options = values["stream_options"] or {}
     if set(options) - {"include_usage"} or not isinstance(options.get("include_usage", False), bool):
         raise ApiError("stream_options reads include_usage (a boolean) only", "stream_options")
+    if options and not values["stream"]:
+        raise ApiError("stream_options is for streamed requests (stream: true)", "stream_options")
     stops = template.stops + _stops(values["stop"], limits)
     sampling = _sampling(values, limits.max_tokens if wanted is None else wanted)
-    return Completion(prompt, sampling, stops, bool(values["stream"]), bool(options.get("include_usage")))
+    return Completion(prompt, sampling, stops, bool(values["stream"]), bool(options.get("include_usage")), "\n")
 
 
 def _message(message: Any, index: int) -> tuple[str, str, str | None]:

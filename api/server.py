@@ -108,7 +108,7 @@ class _Reply:
     def __iter__(self) -> Iterator[str]:
         model, vocab, request = self.loaded.model, self.loaded.vocab, self.request
         generator = stream(model, vocab, request.prompt, request.sampling, request.stop, shared=True,
-                           on_token=self._count)  # fmt: skip
+                           skip_leading=request.skip_leading, on_token=self._count)  # fmt: skip
         while True:
             try:
                 piece = next(generator)
@@ -202,9 +202,11 @@ class ChatShape(TextShape):
         return {**self._head("chat.completion"), "choices": [choice], "usage": usage}
 
     def chunks(self, pieces: Iterator[str], reply: _Reply) -> Iterator[dict[str, Any]]:
+        usage = {"usage": None} if reply.request.include_usage else {}  # as OpenAI: null until the last chunk
+
         def chunk(delta: dict[str, str], finish_reason: str | None = None) -> dict[str, Any]:
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            return {**self._head("chat.completion.chunk"), "choices": [choice]}
+            return {**self._head("chat.completion.chunk"), "choices": [choice], **usage}
 
         yield chunk({"role": "assistant", "content": ""})
         for piece in pieces:

@@ -19,8 +19,9 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from core.export import ready_export
-    from core.hf import push_hf, push_plan
+    from core.hf import check_repo, push_hf, push_plan
 
+    check_repo(args.repo)  # before minutes of exporting
     folder = ready_export(args.model, args.models_dir, log=lambda line: print(line, file=sys.stderr))
     files = push_plan(folder)
     print(f"{'would upload' if args.dry_run else 'uploading'} {folder} to {args.repo}: {', '.join(files)}",

@@ -1,10 +1,10 @@
 """`--compile auto`: compile the training step when it measurably pays here, and remember that it did or not.
 
-Whether compiled steps are faster depends on the machine: on a CPU with native bf16 they were, on an AVX2-only
-CPU they bought nothing, and the compiling itself costs up to a minute on 2 cores. So a run of at least
-COMPILE_MIN_MINUTES times its eager steps, compiles, times as many compiled steps, and keeps the faster. The
-verdict is kept per machine, model and batch shape, precision and PyTorch version (`verdict_key`), in the
-user's cache folder; the next such run follows it without paying again.
+Whether compiled steps are faster depends on the machine (RESULTS.md, Against nanoGPT), and compiling itself
+takes a while on a small CPU. So a run of at least COMPILE_MIN_MINUTES times its eager steps, compiles, times
+as many compiled steps, and keeps the faster. The verdict is kept per machine, model and batch shape,
+precision and PyTorch version (`verdict_key`), in the user's cache folder; the next such run follows it
+without paying again.
 """
 
 from __future__ import annotations
@@ -62,6 +62,13 @@ def write_verdict(key: str, verdict: str, eager_s: float, compiled_s: float) -> 
         atomic_write_text(path, json.dumps(known, indent=2) + "\n")
 
 
+def _frames_compiled() -> int:
+    """Frames dynamo has compiled in this process (one that failed and ran eagerly is not counted)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["frames"]["ok"])
+
+
 class AutoCompile:
     """The decision, step by step: `observe` each step's seconds; it says "compile" once, then "eager" if the
     compiled steps were not faster (the run goes back to its eager model). Compilation errors (no C++ compiler,
@@ -76,6 +83,7 @@ class AutoCompile:
         self.known = read_verdict(key) if key else None
         self.eager: list[float] = []
         self.compiled_steps: list[float] = []
+        self.frames_compiled = 0
 
     def observe(self, step_s: float, seconds_left: float) -> str | None:
         """ "compile", "eager" (back to the eager model) or None (go on as it is)."""
@@ -97,6 +105,7 @@ class AutoCompile:
                 log.info("not compiling: compiled steps were measured no faster on this machine and shape")
             return None
         self.phase = "kept" if self.known == "compiled" else "timing"
+        self.frames_compiled = _frames_compiled()
         return "compile"
 
     def _judge(self) -> str | None:
@@ -106,7 +115,7 @@ class AutoCompile:
         faster = compiled_s < eager_s * (1 - MIN_GAIN)
         log.info("compiled steps %.1f ms against eager %.1f ms: %s", compiled_s * 1000, eager_s * 1000,
                  "kept" if faster else "back to eager steps")  # fmt: skip
-        if self.key:
+        if self.key and _frames_compiled() > self.frames_compiled:  # a failed compile ran eagerly: no verdict
             write_verdict(self.key, "compiled" if faster else "eager", eager_s, compiled_s)
         return None if faster else "eager"
 

@@ -44,8 +44,8 @@ class ChatTemplate:
                 parts.append(content + "\n\n")
             elif self.layout == "own-line":
                 parts.append(f"{name or self.speaker(role)}:\n{content}\n\n")
-            else:
-                parts.append(f"{name or self.speaker(role)}: {content}\n")
+            else:  # one line a speech: a line end inside would start a speaker's line of its own
+                parts.append(f"{name or self.speaker(role)}: {content.replace(chr(10), ' ')}\n")
         if self.layout == "own-line":
             parts.append(f"{self.assistant}:\n")
         elif self.layout == "inline":

@@ -40,6 +40,7 @@ FORMATS = ("onnx", "hf")
 MAX_ABS_DIFF = 1e-4  # `check` fails above this difference between ONNX's and PyTorch's logits
 EXPORT_PACKAGES = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "hf": HF_PACKAGES}
 INSTALL_HINT = "pip install -r requirements-export.txt"
+CHECKED = ".checked"  # in export/hf: the export was checked against PyTorch (its largest logit difference)
 
 
 class ExportError(ModelError):
@@ -184,10 +185,13 @@ def _fill_hf(loaded: LoadedModel, building: Path, check: bool) -> tuple[float | 
         return None, ""
     try:
         result = check_hf(loaded, building)
+    except ModelError:
+        raise
     except Exception as err:  # noqa: BLE001 - whatever transformers raises, the export is not kept
         raise ExportError(f"transformers could not run the export ({type(err).__name__}: {err}); it was not kept. "
                           "Please report it with the model's config.json and `pip show transformers`") from err  # fmt: skip
     _refuse_difference(result.max_abs_diff, "transformers'")
+    (building / CHECKED).write_text(f"{result.max_abs_diff:.3e}\n", encoding="utf-8")  # what `push` requires
     return result.max_abs_diff, result.sample
 
 
@@ -219,7 +223,11 @@ def _replace_whole(final: Path, fill) -> tuple[float | None, str]:
         if final.exists():
             old = parent / f".tmp-old-export-{os.getpid()}"
             os.replace(final, old)
-            os.replace(building, final)
+            try:
+                os.replace(building, final)
+            except OSError:
+                os.replace(old, final)  # the previous export back in its place
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(building, final)
@@ -236,8 +244,8 @@ def ready_export(name_or_path: str | Path | None, models_root: str | Path = "mod
     """The model's `transformers` folder, exported and checked first when missing or older than its weights."""
     folder = resolve_model(str(name_or_path) if name_or_path else None, models_root)
     export = folder / EXPORT_DIR / HF_DIR
-    weights = export / "model.safetensors"
-    if weights.is_file() and weights.stat().st_mtime >= (folder / WEIGHTS).stat().st_mtime:
+    checked = export / CHECKED
+    if checked.is_file() and checked.stat().st_mtime >= (folder / WEIGHTS).stat().st_mtime:
         return export
     log(f"exporting {folder.name} for transformers (checked against PyTorch first)...")
     return export_model(folder, models_root, fmt="hf", check=True).folder

@@ -52,7 +52,7 @@ def hf_config(config: ModelConfig) -> dict[str, Any]:
     """config.json of the export: GPT-2's where it is exact, else the chargpt architecture's."""
     common = {"vocab_size": config.vocab_size, "n_layer": config.n_layer, "n_head": config.n_head,
               "n_embd": config.n_embd, "bos_token_id": None, "eos_token_id": None, "pad_token_id": None,
-              "tie_word_embeddings": config.tie_head, "torch_dtype": "float32"}  # fmt: skip
+              "tie_word_embeddings": config.tie_head, "dtype": "float32"}  # fmt: skip
     if is_gpt2(config):
         return {**common, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_positions": config.block_size,
                 "activation_function": "gelu", "layer_norm_epsilon": 1e-5, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
@@ -148,7 +148,8 @@ def hf_card(loaded: LoadedModel, gpt2: bool) -> str:
         + (": GPT-2 stops there" if gpt2 else "; generation slides the window past it")
         + ". Batches must not be padded.\n\n"
     )
-    return front + read_card(loaded.path) + "\n" + usage
+    card = read_card(loaded.path).split("\nAfter `export`, `export/` holds", 1)[0]  # the ONNX example is not here
+    return front + card.rstrip("\n") + "\n\n" + usage
 
 
 @dataclass
@@ -175,10 +176,14 @@ def check_hf(loaded: LoadedModel, folder: Path, seed: int = 0) -> HfCheck:
             ours, got = loaded.model(ids)[0].float(), theirs(input_ids=ids).logits.float()
         if got.shape != ours.shape:
             raise ModelError(f"transformers returned logits of shape {tuple(got.shape)}, PyTorch {tuple(ours.shape)}")
+        if not (torch.isfinite(got).all() and torch.isfinite(ours).all()):
+            raise ModelError("the model's logits are not finite numbers (NaN or infinite weights); the export was "
+                             "not kept: retrain or restore the model")  # fmt: skip
         worst = max(worst, float((got - ours).abs().max()))
     generate = pipeline("text-generation", model=str(folder), trust_remote_code=remote, device="cpu")
     torch.manual_seed(seed)
-    sample = generate("\n", max_new_tokens=min(32, block - 1), return_full_text=False)[0]["generated_text"]
+    prompt = "\n" if not loaded.vocab.unknown("\n") else loaded.vocab.chars[0]  # a text without line ends
+    sample = generate(prompt, max_new_tokens=min(32, block - 1), return_full_text=False)[0]["generated_text"]
     return HfCheck(worst, sample)
 
 
@@ -191,8 +196,7 @@ def push_hf(folder: Path, repo: str, private: bool = False, token: str | None = 
     """Upload an export folder to the Hub as model repository `repo` (created if absent); its URL."""
     from huggingface_hub import HfApi
 
-    if not REPO_ID.fullmatch(repo):
-        raise ModelError(f"{repo!r} is not a Hub repository name; give USER/NAME (letters, digits, - _ .)")
+    check_repo(repo)
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
@@ -202,6 +206,12 @@ def push_hf(folder: Path, repo: str, private: bool = False, token: str | None = 
         raise ModelError(f"could not push to {repo} ({type(err).__name__}: {err}); log in with `hf auth login` or "
                          "set HF_TOKEN, and check the name is yours") from None  # fmt: skip
     return str(url)
+
+
+def check_repo(repo: str) -> str:
+    if not REPO_ID.fullmatch(repo):
+        raise ModelError(f"{repo!r} is not a Hub repository name; give USER/NAME (letters, digits, - _ .)")
+    return repo
 
 
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")

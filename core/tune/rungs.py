@@ -330,8 +330,8 @@ def _exploration_rung(plan, rung, model_config, train_config, dataset, folder: P
     latest = ckpt.latest_checkpoint(folder)
     (branch / ckpt.CHECKPOINT_DIR).mkdir(parents=True)
     shutil.copytree(latest.path, branch / ckpt.CHECKPOINT_DIR / latest.path.name)
-    cooldown = replace_known(
-        train_config, {"max_minutes": slice_s * plan.score_fraction / 60, "cooldown_fraction": 1.0}
+    cooldown = replace_known(  # a branch scored and thrown away: the dashboard follows the candidate itself
+        train_config, {"max_minutes": slice_s * plan.score_fraction / 60, "cooldown_fraction": 1.0, "report_to": "none"}
     )
     scores: list[float] = []
     try:

@@ -16,11 +16,16 @@ from core import checkpoint as ckpt
 from core.config import ModelConfig
 from core.data import Dataset, prepare
 from core.model import GPT
-from core.sampling import SamplingConfig, complete
+from core.sampling import SamplingConfig, stream
 from tests.helpers import serving
 
 SPEAKERS = {"layout": "own-line", "names": ["ROMEO", "JULIET"]}
 PLAY = "".join(f"ROMEO:\nBut soft, what light {i}.\n\nJULIET:\nAy me, a night {i}.\n\n" for i in range(40))
+
+
+def reply(loaded, prompt: str, sampling: SamplingConfig) -> str:
+    """What the chat endpoint answers: the model's continuation, its leading line ends skipped, to a blank line."""
+    return "".join(stream(loaded.model, loaded.vocab, prompt, sampling, ("\n\n",), skip_leading="\n"))
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +56,7 @@ def test_a_dialogue_model_replies_as_the_next_speaker_and_stops_before_the_one_a
                 {"role": "user", "content": "what light"}]  # fmt: skip
     prompt = "ROMEO:\nBut soft\n\nJULIET:\nAy me\n\nROMEO:\nwhat light\n\nJULIET:\n"
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=200, seed=5)
-    expected = complete(loaded.model, loaded.vocab, prompt, sampling, stop=("\n\n",))
+    expected = reply(loaded, prompt, sampling)
     done = play.chat.completions.create(model="play", messages=messages, max_tokens=200, temperature=1.0, seed=5)
     choice = done.choices[0]
     assert choice.message.role == "assistant" and choice.message.content == expected
@@ -63,13 +68,14 @@ def test_a_dialogue_model_replies_as_the_next_speaker_and_stops_before_the_one_a
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == choice.finish_reason
-    assert chunks[-1].usage.completion_tokens == done.usage.completion_tokens
+    assert chunks[-1].usage.completion_tokens == done.usage.completion_tokens and not chunks[-1].choices
+    assert all(c.usage is None for c in chunks[:-1])  # null until the last, as OpenAI streams it
 
     named = play.chat.completions.create(model="play", messages=[{"role": "user", "content": "Ay", "name": "JULIET"}],
                                          max_tokens=5, temperature=1.0, seed=5)  # fmt: skip
-    assert named.choices[0].message.content == complete(loaded.model, loaded.vocab, "JULIET:\nAy\n\nJULIET:\n",
-                                                        SamplingConfig(temperature=1.0, max_new_tokens=5, seed=5),
-                                                        stop=("\n\n",))  # fmt: skip
+    assert named.choices[0].message.content == reply(
+        loaded, "JULIET:\nAy\n\nJULIET:\n", SamplingConfig(temperature=1.0, max_new_tokens=5, seed=5)
+    )
 
 
 def test_a_model_without_speakers_continues_the_users_text(models):
@@ -80,8 +86,7 @@ def test_a_model_without_speakers_continues_the_users_text(models):
         done = client.chat.completions.create(model="prose", max_completion_tokens=60, temperature=0.8, seed=1,
                                               messages=[{"role": "system", "content": "But soft"},
                                                         {"role": "user", "content": "what light"}])  # fmt: skip
-    expected = complete(loaded.model, loaded.vocab, "But soft\nwhat light\n",
-                        SamplingConfig(temperature=0.8, max_new_tokens=60, seed=1), stop=("\n\n",))  # fmt: skip
+    expected = reply(loaded, "But soft\nwhat light\n", SamplingConfig(temperature=0.8, max_new_tokens=60, seed=1))
     assert done.choices[0].message.content == expected
 
 
@@ -103,6 +108,10 @@ def test_a_model_without_speakers_continues_the_users_text(models):
         ({"messages": [{"role": "user", "content": "Zebra €"}]}, "messages has characters .*'€'"),
         ({"messages": [{"role": "user", "content": "a" * 600_000}] * 2}, "longer than 1,000,000 bytes together"),
         ({"messages": [{"role": "user", "content": "a"}]} | {"stream_options": {"x": 1}}, "include_usage"),
+        (
+            {"messages": [{"role": "user", "content": "a"}]} | {"stream_options": {"include_usage": True}},
+            "stream_options is for streamed requests",
+        ),
         ({"messages": [{"role": "user", "content": "a"}], "prompt": "a"}, "unknown field 'prompt'"),
         ({"messages": [{"role": "user", "content": "a"}], "max_completion_tokens": -1}, "max_completion_tokens must"),
         ({"messages": [{"role": "user", "content": "a"}]} | {"stop": ["\n"] * 5}, "up to 4 strings"),

@@ -57,8 +57,9 @@ def test_the_take_out_commands_of_the_readme_parse_and_name_an_existing_requirem
     lines = [shlex.split(line.split("#", 1)[0]) for line in block.strip().splitlines()]
     assert lines[0][:3] == ["pip", "install", "-r"] and (ROOT / lines[0][3]).is_file()
     parsed = [build_parser().parse_args(argv[2:]) for argv in lines[1:]]
-    assert [p.command for p in parsed] == ["export", "serve-api"]
-    assert parsed[0].check and parsed[0].format == "onnx" and parsed[1].port == 8000 and parsed[1].host == "127.0.0.1"
+    assert [p.command for p in parsed] == ["export", "export", "push", "serve-api"]
+    assert parsed[0].check and parsed[0].format == "onnx" and parsed[1].check and parsed[1].format == "hf"
+    assert parsed[2].repo == "YOU/best" and parsed[3].port == 8000 and parsed[3].host == "127.0.0.1"
 
 
 def code_map() -> set[str]:

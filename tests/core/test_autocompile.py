@@ -16,6 +16,8 @@ LONG, SHORT = 3600.0, 30.0  # seconds a run has left
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    frames = iter(range(1_000))  # each look at dynamo's counter finds one more frame compiled
+    monkeypatch.setattr(autocompile, "_frames_compiled", lambda: next(frames))
     return tmp_path / "chargpt-workbench" / autocompile.VERDICTS_FILE
 
 
@@ -60,3 +62,9 @@ def test_an_unreadable_verdict_file_is_measured_again(cache):
     assert read_verdict("k") is None
     assert [a for a in drive(AutoCompile("k"), 0.070, 0.069) if a] == ["compile", "eager"]
     assert read_verdict("k") == "eager"
+
+
+def test_a_compile_that_failed_and_ran_eagerly_leaves_no_verdict(cache, monkeypatch):
+    monkeypatch.setattr(autocompile, "_frames_compiled", lambda: 0)  # dynamo compiled nothing: it fell back
+    assert [a for a in drive(AutoCompile("k"), 0.070, 0.069) if a] == ["compile", "eager"]
+    assert read_verdict("k") is None and not cache.exists()

@@ -147,6 +147,28 @@ def test_push_exports_checks_and_uploads_that_folder(tmp_path, dataset_dir, monk
         hf.push_hf(folder, "me/m")
 
 
+def test_push_refuses_a_bad_name_before_exporting_and_checks_an_unchecked_export(tmp_path, dataset_dir):
+    models = tmp_path / "models"
+    save_random(models, "m", DEFAULT, Dataset(dataset_dir).vocab)
+    bad = run_app("push", "--model", "m", "--models-dir", str(models), "--repo", "no-slash", "--dry-run", cwd=tmp_path)
+    assert bad.returncode != 0 and "not a Hub repository name" in bad.stderr
+    assert not (models / "m" / "export").exists()  # refused before any work
+    export_model("m", models, fmt="hf")  # unchecked: push does not take it as it is
+    assert export_module.ready_export("m", models).joinpath(export_module.CHECKED).is_file()
+
+
+def test_a_model_with_nan_weights_is_not_exported(tmp_path, dataset_dir):
+    models = tmp_path / "models"
+    save_random(models, "m", DEFAULT, Dataset(dataset_dir).vocab)
+    weights = ckpt.load_model("m", models)
+    with torch.no_grad():
+        weights.model.wte.weight[0, 0] = float("nan")
+    ckpt.save_model(models / "m", ckpt.weights_for_saving(weights.model), weights.model.config, weights.vocab, {})
+    with pytest.raises(ExportError, match="not finite numbers.*not kept"):
+        export_model("m", models, fmt="hf", check=True)
+    assert not (models / "m" / "export" / "hf").exists()
+
+
 def test_export_hf_from_the_command_line_says_what_it_checked(tmp_path, dataset_dir):
     models = tmp_path / "models"
     save_random(models, "m", GPT2_EXACT, Dataset(dataset_dir).vocab)
