@@ -185,8 +185,8 @@ def _fill_hf(loaded: LoadedModel, building: Path, check: bool) -> tuple[float | 
         return None, ""
     try:
         result = check_hf(loaded, building)
-    except ModelError:
-        raise
+    except ModelError as err:  # the check's own finding, said as it is
+        raise ExportError(str(err)) from None
     except Exception as err:  # noqa: BLE001 - whatever transformers raises, the export is not kept
         raise ExportError(f"transformers could not run the export ({type(err).__name__}: {err}); it was not kept. "
                           "Please report it with the model's config.json and `pip show transformers`") from err  # fmt: skip
