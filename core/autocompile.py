@@ -2,9 +2,9 @@
 
 Whether compiled steps are faster depends on the machine (RESULTS.md, Against nanoGPT), and compiling itself
 takes a while on a small CPU. So a run of at least COMPILE_MIN_MINUTES times its eager steps, compiles, times
-as many compiled steps, and keeps the faster. The verdict is kept per machine, model and batch shape,
-precision and PyTorch version (`verdict_key`), in the user's cache folder; the next such run follows it
-without paying again.
+as many compiled steps, and keeps the faster. What it measured (both paces and the compile's seconds) is kept
+per machine, model and batch shape, precision and PyTorch version (`verdict_key`), in the user's cache folder;
+the next such run compiles only when its time left repays the compile (`repays`), without timing again.
 """
 
 from __future__ import annotations
@@ -41,25 +41,40 @@ def verdict_key(device: str, shape: dict[str, Any]) -> str:
     return json.dumps([machine, torch.__version__, shape], sort_keys=True, default=str)
 
 
-def read_verdict(key: str) -> str | None:
+def read_verdict(key: str) -> dict[str, float] | None:
+    """What an earlier run measured for `key`: eager and compiled step seconds and the compile's seconds."""
     try:
         verdict = json.loads((cache_dir() / VERDICTS_FILE).read_text(encoding="utf-8")).get(key)
-    except (OSError, ValueError, AttributeError):
+        return {name: float(verdict[name]) for name in ("eager_step_s", "compiled_step_s", "compile_s")}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return None
-    return verdict.get("verdict") if isinstance(verdict, dict) else None
 
 
-def write_verdict(key: str, verdict: str, eager_s: float, compiled_s: float) -> None:
+def write_verdict(key: str, eager_s: float, compiled_s: float, compile_s: float) -> None:
     path = cache_dir() / VERDICTS_FILE
     try:
         known = json.loads(path.read_text(encoding="utf-8"))
         known = known if isinstance(known, dict) else {}
     except (OSError, ValueError):
         known = {}
-    known[key] = {"verdict": verdict, "eager_step_s": eager_s, "compiled_step_s": compiled_s}
+    known[key] = {"verdict": "compiled" if pays_per_step(eager_s, compiled_s) else "eager", "eager_step_s": eager_s,
+                  "compiled_step_s": compiled_s, "compile_s": compile_s}  # fmt: skip
     with contextlib.suppress(OSError):  # a read-only home measures again next time
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(known, indent=2) + "\n")
+
+
+def pays_per_step(eager_s: float, compiled_s: float) -> bool:
+    return compiled_s < eager_s * (1 - MIN_GAIN)
+
+
+def repays(verdict: dict[str, float], seconds_left: float) -> bool:
+    """Whether compiling now saves more than it costs: the steps left at the eager pace, each shortened by
+    what compiling saved, against what compiling took."""
+    eager_s, compiled_s = verdict["eager_step_s"], verdict["compiled_step_s"]
+    if not pays_per_step(eager_s, compiled_s):
+        return False
+    return seconds_left / eager_s * (eager_s - compiled_s) > verdict["compile_s"]
 
 
 def _frames_compiled() -> int:
@@ -70,8 +85,8 @@ def _frames_compiled() -> int:
 
 
 class AutoCompile:
-    """The decision, step by step: `observe` each step's seconds; it says "compile" once, then "eager" if the
-    compiled steps were not faster (the run goes back to its eager model). Compilation errors (no C++ compiler,
+    """The decision, step by step: `observe` each step's seconds; it says "compile" once, then (a first
+    measurement) "eager" if the compiled steps were not faster (the run goes back to its eager model). Compilation errors (no C++ compiler,
     an unsupported op) run eagerly instead of failing the run."""
 
     SETTLE_STEPS = 10  # the first steps are slower (allocations, caches); paces are read after them
@@ -99,24 +114,30 @@ class AutoCompile:
         return None
 
     def _decide(self, seconds_left: float) -> str | None:
-        if seconds_left < COMPILE_MIN_MINUTES * 60 or self.known == "eager":
+        if self.known is not None:  # measured before: compile where the time left repays it
+            self.phase = "kept" if repays(self.known, seconds_left) else "done"
+            log.info("%s: compiled steps measured %.1f ms against eager %.1f, compiling %.0f s, %.0f s left",
+                     "compiling" if self.phase == "kept" else "not compiling", self.known["compiled_step_s"] * 1000,
+                     self.known["eager_step_s"] * 1000, self.known["compile_s"], seconds_left)  # fmt: skip
+            return "compile" if self.phase == "kept" else None
+        if seconds_left < COMPILE_MIN_MINUTES * 60:
             self.phase = "done"
-            if self.known == "eager":
-                log.info("not compiling: compiled steps were measured no faster on this machine and shape")
             return None
-        self.phase = "kept" if self.known == "compiled" else "timing"
-        self.frames_compiled = _frames_compiled()
+        self.phase, self.frames_compiled = "timing", _frames_compiled()
         return "compile"
 
     def _judge(self) -> str | None:
         self.phase = "done"
         eager_s = statistics.median(self.eager)
         compiled_s = statistics.median(self.compiled_steps[self.COMPILED_WARM_STEPS :])
-        faster = compiled_s < eager_s * (1 - MIN_GAIN)
-        log.info("compiled steps %.1f ms against eager %.1f ms: %s", compiled_s * 1000, eager_s * 1000,
-                 "kept" if faster else "back to eager steps")  # fmt: skip
+        compile_s = max(
+            0.0, sum(self.compiled_steps[: self.COMPILED_WARM_STEPS]) - self.COMPILED_WARM_STEPS * compiled_s
+        )
+        faster = pays_per_step(eager_s, compiled_s)
+        log.info("compiled steps %.1f ms against eager %.1f ms (compiling took %.0f s): %s", compiled_s * 1000,
+                 eager_s * 1000, compile_s, "kept" if faster else "back to eager steps")  # fmt: skip
         if self.key and _frames_compiled() > self.frames_compiled:  # a failed compile ran eagerly: no verdict
-            write_verdict(self.key, "compiled" if faster else "eager", eager_s, compiled_s)
+            write_verdict(self.key, eager_s, compiled_s, compile_s)
         return None if faster else "eager"
 
     @staticmethod
