@@ -6,6 +6,7 @@ Every input is bounded (docs/reliability-and-security.md): the body, the prompt,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -111,11 +112,13 @@ def _fields(limits: Limits) -> dict[str, _Field]:
 
 def _chat_fields(limits: Limits) -> dict[str, _Field]:
     fields = {name: spec for name, spec in _fields(limits).items() if name != "prompt"}
+    # no default: a chat reply ends at its speaker's end, so without either the limit is the server's
+    optional = dataclasses.replace(fields["max_tokens"], default=None)
     return {
         **fields,
         "messages": _Field((list,), "a list of messages"),
-        "max_tokens": _Field(fields["max_tokens"].types, "an integer", fields["max_tokens"].check, None),
-        "max_completion_tokens": _Field(fields["max_tokens"].types, "an integer", fields["max_tokens"].check, None),
+        "max_tokens": optional,
+        "max_completion_tokens": optional,  # the newer name of max_tokens
         "stream_options": _Field((dict,), "an object"),
     }
 
