@@ -193,4 +193,7 @@ def test_a_tournaments_default_candidate_runs_at_the_pace_its_plan_measured(tmp_
                    on_event=events.append)  # fmt: skip
     planned = recorded_plan(config).step_s  # what the plan rested on (a run that disproves it replaces the cache)
     paces = [e.step_s for e in events if e.kind == "step" and e.candidate == 0 and e.step_s]
-    assert paces and abs(sorted(paces)[len(paces) // 2] / planned - 1) < 0.3, (planned, paces)
+    # a factor of 2 either way: the newcomer's 6.5x fails it, while a shared CI machine's noise on 10 ms steps
+    # (1.42x seen) does not; benchmarks/plan_pace.py holds the plan to its 30%
+    ratio = sorted(paces)[len(paces) // 2] / planned if paces else 0.0
+    assert 0.5 < ratio < 2, (planned, paces)
