@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import statistics
 from pathlib import Path
@@ -30,8 +31,12 @@ VERDICTS_FILE = "compile_verdicts.json"
 MIN_GAIN = 0.03  # compiled steps must be this much faster than eager ones to be kept
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chargpt-workbench"
+def cache_dir() -> Path | None:
+    """The user's cache folder for this tool; None where there is no home to find (verdicts are not kept)."""
+    try:
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chargpt-workbench"
+    except RuntimeError:  # no HOME and no passwd entry
+        return None
 
 
 def verdict_key(device: str, shape: dict[str, Any]) -> str:
@@ -43,22 +48,44 @@ def verdict_key(device: str, shape: dict[str, Any]) -> str:
 
 def read_verdict(key: str) -> dict[str, float] | None:
     """What an earlier run measured for `key`: eager and compiled step seconds and the compile's seconds."""
+    folder = cache_dir()
+    if folder is None:
+        return None
     try:
-        verdict = json.loads((cache_dir() / VERDICTS_FILE).read_text(encoding="utf-8")).get(key)
-        return {name: float(verdict[name]) for name in ("eager_step_s", "compiled_step_s", "compile_s")}
+        verdict = json.loads((folder / VERDICTS_FILE).read_text(encoding="utf-8")).get(key)
+        values = {name: float(verdict[name]) for name in ("eager_step_s", "compiled_step_s", "compile_s")}
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return None
+    sane = all(math.isfinite(v) and v >= 0 for v in values.values()) and min(values["eager_step_s"],
+                                                                             values["compiled_step_s"]) > 0  # fmt: skip
+    return values if sane else None  # a hand-edited or damaged entry is measured again
 
 
 def write_verdict(key: str, eager_s: float, compiled_s: float, compile_s: float) -> None:
-    path = cache_dir() / VERDICTS_FILE
+    verdict = {"verdict": "compiled" if pays_per_step(eager_s, compiled_s) else "eager", "eager_step_s": eager_s,
+               "compiled_step_s": compiled_s, "compile_s": compile_s}  # fmt: skip
+    _update_verdicts(key, verdict)
+
+
+def forget_verdict(key: str) -> None:
+    _update_verdicts(key, None)
+
+
+def _update_verdicts(key: str, verdict: dict[str, Any] | None) -> None:
+    """Set (or with None drop) one key's verdict in the cache file, keeping the others."""
+    folder = cache_dir()
+    if folder is None:
+        return
+    path = folder / VERDICTS_FILE
     try:
         known = json.loads(path.read_text(encoding="utf-8"))
         known = known if isinstance(known, dict) else {}
     except (OSError, ValueError):
         known = {}
-    known[key] = {"verdict": "compiled" if pays_per_step(eager_s, compiled_s) else "eager", "eager_step_s": eager_s,
-                  "compiled_step_s": compiled_s, "compile_s": compile_s}  # fmt: skip
+    if verdict is None:
+        known.pop(key, None)
+    else:
+        known[key] = verdict
     with contextlib.suppress(OSError):  # a read-only home measures again next time
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(known, indent=2) + "\n")
@@ -107,11 +134,24 @@ class AutoCompile:
             self.eager.append(step_s)
             if len(self.eager) >= self.TIMED_STEPS:
                 return self._decide(seconds_left)
-        elif self.phase == "timing":
+        elif self.phase in ("timing", "kept"):
             self.compiled_steps.append(step_s)
             if len(self.compiled_steps) >= self.COMPILED_WARM_STEPS + self.TIMED_STEPS:
-                return self._judge()
+                return self._judge() if self.phase == "timing" else self._check_kept()
         return None
+
+    def _check_kept(self) -> str | None:
+        """A run that compiled on an earlier verdict checks it: compiled steps no faster than the verdict's eager
+        ones (the machine or its load changed) go back to eager, and the verdict is forgotten, so the next long
+        run measures both again."""
+        self.phase = "done"
+        compiled_s = statistics.median(self.compiled_steps[self.COMPILED_WARM_STEPS :])
+        if pays_per_step(self.known["eager_step_s"], compiled_s):
+            return None
+        log.info("compiled steps %.1f ms, no faster than the %.1f ms measured eager: back to eager steps, measured "
+                 "again next run", compiled_s * 1000, self.known["eager_step_s"] * 1000)  # fmt: skip
+        forget_verdict(self.key)
+        return "eager"
 
     def _decide(self, seconds_left: float) -> str | None:
         if self.known is not None:  # measured before: compile where the time left repays it
@@ -142,8 +182,14 @@ class AutoCompile:
 
     @staticmethod
     def compiled(model: GPT) -> torch.nn.Module:
-        import torch._dynamo
-
-        torch._dynamo.config.suppress_errors = True  # a failed compile runs eagerly
         log.info("compiling the training step (--compile auto: a long run left; timed against eager steps)")
-        return torch.compile(model)
+        return compile_model(model, strict=False)
+
+
+def compile_model(model: GPT, strict: bool) -> torch.nn.Module:
+    """torch.compile, where a failed compile raises (`strict`: --compile on) or runs eagerly (auto). The switch is
+    process-wide, so each call sets it: the workbench runs one job after another in one process."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = not strict
+    return torch.compile(model)

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,13 +50,14 @@ def run_names(report_run: str, out: Path | None) -> tuple[str, str]:
     return "train", out.name if out is not None else "run"
 
 
-def open_tracker(kind: str, report_run: str, out: Path | None, config: dict[str, Any]) -> Tracker | None:
+def open_tracker(kind: str, report_run: str, out: Path | None, config: dict[str, Any], step: int = 0) -> Tracker | None:
+    """The run's dashboard; `step` where a resumed run goes on (what was logged from there on is replaced)."""
     if kind == "none":
         return None
     check_report_to(kind)
     group, name = run_names(report_run, out)
     if kind == "tensorboard":
-        return TensorBoardTracker(TRACKING_DIR / "tensorboard" / group / name, config)
+        return TensorBoardTracker(TRACKING_DIR / "tensorboard" / group / name, config, step)
     return TrackioTracker(group, name, config)
 
 
@@ -66,10 +68,10 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
 
 
 class TensorBoardTracker:
-    def __init__(self, folder: Path, config: dict[str, Any]):
+    def __init__(self, folder: Path, config: dict[str, Any], step: int = 0):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(folder))
+        self.writer = SummaryWriter(log_dir=str(folder), purge_step=step + 1 if step else None)  # past the checkpoint
         self.writer.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```")
 
     def log(self, record: dict[str, Any], step: int) -> None:
@@ -77,9 +79,11 @@ class TensorBoardTracker:
             self.writer.add_scalar(key, value, step)
 
     def finish(self, sample: str) -> None:
-        if sample:
-            self.writer.add_text("sample", "```\n" + sample + "\n```")
-        self.writer.close()
+        try:
+            if sample:
+                self.writer.add_text("sample", "```\n" + sample + "\n```")
+        finally:
+            self.writer.close()
 
 
 class TrackioTracker:
@@ -87,7 +91,7 @@ class TrackioTracker:
         os.environ.setdefault("TRACKIO_DIR", str((TRACKING_DIR / "trackio").resolve()))  # read when imported
         import trackio
 
-        with contextlib.redirect_stdout(sys.stderr):  # its banner; stdout is for a command's last line
+        with _QUIET, contextlib.redirect_stdout(sys.stderr):  # its banner; stdout is for a command's last line
             self.run = trackio.init(project=PROJECT, name=f"{group}/{name}", group=group, config=config,
                                     resume="allow", embed=False, auto_log_cpu=False, auto_log_gpu=False)  # fmt: skip
 
@@ -97,5 +101,8 @@ class TrackioTracker:
     def finish(self, sample: str) -> None:
         if sample:
             self.run.config["sample"] = sample[:2000]
-        with contextlib.redirect_stdout(sys.stderr):
+        with _QUIET, contextlib.redirect_stdout(sys.stderr):
             self.run.finish()
+
+
+_QUIET = threading.Lock()  # sys.stdout is the process's: two jobs' redirects must not interleave

@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 
 from core import checkpoint as ckpt
-from core.autocompile import COMPILING, AutoCompile, verdict_key
+from core.autocompile import COMPILING, AutoCompile, compile_model, verdict_key
 from core.base import Base, start_weights, starting_from
 from core.config import ModelConfig, TrainConfig, to_dict
 from core.data import BatchSampler, DataError, Dataset, data_record
@@ -242,13 +242,21 @@ def train(
         return _finish(run, _loop(run))
     finally:
         if run.tracker:
-            run.tracker.finish(run.best_sample)
+            _finish_tracker(run)
+
+
+def _finish_tracker(run: Run) -> None:
+    """A dashboard that fails to close is a warning: the run is saved, and its own error (if any) is the one told."""
+    try:
+        run.tracker.finish(run.best_sample)
+    except Exception as err:  # noqa: BLE001 - any tracker's failure, after the run itself is done
+        log.warning("could not finish the --report-to %s run: %s", run.train_config.report_to, err)
 
 
 def _loop(run: Run) -> str:
     """Steps, evaluations and checkpoints until a limit or a stop; why it stopped."""
     train_config, dist = run.train_config, run.dist
-    runner = _wrap(run, torch.compile(run.model) if train_config.compile == "on" else run.model)
+    runner = _wrap(run, compile_model(run.model, strict=True) if train_config.compile == "on" else run.model)
     # ranks must agree on their graphs: under torchrun `auto` stays eager (`on` compiles every rank from the start)
     auto_compile = AutoCompile(_compile_key(run)) if train_config.compile == "auto" and not dist.enabled else None
     run.started = time.perf_counter()  # after the runner is built, as a resumed run's clock always was
@@ -384,7 +392,7 @@ def _begin(run: Run, info: dict[str, Any] | None, budget_spans_resumes: bool) ->
     }
     if run.dist.is_main:
         config = run.train_config
-        run.tracker = open_tracker(config.report_to, config.report_run, run.out, run.summary)
+        run.tracker = open_tracker(config.report_to, config.report_run, run.out, run.summary, run.step)
     if run.budget_s and budget_spans_resumes:  # what the earlier calls of this run spent is spent
         run.budget_s = max(run.budget_s - run.previous_seconds, 1e-3)
 

@@ -46,9 +46,38 @@ def test_compiled_steps_no_faster_go_back_to_eager_and_the_next_run_does_not_com
 def test_compiled_steps_faster_are_kept_and_the_next_run_compiles_without_timing(cache):
     assert [a for a in drive(AutoCompile("k"), eager_s=0.070, compiled_s=0.040) if a] == ["compile"]
     assert read_verdict("k") == {"eager_step_s": 0.070, "compiled_step_s": 0.040, "compile_s": pytest.approx(4.96)}
-    auto = AutoCompile("k")
-    assert [a for a in drive(auto, eager_s=0.070, compiled_s=0.080) if a] == ["compile"]  # not judged again
-    assert auto.phase == "kept"
+    assert [a for a in drive(AutoCompile("k"), eager_s=0.075, compiled_s=0.041) if a] == ["compile"]  # no timing
+    assert read_verdict("k")["compiled_step_s"] == 0.040  # what the first run measured stands
+
+
+def test_a_verdict_its_run_disproves_goes_back_to_eager_and_is_measured_again(cache):
+    """The verdict was measured under a sibling worker's load, or the machine changed: compiled steps no faster
+    than its eager ones are not kept for good."""
+    autocompile.write_verdict("k", eager_s=0.070, compiled_s=0.040, compile_s=5.0)
+    assert [a for a in drive(AutoCompile("k"), eager_s=0.070, compiled_s=0.080) if a] == ["compile", "eager"]
+    assert read_verdict("k") is None
+    assert [a for a in drive(AutoCompile("k"), 0.070, 0.080) if a] == ["compile", "eager"]  # timed both again
+    assert read_verdict("k")["compiled_step_s"] == pytest.approx(0.080)
+
+
+@pytest.mark.parametrize("damage", [{"eager_step_s": 0}, {"compiled_step_s": -1.0}, {"compile_s": float("nan")},
+                                    {"eager_step_s": "fast"}])  # fmt: skip
+def test_a_damaged_verdict_is_measured_again_not_divided_by(cache, damage):
+    autocompile.write_verdict("k", eager_s=0.070, compiled_s=0.040, compile_s=5.0)
+    known = json.loads(cache.read_text())
+    known["k"] |= damage
+    cache.write_text(json.dumps(known))
+    assert read_verdict("k") is None
+    assert [a for a in drive(AutoCompile("k"), 0.070, 0.069) if a] == ["compile", "eager"]
+
+
+def test_no_home_folder_keeps_no_verdict_and_still_trains(cache, monkeypatch):
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setattr(
+        autocompile.Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(RuntimeError("no home")))
+    )
+    assert [a for a in drive(AutoCompile("k"), 0.070, 0.040) if a] == ["compile"]
+    assert read_verdict("k") is None
 
 
 def test_the_next_run_compiles_only_when_its_time_left_repays_the_compile(cache):

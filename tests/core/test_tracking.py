@@ -91,3 +91,38 @@ def test_a_tracker_asked_for_and_missing_is_said_plainly(monkeypatch, project):
     assert not (project / "models" / "t").exists()
     assert run_names("s/candidate-003", None) == ("s", "candidate-003")
     assert run_names("", project / "models" / "m") == ("train", "m")
+
+
+def test_a_resumed_run_replaces_what_tensorboard_held_past_its_checkpoint(tmp_path):
+    pytest.importorskip("tensorboard")
+    first = tracking.TensorBoardTracker(tmp_path, {})
+    for step in range(1, 31):
+        first.log({"train_loss": 1.0}, step)
+    first.finish("")
+    resumed = tracking.TensorBoardTracker(tmp_path, {}, step=20)  # its checkpoint was step 20
+    for step in range(21, 26):
+        resumed.log({"train_loss": 0.5}, step)
+    resumed.finish("")
+    steps = [s for s, _ in tensorboard_scalars(tmp_path)["train_loss"]]
+    assert steps == list(range(1, 26))
+
+
+def test_a_tracker_that_fails_to_finish_does_not_fail_the_saved_run(
+    tmp_path, monkeypatch, caplog, tiny_model_config, tiny_train_config
+):
+    import dataclasses
+
+    from core import trainer
+
+    class Broken:
+        def log(self, record, step):
+            pass
+
+        def finish(self, sample):
+            raise OSError("No space left on device")
+
+    monkeypatch.setattr(trainer, "open_tracker", lambda *args: Broken())
+    config = dataclasses.replace(tiny_train_config, max_iters=4, report_to="tensorboard")
+    result = trainer.train(tiny_model_config, config, out_dir=tmp_path / "m")
+    assert result.iters == 4 and (tmp_path / "m" / "model.safetensors").is_file()
+    assert "could not finish the --report-to tensorboard run: No space left on device" in caplog.text
