@@ -34,8 +34,16 @@ class ApiError(ValueError):
 
     def response(self) -> JSONResponse:
         kind = "invalid_request_error" if self.status < 500 else "server_error"
-        body = {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}}
+        body = {"error": {"message": _printable(str(self), 2000), "type": kind,
+                          "param": None if self.param is None else _printable(self.param, 100), "code": self.code}}  # fmt: skip
         return JSONResponse(body, status_code=self.status)
+
+
+def _printable(text: str, limit: int) -> str:
+    """`text` as UTF-8 can carry it (a lone surrogate from a client's field name is escaped) and at most `limit`
+    characters: an error echoes what the client sent, never megabytes of it."""
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass
@@ -43,6 +51,7 @@ class Limits:
     max_tokens: int = 4096  # the most a request may ask for
     prompt_bytes: int = MAX_PROMPT_BYTES
     stop_chars: int = MAX_STOP_CHARS  # each stop string
+    replies: int = 64  # replies under way at once (each holds its prompt); more are answered 429 at once
 
     @property
     def body_bytes(self) -> int:

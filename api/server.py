@@ -13,9 +13,11 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +27,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from api.requests import ApiError, Completion, Limits, parse_chat, parse_completion
 from core.chat_template import template_for
@@ -131,12 +134,20 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise too_long
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_long
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_long
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone mid-upload: nobody to answer, nothing to log
+        raise ApiError("the client closed the connection before sending the whole body", status=400) from None
     return b"".join(chunks)
+
+
+async def _read_json(request: Request, body_bytes: int) -> Any:
+    """The body as JSON; the bytes are not kept (a reply may take a while, and many may wait their turn)."""
+    return await run_in_threadpool(_parse_json, await _read_body(request, body_bytes))
 
 
 def _parse_json(raw: bytes) -> Any:
@@ -216,6 +227,47 @@ class ChatShape(TextShape):
             yield {**self._head("chat.completion.chunk"), "choices": [], "usage": reply.usage()}
 
 
+class _Slots:
+    """The replies under way, at most `limit`: a request beyond them is refused before its body is read, rather
+    than queued with its megabyte of prompt in memory behind the others' turns."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.taken, self._mutex = limit, 0, threading.Lock()
+
+    def take(self) -> Callable[[], None]:
+        """A slot, or ApiError 429; returns what gives it back (once, however often it is called)."""
+        with self._mutex:
+            if self.taken >= self.limit:
+                raise ApiError(f"the server is answering {self.limit} requests already; try again shortly",
+                               status=429, code="too_many_requests")  # fmt: skip
+            self.taken += 1
+        given: list[bool] = []
+
+        def give_back() -> None:
+            with self._mutex:
+                if not given:
+                    given.append(True)
+                    self.taken -= 1
+
+        return give_back
+
+
+async def _reply_in_slot(
+    request: Request, slots: _Slots, body_bytes: int, reply_to: Callable[[Any], _Reply], shape: TextShape
+):
+    """Take a slot, read and check the request (`reply_to` its JSON), answer it; the slot is given back when the
+    reply is dropped (answered, streamed to its end, or abandoned by its client), or at once if it is refused."""
+    give_back = slots.take()
+    try:
+        # parsing and scanning a prompt of a megabyte takes a while: in a thread, not on the loop every stream uses
+        reply = await run_in_threadpool(reply_to, await _read_json(request, body_bytes))
+    except BaseException:
+        give_back()
+        raise
+    weakref.finalize(reply, give_back)
+    return await _answer(request, reply, shape)
+
+
 async def _answer(request: Request, reply: _Reply, shape: TextShape):
     """The reply whole, or streamed as server-sent events in `shape`'s chunks."""
     if not reply.request.stream:
@@ -239,6 +291,7 @@ def create_app(
 ) -> FastAPI:
     """The API of one loaded model; with `api_key`, every request must carry `Authorization: Bearer KEY`."""
     limits = limits or Limits()
+    slots = _Slots(limits.replies)
     access = access or Access(api_key=api_key)
 
     @contextlib.asynccontextmanager
@@ -278,15 +331,14 @@ def create_app(
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        raw = await _read_body(request, limits.body_bytes)
-        # parsing and scanning a prompt of a megabyte takes a while: in a thread, not on the loop every stream uses
-        completion = await run_in_threadpool(lambda: parse_completion(_parse_json(raw), loaded, limits))
-        return await _answer(request, _Reply(loaded, completion), TextShape(loaded.name))
+        return await _reply_in_slot(request, slots, limits.body_bytes,
+                                    lambda body: _Reply(loaded, parse_completion(body, loaded, limits)),
+                                    TextShape(loaded.name))  # fmt: skip
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        raw = await _read_body(request, limits.body_bytes)
-        completion = await run_in_threadpool(lambda: parse_chat(_parse_json(raw), loaded, limits, template))
-        return await _answer(request, _Reply(loaded, completion), ChatShape(loaded.name))
+        return await _reply_in_slot(request, slots, limits.body_bytes,
+                                    lambda body: _Reply(loaded, parse_chat(body, loaded, limits, template)),
+                                    ChatShape(loaded.name))  # fmt: skip
 
     return app

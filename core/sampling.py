@@ -191,6 +191,7 @@ def generate_ids(
     try:
         # the model reads the last `block` tokens; the guesses look further back, but not through a whole book
         history = list(prompt_ids[-max(4 * block, 4096) :] or [0])
+        del prompt_ids  # a megabyte's ids are not held while the reply is generated
         # Guessing steps stay float32: several rows are not faster in float16, and a guess must be checked
         # with the arithmetic of the step it replaces.
         half = not config.exact and config.guesses == 0
@@ -264,6 +265,7 @@ def stream(
     yielded = 0
     decode = vocab.stream_decoder()  # a token's text: one character, or with a BPE several or none yet
     tokens = generate_ids(model, vocab.encode(known), config, use_cache=use_cache)
+    del known
     for token in taking_turns(tokens) if shared else tokens:
         if on_token is not None:
             on_token(token)

@@ -50,6 +50,8 @@ ATTACKS = [
     Attack("top_p 1e-300", _json(top_p=1e-300), 200),
     Attack("a lone surrogate prompt", _json(prompt="\ud800"), 400, "lone surrogate"),
     Attack("a lone surrogate stop", _json(stop="\udcff"), 400, "lone surrogate"),
+    Attack("a field named by a lone surrogate", b'{"prompt": "To", "\\ud800": 1}', 400, "unknown"),
+    Attack("a megabyte field name", b'{"prompt": "To", "' + b"k" * 1_000_000 + b'": 1}', 400, "unknown"),
     Attack("a page rebound to 127.0.0.1", _json(), 403, "localhost only", headers={"host": "evil.example:8000"}),
     Attack(
         "a page's cross-origin POST",
@@ -83,6 +85,7 @@ def test_each_attack_gets_its_answer_in_openais_error_shape(char_api, attack):
         error = answer.json()["error"]
         assert set(error) == {"message", "type", "param", "code"}
         assert re.search(attack.message, error["message"]), error["message"]
+        assert len(answer.content) < 10_000  # an error echoes what was sent, never all of it
 
 
 def test_a_body_sent_in_chunks_is_cut_off_at_the_limit(char_api):
@@ -190,3 +193,26 @@ def test_many_unstreamed_replies_do_not_take_every_thread(char_api):
     for thread in longs:
         thread.join(300)
     assert finished.index("short") < 5, finished
+
+
+def test_replies_beyond_the_limit_are_refused_at_once_and_a_slot_comes_back_when_a_stream_is_dropped(tmp_path):
+    loaded = save_verse_model(tmp_path)
+    with serving(loaded, limits=Limits(max_tokens=4000, replies=2)) as url:
+        with httpx.Client(timeout=60) as first, httpx.Client(timeout=60) as second:
+            streams = [
+                client.stream("POST", url + "/completions", content=_json(max_tokens=4000, stream=True))
+                for client in (first, second)
+            ]  # fmt: skip
+            answers = [s.__enter__() for s in streams]
+            for answer in answers:
+                assert answer.status_code == 200 and next(answer.iter_lines())  # both under way
+            started = time.monotonic()
+            refused = httpx.post(url + "/completions", content=_json(), timeout=60)
+            assert refused.status_code == 429 and time.monotonic() - started < 5
+            assert refused.json()["error"]["code"] == "too_many_requests"
+            streams[0].__exit__(None, None, None)  # the client goes away mid-stream
+        deadline = time.monotonic() + 30
+        while (status := httpx.post(url + "/completions", content=_json(), timeout=60).status_code) == 429:
+            assert time.monotonic() < deadline, "the dropped streams' slots never came back"
+            time.sleep(0.5)
+        assert status == 200
