@@ -21,6 +21,7 @@ NAME = r"[^\W\d_][^\n:]{0,30}?"  # a letter first, a short name: "ROMEO", "First
 OWN_LINE = re.compile(rf"(?m)^({NAME}):\n(?=\S)")
 INLINE = re.compile(rf"(?m)^({NAME}): (?=\S)")
 MAX_NAME_CHARS = 64
+BLANK_LINES = re.compile(r"\n[^\S\n]*(?:\n[^\S\n]*)+")  # a line end, then one or more empty or blank lines
 
 
 @dataclass(frozen=True)
@@ -40,17 +41,26 @@ class ChatTemplate:
             content = content.strip("\n")
             if self.layout == "continue":  # as the Chat tab's transcript: a reply ends at a blank line
                 parts.append(content + ("\n\n" if role == "assistant" else "\n"))
-            elif role == "system":
+                continue
+            content = self._one_turn(content)
+            if role == "system":
                 parts.append(content + "\n\n")
             elif self.layout == "own-line":
                 parts.append(f"{name or self.speaker(role)}:\n{content}\n\n")
-            else:  # one line a speech: a line end inside would start a speaker's line of its own
-                parts.append(f"{name or self.speaker(role)}: {content.replace(chr(10), ' ')}\n")
+            else:
+                parts.append(f"{name or self.speaker(role)}: {content}\n")
         if self.layout == "own-line":
             parts.append(f"{self.assistant}:\n")
         elif self.layout == "inline":
             parts.append(f"{self.assistant}: ")
         return "".join(parts)
+
+    def _one_turn(self, content: str) -> str:
+        """A message's text kept within its own turn: a message cannot write another speaker's turn into the
+        prompt (a line end starts one in the inline layout, a blank line in the own-line one)."""
+        if self.layout == "inline":
+            return content.replace("\n", " ")
+        return BLANK_LINES.sub("\n", content)
 
     def speaker(self, role: str) -> str:
         return self.assistant if role == "assistant" else self.user
