@@ -227,44 +227,24 @@ class ChatShape(TextShape):
             yield {**self._head("chat.completion.chunk"), "choices": [], "usage": reply.usage()}
 
 
-class _Slots:
-    """The replies under way, at most `limit`: a request beyond them is refused before its body is read, rather
-    than queued with its megabyte of prompt in memory behind the others' turns."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.taken, self._mutex = limit, 0, threading.Lock()
-
-    def take(self) -> Callable[[], None]:
-        """A slot, or ApiError 429; returns what gives it back (once, however often it is called)."""
-        with self._mutex:
-            if self.taken >= self.limit:
-                raise ApiError(f"the server is answering {self.limit} requests already; try again shortly",
-                               status=429, code="too_many_requests")  # fmt: skip
-            self.taken += 1
-        given: list[bool] = []
-
-        def give_back() -> None:
-            with self._mutex:
-                if not given:
-                    given.append(True)
-                    self.taken -= 1
-
-        return give_back
-
-
 async def _reply_in_slot(
-    request: Request, slots: _Slots, body_bytes: int, reply_to: Callable[[Any], _Reply], shape: TextShape
-):
-    """Take a slot, read and check the request (`reply_to` its JSON), answer it; the slot is given back when the
-    reply is dropped (answered, streamed to its end, or abandoned by its client), or at once if it is refused."""
-    give_back = slots.take()
+    request: Request, slots: threading.BoundedSemaphore, body_bytes: int, reply_to: Callable[[Any], _Reply],
+    shape: TextShape,
+):  # fmt: skip
+    """Take one of the slots of replies under way (none free: 429 before the body is read, rather than a megabyte
+    of prompt queued behind the others' turns), read and check the request (`reply_to` its JSON), answer it. The
+    slot is given back when the reply is dropped (answered, streamed to its end, or abandoned by its client), or at
+    once if the request is refused."""
+    if not slots.acquire(blocking=False):
+        raise ApiError("the server is answering as many requests as it takes at once; try again shortly",
+                       status=429, code="too_many_requests")  # fmt: skip
     try:
         # parsing and scanning a prompt of a megabyte takes a while: in a thread, not on the loop every stream uses
         reply = await run_in_threadpool(reply_to, await _read_json(request, body_bytes))
     except BaseException:
-        give_back()
+        slots.release()
         raise
-    weakref.finalize(reply, give_back)
+    weakref.finalize(reply, slots.release)
     return await _answer(request, reply, shape)
 
 
@@ -291,7 +271,7 @@ def create_app(
 ) -> FastAPI:
     """The API of one loaded model; with `api_key`, every request must carry `Authorization: Bearer KEY`."""
     limits = limits or Limits()
-    slots = _Slots(limits.replies)
+    slots = threading.BoundedSemaphore(limits.replies)
     access = access or Access(api_key=api_key)
 
     @contextlib.asynccontextmanager

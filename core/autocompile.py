@@ -56,8 +56,8 @@ def read_verdict(key: str) -> dict[str, float] | None:
         values = {name: float(verdict[name]) for name in ("eager_step_s", "compiled_step_s", "compile_s")}
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return None
-    sane = all(math.isfinite(v) and v >= 0 for v in values.values()) and min(values["eager_step_s"],
-                                                                             values["compiled_step_s"]) > 0  # fmt: skip
+    paces_positive = values["eager_step_s"] > 0 and values["compiled_step_s"] > 0
+    sane = paces_positive and values["compile_s"] >= 0 and all(map(math.isfinite, values.values()))
     return values if sane else None  # a hand-edited or damaged entry is measured again
 
 
