@@ -10,8 +10,9 @@ storage     Optuna storages, heartbeats, opening and creating studies
 study       a classic study of trials (`tune --trials`)
 results     best trial and parameters, the studies a storage holds
 plan        a tournament's rungs for a budget, the minimum budgets
-speed       the default model's measured pace, the preview before Start
+speed       the default model's measured pace
 tokenizer   the tokenizer a tournament trains with: a BPE where it is measured to pay
+budget      what a budget gets: its plan, tokenizer and default (a larger one for long budgets), the preview
 candidates  the default, its neighbours, a seeded draw of the space
 record      a tournament's state in its study: waiting, stopped, promoted
 rungs       running a tournament's rungs

@@ -108,13 +108,13 @@ def neighbours(default: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def first_candidates(
-    space: SearchSpace, count: int, seed: int, overrides: dict[str, Any] | None = None, tokenizer: dict | None = None
+    space: SearchSpace, count: int, seed: int, overrides: dict[str, Any] | None = None, changes: dict | None = None
 ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(params, the space's values of them) of a first rung: the default configuration (with the plan's
-    `tokenizer`), its `neighbours` that the space allows, then a seeded random sample of the space (the random
+    `changes`: its tokenizer, a larger shape), its `neighbours` that the space allows, then a seeded random sample of the space (the random
     start-up phase of a seeded TPE sampler). A candidate the space cannot express records no values (the
     default, often)."""
-    default = default_params(overrides) | (tokenizer or {})
+    default = default_params(overrides) | (changes or {})
     out: list[tuple[dict[str, Any], dict[str, Any]]] = [(default, {})]
     other = []  # the tokenizer the plan searches beside the default's, as the second candidate
     if isinstance(space.tokenizer, Choice) and isinstance(space.vocab_size, int):
@@ -162,7 +162,8 @@ def init_tournament(
     tokenizer, space = _tokenizer_space(plan.tokenizer, space)
     study.set_user_attr(PLAN_ATTR, plan.to_json())
     study.set_user_attr("search_space", space.to_json())
-    firsts = first_candidates(space, plan.rungs[0].candidates, seed, overrides, tokenizer)
+    changes = tokenizer | plan.grown.get("params", {})  # the plan's default: its tokenizer, a larger shape
+    firsts = first_candidates(space, plan.rungs[0].candidates, seed, overrides, changes)
     for candidate, (params, fixed) in enumerate(firsts):
         study.enqueue_trial(
             fixed, user_attrs={"candidate": candidate, "rung": 0, "parent": None, "params": params, "fixed": fixed}

@@ -45,6 +45,7 @@ class Plan:
     final_token_scale: int = FINAL_TOKEN_SCALE
     final_longer_context: bool = True
     tokenizer: dict[str, Any] = field(default_factory=dict)  # the default candidate's (core.tune.tokenizer)
+    grown: dict[str, Any] = field(default_factory=dict)  # a larger default for a long budget (core.tune.budget)
 
     @property
     def deadline(self) -> float:
@@ -60,6 +61,11 @@ class Plan:
         data = dict(data)
         old = {"final_token_scale": data.pop("final_batch_scale", 1), "final_longer_context": False}
         return cls(**{**old, **data, "rungs": [Rung(**r) for r in data["rungs"]]})
+
+    @property
+    def final_step_s(self) -> float:
+        """The expected pace of the final rung's model."""
+        return self.grown.get("step_s") or self.step_s * self.final_token_scale
 
     @property
     def searches(self) -> bool:
@@ -150,10 +156,7 @@ def plan_tournament(
     explore_s = (1 - final_share) * (budget_s - END_MARGIN_S)
 
     def plan(rungs: list[Rung], note: str = "") -> Plan:
-        return Plan(
-            budget_s, workers, rungs, score_fraction=0.2, final_cooldown=0.4, started=time.time(), step_s=step_s,
-            slice_overhead_s=slice_overhead_s, note=note,
-        )  # fmt: skip
+        return make_plan(budget_s, step_s, rungs, workers=workers, slice_overhead_s=slice_overhead_s, note=note)
 
     for rungs in range(max_rungs, 1, -1):
         per_rung = explore_s / (rungs - 1)  # wall time: `workers` slices run at once, in ceil(n / workers) rounds
@@ -174,6 +177,21 @@ def plan_tournament(
         f"a budget of {budget_s:.0f}s is too short to train even the default model ({min_steps} steps at the "
         f"measured {step_s * 1000:.0f} ms/step, then its evaluation and save); give at least {math.ceil(least.run_s)}s"
     )
+
+
+def make_plan(
+    budget_s: float,
+    step_s: float,
+    rungs: list[Rung],
+    *,
+    workers: int = 1,
+    slice_overhead_s: float = SLICE_OVERHEAD_S,
+    note: str = "",
+    **fields: Any,
+) -> Plan:
+    """A plan of these rungs starting now, with the schedule every tournament uses."""
+    return Plan(budget_s, workers, rungs, score_fraction=0.2, final_cooldown=0.4, started=time.time(), step_s=step_s,
+                slice_overhead_s=slice_overhead_s, note=note, **fields)  # fmt: skip
 
 
 MIN_STEPS = 150  # steps of a candidate's first slice that judge it reliably

@@ -17,14 +17,14 @@ from core import checkpoint as ckpt
 from core.base import base_path, check_tokenizer_kind, load_base, refuse_shape_flags, tuning_overrides
 from core.data import Dataset, require_dataset
 from core.runs import claim_model_dir
+from core.tune.budget import choose_plan
 from core.tune.candidates import init_tournament
 from core.tune.config import TournamentConfig, TuningError
 from core.tune.plan import PLAN_ATTR, Plan, fmt_ms
 from core.tune.space import SearchSpace
-from core.tune.speed import measured_speed, plan_for, recorded_plan
+from core.tune.speed import measured_speed, recorded_plan
 from core.tune.storage import create_study, open_study
 from core.tune.tokenizer import build as build_tokenizer
-from core.tune.tokenizer import pick_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,7 @@ def prepare_tournament(
         return study, Plan.from_json(recorded)
     dataset = dataset or Dataset(config.data_dir)
     speed = measured_speed(config, dataset)
-    plan = plan_for(config, speed, workers=workers)
-    pick = pick_tokenizer(config, dataset, speed.step_s).for_plan(plan.searches)
+    plan, pick = choose_plan(config, dataset, speed, workers=workers)
     plan.started, plan.tokenizer = started, build_tokenizer(pick, config.data_dir).to_json()
     plan = init_tournament(study, plan, space.fixing(config.overrides), config.seed, config.overrides)
     log.info(

@@ -172,7 +172,8 @@ def _run_rung(run: Running, trial: optuna.Trial) -> None:
     if owned.check():
         return end(None, _abandoned(trial))
     pace = watch.pace()
-    if rung == 0 and candidate == 0 and pace is not None and dataset is run.dataset:  # the measured default model
+    measured_default = rung == 0 and candidate == 0 and not run.plan.grown and dataset is run.dataset
+    if measured_default and pace is not None:
         record_observed_speed(run.config, run.dataset, pace)
     if _record_rung(run, trial, score, final, watch, started):
         end(score)
@@ -399,7 +400,7 @@ def _final_rung(
             "eval_seconds": max(5.0, seconds / 10),
             "eval_iters": 20,
             "sample_chars": 200,
-            "checkpoint_interval": max(20, int(30 / max(plan.step_s * plan.final_token_scale, 1e-3))),  # ~ every 30 s
+            "checkpoint_interval": max(20, int(30 / max(plan.final_step_s, 1e-3))),  # ~ every 30 s
         },
     )
     source = {"study": trial.study.study_name, "trial": trial.number, "tournament": True}

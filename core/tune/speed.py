@@ -1,5 +1,5 @@
 """The default model's pace here, which every plan rests on: measured warm, kept per dataset and device,
-corrected by what runs find; the preview a page shows before Start."""
+corrected by what runs find."""
 
 from __future__ import annotations
 
@@ -24,9 +24,8 @@ from core.model import GPT
 from core.trainer import TrainHooks, train
 from core.tune.candidates import candidate_configs, default_params
 from core.tune.config import TournamentConfig, TuningError
-from core.tune.plan import PLAN_ATTR, SLICE_OVERHEAD_S, Minimums, Plan, budget_minimums, plan_tournament
+from core.tune.plan import PLAN_ATTR, Plan
 from core.tune.storage import open_study
-from core.tune.tokenizer import pick_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +35,13 @@ SCORE_CHARS = 65_536  # validation characters scored per candidate: the same eve
 WARM_STEPS, TIMED_BLOCKS, BLOCK_STEPS = 5, 6, 5  # how the default model's pace is measured
 
 
-def measure_step_s(config: TournamentConfig, dataset: Dataset) -> float:
-    """Seconds a step of the default model takes here: the median step of the quiet blocks among TIMED_BLOCKS
-    blocks of BLOCK_STEPS steps timed after WARM_STEPS (allocations, the first kernels). Another process on the
-    cores (the browser drawing the page that asked) only ever slows steps: a block over QUIET_MARGIN times the
-    fastest block's pace was disturbed. The fastest block alone reads low against the run; the median of the
+def measure_step_s(config: TournamentConfig, dataset: Dataset, changes: dict[str, Any] | None = None) -> float:
+    """Seconds a step of the default model (with `changes`, `_model_configs`) takes here: the median step of the
+    quiet blocks among TIMED_BLOCKS blocks of BLOCK_STEPS steps timed after WARM_STEPS (allocations, the first
+    kernels). Another process on the cores (the browser drawing the page that asked) only ever slows steps: a
+    block over QUIET_MARGIN times the fastest block's pace was disturbed. The fastest block alone reads low against the run; the median of the
     quiet ones does not. Eagerly: where the run compiles, it does so because compiled steps are faster."""
-    model_config, train_config = candidate_configs(default_params(config.overrides), config, 0, len(dataset.vocab))
+    model_config, train_config = _model_configs(config, dataset, changes)
     steps = WARM_STEPS + TIMED_BLOCKS * BLOCK_STEPS + 1
     train_config = replace_known(train_config, {"max_iters": steps, "max_minutes": 0.0, "warmup_iters": 0,
                                                 "compile": "off", "report_to": "none"})  # fmt: skip
@@ -59,9 +58,17 @@ def measure_step_s(config: TournamentConfig, dataset: Dataset) -> float:
 QUIET_MARGIN = 1.25
 
 
-def measure_score_s(config: TournamentConfig, dataset: Dataset) -> float:
+def _model_configs(config: TournamentConfig, dataset: Dataset, changes: dict[str, Any] | None):
+    """The default candidate's configs with `changes`; a `vocab_size` among them sizes the model (the pace of a
+    tokenizer not built yet, timed on this dataset's text) rather than choosing a dataset."""
+    changes = dict(changes or {})
+    vocab_size = changes.pop("vocab_size", None) or len(dataset.vocab)
+    return candidate_configs(default_params(config.overrides) | changes, config, 0, vocab_size)
+
+
+def measure_score_s(config: TournamentConfig, dataset: Dataset, changes: dict[str, Any] | None = None) -> float:
     """Seconds scoring the default model takes here (the end of every exploration slice)."""
-    model_config, _ = candidate_configs(default_params(config.overrides), config, 0, len(dataset.vocab))
+    model_config, _ = _model_configs(config, dataset, changes)
     model = GPT(model_config).to(pick_device(config.device))
     started = time.perf_counter()
     _score(model, dataset)
@@ -79,17 +86,20 @@ class Speed:
 SPEED_FILE = ".tournament_speed.json"  # in the dataset folder: one measurement per device and default model
 
 
-def measured_speed(config: TournamentConfig, dataset: Dataset, measure: bool = True) -> Speed | None:
-    """The default model's speed here, measured once per dataset, device and fixed fields and then read from
-    the dataset folder, so that the minimum budget the page shows is the one Start applies; None when it is
-    not known yet and `measure` is False (another job busy on the cores would make a measurement too slow)."""
-    key, known = _speed_key(config, dataset), _known_speeds(config)
+def measured_speed(
+    config: TournamentConfig, dataset: Dataset, measure: bool = True, changes: dict[str, Any] | None = None
+) -> Speed | None:
+    """The default model's speed here (with `changes`, `_model_configs`), measured once per dataset, device and
+    fixed fields and then read from the dataset folder, so that the minimum budget the page shows is the one
+    Start applies; None when it is not known yet and `measure` is False (another job busy on the cores would
+    make a measurement too slow)."""
+    key, known = _speed_key(config, dataset, changes), _known_speeds(config)
     if isinstance(known.get(key), dict):
         with contextlib.suppress(TypeError):
             return Speed(**known[key])
     if not measure:
         return None
-    speed = Speed(measure_step_s(config, dataset), measure_score_s(config, dataset))
+    speed = Speed(measure_step_s(config, dataset, changes), measure_score_s(config, dataset, changes))
     _write_speed(config, key, speed)
     return speed
 
@@ -109,13 +119,13 @@ def record_observed_speed(config: TournamentConfig, dataset: Dataset, step_s: fl
 OBSERVED_MARGIN = 0.2
 
 
-def _speed_key(config: TournamentConfig, dataset: Dataset) -> str:
+def _speed_key(config: TournamentConfig, dataset: Dataset, changes: dict[str, Any] | None = None) -> str:
     device = pick_device(config.device)
     # the threads `train` will use (core.device.configure), not whatever this process has set so far
     threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1) if device.type == "cpu" else 0
     estimator = "quiet-blocks"  # how measure_step_s reads a pace: a pace read another way is measured again
-    return json.dumps([str(device), threads, len(dataset.vocab), config.overrides, estimator], sort_keys=True,
-                      default=str)  # fmt: skip
+    key = [str(device), threads, len(dataset.vocab), config.overrides, estimator] + ([changes] if changes else [])
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 def _known_speeds(config: TournamentConfig) -> dict[str, Any]:
@@ -142,59 +152,6 @@ def known_step_s(data_dir: str | Path) -> float | None:
         return None
     paces = [s.get("step_s") for s in known.values() if isinstance(s, dict) and s.get("step_s")]
     return min(paces) if paces else None
-
-
-def plan_for(config: TournamentConfig, speed: Speed, workers: int = 1) -> Plan:
-    return plan_tournament(
-        config.budget,
-        speed.step_s,
-        workers=workers,
-        eta=config.eta,
-        final_share=config.final_share,
-        search_rungs=config.search_rungs,
-        slice_overhead_s=SLICE_OVERHEAD_S + speed.score_s,
-    )
-
-
-@dataclass
-class Preview:
-    """What a budget will do, said before it starts: the plan, or why there is none, and the minimums."""
-
-    minimums: Minimums
-    plan: Plan | None
-    error: str = ""
-    continuing: bool = False
-    step_s: float = 0.0  # the default model's pace the minimums rest on
-
-    def text(self) -> str:
-        if self.error:
-            return self.error
-        verb = "continues its recorded plan: " if self.continuing else ""
-        return verb + self.plan.summary()
-
-
-def preview(config: TournamentConfig, workers: int = 1, measure: bool = True) -> Preview:
-    """The plan a budget gets (the recorded one when the study already holds a tournament), without starting;
-    with `measure` False a speed not measured yet is a TuningError saying so."""
-    dataset = Dataset(config.data_dir)
-    speed = measured_speed(config, dataset, measure)
-    if speed is None:
-        raise TuningError(
-            "the smallest budgets are measured on this machine when no job is running; they show here then"
-        )
-    least = budget_minimums(speed.step_s, workers=workers, eta=config.eta, final_share=config.final_share,
-                            slice_overhead_s=SLICE_OVERHEAD_S + speed.score_s)  # fmt: skip
-    recorded = recorded_plan(config)
-    if recorded is not None:
-        return Preview(least, recorded, continuing=True, step_s=speed.step_s)
-    try:
-        plan = plan_for(config, speed, workers)
-        plan.tokenizer = (
-            pick_tokenizer(config, dataset, speed.step_s).for_plan(plan.searches).to_json()
-        )  # built at Start
-        return Preview(least, plan, step_s=speed.step_s)
-    except TuningError as err:
-        return Preview(least, None, error=str(err), step_s=speed.step_s)
 
 
 def recorded_plan(config: TournamentConfig) -> Plan | None:

@@ -19,13 +19,13 @@ from core import checkpoint as ckpt
 from core.config import STUDIES_DIR, ModelConfig, TrainConfig, parse_flops
 from core.data import DataError
 from core.runs import ModelTaken
+from core.tune.budget import preview
 from core.tune.config import StudyConfig, TournamentConfig, TuningError
 from core.tune.plan import fmt_ms
 from core.tune.record import STOPPED_REASON, RungEvent, begin_tournament, with_base
 from core.tune.results import last_step, trial_value
 from core.tune.rungs import run_tournament
 from core.tune.space import SearchSpace
-from core.tune.speed import preview
 from core.tune.study import run_study
 from workbench.jobs import JobBusy, JobManager
 from workbench.project import Project
