@@ -22,7 +22,7 @@ from core.tune.space import SearchSpace
 from core.tune.speed import Speed, measured_speed, recorded_plan
 from core.variants import AS_PREPARED
 
-GROWN_SHAPE = {"n_layer": 6, "n_head": 4, "n_embd": 256, "block_size": 128}  # the CPU search space's largest
+GROWN_SHAPE = {"n_layer": 6, "n_head": 4, "n_embd": 256, "block_size": 256}  # the CPU search space's largest
 # Passes over the text (as `expected_passes` estimates them) where the larger default trains: it won reading the
 # text about 6 times (30 minutes of the default corpus); past MAX_BPE_PASSES a BPE overfits.
 GROWN_MIN_PASSES = 4.0

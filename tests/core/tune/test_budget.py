@@ -53,7 +53,7 @@ def test_a_long_budget_on_a_bpe_trains_the_larger_default_for_all_of_it(tmp_path
     assert pick.params == {"tokenizer": "bpe", "vocab_size": tokenizers.BPE_SIZE} and "6.0 times" in pick.why
     assert asked[-1]["changes"] == GROWN_SHAPE | {"vocab_size": tokenizers.BPE_SIZE}  # timed at the BPE's size
     plan.tokenizer = pick.to_json()
-    assert "BPE 2048" in plan.summary() and "a larger model (6 layers of 256, context 128 tokens" in plan.summary()
+    assert "BPE 2048" in plan.summary() and "a larger model (6 layers of 256, context 256 tokens" in plan.summary()
 
     # read too few times (a shorter budget) or too many (overfits): the tournament as before
     for passes in (2, 12):
@@ -97,6 +97,8 @@ def test_the_larger_models_pace_is_its_own_and_is_not_measured_while_a_job_runs(
     other = measured_speed(config, dataset, changes=small)
     assert other.step_s > 0 and measured_speed(config, dataset, measure=False, changes=small) == other
     speed = measured_speed(config, dataset)
-    grown = config_for(tmp_path, dataset_dir, budget=10**6)  # reads the text many times even at the default's pace
+    chars_per_step = 2 * GROWN_SHAPE["block_size"] * tokenizers.CHARS_PER_BPE_TOKEN
+    budget = 20 * dataset.stats["train_chars"] * speed.step_s / chars_per_step  # 20 passes at the default's pace
+    grown = config_for(tmp_path, dataset_dir, budget=budget, overrides={"batch_size": 2})
     with pytest.raises(TuningError, match="measured on this machine when no job is running"):
         budgets.grown_default(grown, dataset, speed, measure=False)
