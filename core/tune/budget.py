@@ -42,12 +42,18 @@ def plan_for(config: TournamentConfig, speed: Speed, workers: int = 1) -> Plan:
 
 
 def choose_plan(
-    config: TournamentConfig, dataset: Dataset, speed: Speed, *, workers: int = 1, measure: bool = True
+    config: TournamentConfig,
+    dataset: Dataset,
+    speed: Speed,
+    *,
+    workers: int = 1,
+    measure: bool = True,
+    space: SearchSpace | None = None,
 ) -> tuple[Plan, tokenizers.TokenizerPick]:
     """The plan of `config`'s budget and the tokenizer its default candidate trains with (not built yet): a
     larger default trained for all of the budget where `grown_default` finds one, else the rungs of `plan_for`
     and `pick_tokenizer`'s choice."""
-    grown = grown_default(config, dataset, speed, measure)
+    grown = grown_default(config, dataset, speed, measure, space)
     if grown is None:
         plan = plan_for(config, speed, workers)
         return plan, tokenizers.pick_tokenizer(config, dataset, speed.step_s).for_plan(plan.searches)
@@ -65,16 +71,19 @@ def choose_plan(
 
 
 def grown_default(
-    config: TournamentConfig, dataset: Dataset, speed: Speed, measure: bool = True
+    config: TournamentConfig, dataset: Dataset, speed: Speed, measure: bool = True, space: SearchSpace | None = None
 ) -> tuple[tokenizers.TokenizerPick, float, float] | None:
     """(its tokenizer, passes over the text, seconds a step) of the larger default where a BPE of the text (the
     dataset's own, or one a tournament may build) is read GROWN_MIN_PASSES to MAX_BPE_PASSES times by it in the
-    budget; None where the user fixed the tokenizer to characters, a field of its shape or a base model, or
+    budget; None where the user fixed the tokenizer to characters, a field of its shape or a base model, the
+    search `space` (the budget's default) does not hold its shape, or
     the default's own pace already says it would read the text too few times. Its pace is measured here once
     (cached like the default's); with `measure` False a pace not measured yet is a TuningError."""
     if config.tokenizer not in ("auto", "bpe") or config.overrides.get("init_from"):
         return None
-    if set(config.overrides) & {*GROWN_SHAPE, "head_size"} or not _space_holds(config):
+    if set(config.overrides) & {*GROWN_SHAPE, "head_size"} or not _space_holds(
+        space or SearchSpace.for_budget(config.device)
+    ):
         return None
     as_bpe = dataset.vocab.kind == "bpe"
     chars_per_token = 1 / dataset.tokens_per_char["train"] if as_bpe else tokenizers.CHARS_PER_BPE_TOKEN
@@ -115,9 +124,8 @@ def _step_flops(params: dict[str, Any], vocab_size: int) -> float:
     return flops_per_token(model_config) * params["batch_size"] * params.get("grad_accum", 1) * model_config.block_size
 
 
-def _space_holds(config: TournamentConfig) -> bool:
-    """Whether the budget's search space holds the larger shape (a GPU's space is another)."""
-    space = SearchSpace.for_budget(config.device)
+def _space_holds(space: SearchSpace) -> bool:
+    """Whether `space` holds the larger shape (a GPU's space is another; a user's may be narrower)."""
     head_size = GROWN_SHAPE["n_embd"] // GROWN_SHAPE["n_head"]
     checks = {**{k: v for k, v in GROWN_SHAPE.items() if k != "n_embd"}, "head_size": head_size}
     return all(space.allows(name, value) for name, value in checks.items())

@@ -81,7 +81,7 @@ def prepare_tournament(
         return study, Plan.from_json(recorded)
     dataset = dataset or Dataset(config.data_dir)
     speed = measured_speed(config, dataset)
-    plan, pick = choose_plan(config, dataset, speed, workers=workers)
+    plan, pick = choose_plan(config, dataset, speed, workers=workers, space=space)
     plan.started, plan.tokenizer = started, build_tokenizer(pick, config.data_dir).to_json()
     plan = init_tournament(study, plan, space.fixing(config.overrides), config.seed, config.overrides)
     log.info(

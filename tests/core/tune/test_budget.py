@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from core.data import Dataset
@@ -11,7 +13,7 @@ from core.tune import tokenizer as tokenizers
 from core.tune.budget import GROWN_SHAPE, choose_plan
 from core.tune.config import TournamentConfig, TuningError
 from core.tune.record import prepare_tournament
-from core.tune.space import SearchSpace
+from core.tune.space import IntRange, SearchSpace
 from core.tune.speed import Speed, measured_speed
 
 
@@ -67,6 +69,8 @@ def test_a_long_budget_on_a_bpe_trains_the_larger_default_for_all_of_it(tmp_path
                   {"overrides": {"block_size": 64}}):  # fmt: skip
         plan, _ = choose_plan(config_for(tmp_path, dataset_dir, **fixed), dataset, default)
         assert not plan.grown
+    narrow = dataclasses.replace(SearchSpace.for_budget("cpu"), n_layer=IntRange(2, 4))  # a user's --space
+    assert not choose_plan(config, dataset, default, space=narrow)[0].grown
     # nor where the default's pace says it reads the text too few times, or too many even at the slowest step its
     # arithmetic allows (a tiny text: it would overfit whatever its pace)
     slow, quick = (Speed(grown_pace(dataset, config.budget, passes=p), 0.1) for p in (3, 10_000))
