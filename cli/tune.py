@@ -125,7 +125,8 @@ def run_budgeted(args: argparse.Namespace, config: TournamentConfig) -> int:
         verb = "continuing" if begun.continuing else "planned"
         print(f"tournament {config.study} ({verb}): {plan.describe()}; budget {config.budget:.0f}s", file=sys.stderr)
         if not plan.searches:
-            print("(--search-rungs 1 searches even a short budget)", file=sys.stderr)
+            instead = "searches instead" if plan.grown else "searches even a short budget"
+            print(f"(--search-rungs 1 {instead})", file=sys.stderr)
     if args.workers > 1 and not spawned:
         argv = strip_options(sys.argv[1:], {"--workers": True})
         run_workers([[*argv, "--workers", str(args.workers), "--worker-index", str(i)] for i in range(args.workers)])

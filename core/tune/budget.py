@@ -1,9 +1,10 @@
 """What a budget gets before it starts: its plan, the tokenizer and the default model, chosen from the pace
 measured here, and the preview a page shows before Start.
 
-A long budget on a text a BPE reads a few times trains a larger default for all of it instead of searching:
-measured, the search space's largest CPU shape trained 30 minutes beat a tournament of the small candidates,
-whose short rungs judge where small models lead (RESULTS.md, "The tokenizer in the tournament").
+A long budget on a CPU, where a text's BPE is read a few times, trains a larger default for all of it instead of
+searching: measured, the CPU search space's largest shape trained for all of a long budget beat a tournament of
+the small candidates, whose short rungs judge where small models lead (RESULTS.md, "The tokenizer in the
+tournament").
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from core.config import ModelConfig, replace_known
 from core.data import Dataset
+from core.device import device_kind
 from core.model import flops_per_token
 from core.tune import tokenizer as tokenizers
 from core.tune.candidates import default_params
@@ -23,9 +25,13 @@ from core.tune.speed import Speed, measured_speed, recorded_plan
 from core.variants import AS_PREPARED
 
 GROWN_SHAPE = {"n_layer": 6, "n_head": 4, "n_embd": 256, "block_size": 256}  # the CPU search space's largest
-# Passes over the text (as `expected_passes` estimates them) where the larger default trains: it won reading the
-# text about 6 times (30 minutes of the default corpus); past MAX_BPE_PASSES a BPE overfits.
-GROWN_MIN_PASSES = 4.0
+# Where it trains: reading the text GROWN_MIN_PASSES to MAX_BPE_PASSES times (as `expected_passes` estimates them;
+# past MAX_BPE_PASSES a BPE overfits) in at least GROWN_MIN_STEPS steps, around where it was measured to win.
+GROWN_MIN_PASSES, GROWN_MIN_STEPS = 4.0, 2_500
+# Its step against the default's, bounded by their arithmetic before it is measured: at least 1/FASTEST_SHARE
+# and at most SLOWEST_SHARE of the ratio of their FLOPs a step (a small model is bound by overheads more; the
+# measured ratio was about half the arithmetic's, RESULTS.md), so that budgets it cannot fit measure nothing.
+FASTEST_SHARE, SLOWEST_SHARE = 3.0, 2.0
 
 
 def plan_for(config: TournamentConfig, speed: Speed, workers: int = 1) -> Plan:
@@ -57,66 +63,75 @@ def choose_plan(
     if grown is None:
         plan = plan_for(config, speed, workers)
         return plan, tokenizers.pick_tokenizer(config, dataset, speed.step_s).for_plan(plan.searches)
-    pick, passes, step_s = grown
+    pick, passes, step_s, changes = grown
     shape = GROWN_SHAPE
     note = (
         f"no search: a larger model ({shape['n_layer']} layers of {shape['n_embd']}, context {shape['block_size']} "
-        f"tokens, {step_s * 1000:.0f} ms a step) trains for all of it, where one this size beat a search of smaller "
-        "ones"
+        f"tokens, {step_s * 1000:.0f} ms a step) trains for the whole budget and reads the text about {passes:.1f} "
+        "times; one this size beat a search of smaller models"
     )
-    grown_plan = {"params": shape, "step_s": step_s, "passes": round(passes, 2)}
     plan = make_plan(config.budget, speed.step_s, [Rung(1, 0.0)], workers=workers, note=note,
-                     slice_overhead_s=SLICE_OVERHEAD_S + speed.score_s, grown=grown_plan)  # fmt: skip
+                     slice_overhead_s=SLICE_OVERHEAD_S + speed.score_s,
+                     grown={"params": shape, "step_s": step_s, "changes": changes})  # fmt: skip
     return plan, pick
 
 
 def grown_default(
     config: TournamentConfig, dataset: Dataset, speed: Speed, measure: bool = True, space: SearchSpace | None = None
-) -> tuple[tokenizers.TokenizerPick, float, float] | None:
-    """(its tokenizer, passes over the text, seconds a step) of the larger default where a BPE of the text (the
-    dataset's own, or one a tournament may build) is read GROWN_MIN_PASSES to MAX_BPE_PASSES times by it in the
-    budget; None where the user fixed the tokenizer to characters, a field of its shape or a base model, the
-    search `space` (the budget's default) does not hold its shape, or
-    the default's own pace already says it would read the text too few times. Its pace is measured here once
-    (cached like the default's); with `measure` False a pace not measured yet is a TuningError."""
-    if config.tokenizer not in ("auto", "bpe") or config.overrides.get("init_from"):
-        return None
-    if set(config.overrides) & {*GROWN_SHAPE, "head_size"} or not _space_holds(
-        space or SearchSpace.for_budget(config.device)
-    ):
+) -> tuple[tokenizers.TokenizerPick, float, float, dict[str, Any]] | None:
+    """(its tokenizer, passes over the text, seconds a step, the changes its pace is kept under) of the larger
+    default where the budget holds it (GROWN_MIN_PASSES, GROWN_MIN_STEPS) on a CPU; None where the user asked
+    for characters, a search even of a short budget, a base model or a field of its shape, where `space` (the
+    budget's default) does not hold it, or where its pace is not measured yet and `measure` is False (another
+    job is running: the plan is the usual one then)."""
+    if not _may_grow(config, dataset, space):
         return None
     as_bpe = dataset.vocab.kind == "bpe"
     chars_per_token = 1 / dataset.tokens_per_char["train"] if as_bpe else tokenizers.CHARS_PER_BPE_TOKEN
     default = default_params(config.overrides)
     chars_per_step = default["batch_size"] * default.get("grad_accum", 1) * GROWN_SHAPE["block_size"] * chars_per_token
-    # Its pace is measured only where it may fall in the window: its step takes at least the default's, and at
-    # most SLOWEST_MARGIN times what its arithmetic takes more (the small default is bound by overheads more).
     vocab_size = len(dataset.vocab) if as_bpe else tokenizers.BPE_SIZE
-    slowest_s = speed.step_s * SLOWEST_MARGIN * _step_flops(default | GROWN_SHAPE, vocab_size)
-    slowest_s /= _step_flops(default, len(dataset.vocab))
-    if tokenizers.expected_passes(dataset, config.budget, speed.step_s, chars_per_step) < GROWN_MIN_PASSES:
-        return None
-    if tokenizers.expected_passes(dataset, config.budget, slowest_s, chars_per_step) > tokenizers.MAX_BPE_PASSES:
+    ratio = _step_flops(default | GROWN_SHAPE, vocab_size) / _step_flops(default, len(dataset.vocab))
+    fastest_s, slowest_s = speed.step_s * max(1.0, ratio / FASTEST_SHARE), speed.step_s * ratio * SLOWEST_SHARE
+    passes_a_step = tokenizers.expected_passes(dataset, 1.0, 1.0, chars_per_step)
+    if not _fits(config.budget, fastest_s, slowest_s, passes_a_step):
         return None
     changes = GROWN_SHAPE | {"vocab_size": vocab_size}
     pace = measured_speed(config, dataset, measure, changes)
-    if pace is None:
-        raise TuningError("the larger model's pace is measured on this machine when no job is running; see it then")
-    passes = tokenizers.expected_passes(dataset, config.budget, pace.step_s, chars_per_step)
-    if not GROWN_MIN_PASSES <= passes <= tokenizers.MAX_BPE_PASSES:
+    if pace is None or not _fits(config.budget, pace.step_s, pace.step_s, passes_a_step):
         return None
+    passes = config.budget / pace.step_s * passes_a_step
     if as_bpe:
-        return (
-            tokenizers.TokenizerPick(AS_PREPARED, 0, f"the dataset's own BPE of {len(dataset.vocab)} tokens"),
-            passes,
-            pace.step_s,
-        )
-    why = (f"BPE {tokenizers.BPE_SIZE}: in {config.budget / 60:.3g} min the larger model reads the text about "
-           f"{passes:.1f} times, where a BPE has beaten characters by {tokenizers.BPE_GAIN}")  # fmt: skip
-    return tokenizers.TokenizerPick("bpe", tokenizers.BPE_SIZE, why), passes, pace.step_s
+        pick = tokenizers.TokenizerPick(AS_PREPARED, 0, f"the dataset's own BPE of {len(dataset.vocab)} tokens")
+    elif config.tokenizer == "bpe":
+        pick = tokenizers.TokenizerPick("bpe", tokenizers.BPE_SIZE, f"BPE {tokenizers.BPE_SIZE}, as asked")
+    else:
+        why = (f"BPE {tokenizers.BPE_SIZE}: read about {passes:.1f} times in {config.budget / 60:.3g} min, where a "
+               f"BPE has beaten characters by {tokenizers.BPE_GAIN}")  # fmt: skip
+        pick = tokenizers.TokenizerPick("bpe", tokenizers.BPE_SIZE, why)
+    return pick, passes, pace.step_s, changes
 
 
-SLOWEST_MARGIN = 2.0
+def _may_grow(config: TournamentConfig, dataset: Dataset, space: SearchSpace | None) -> bool:
+    """Whether nothing the user fixed or asked for rules the larger default out, on a CPU (where it was measured)."""
+    as_bpe = dataset.vocab.kind == "bpe"
+    wanted = config.tokenizer in ("auto", "bpe") or (config.tokenizer == "prepared" and as_bpe)
+    fixed = set(config.overrides) & {*GROWN_SHAPE, "head_size", "init_from"}
+    cpu = device_kind(config.device) == "cpu"
+    return (
+        wanted
+        and not fixed
+        and cpu
+        and config.search_rungs != 1
+        and _space_holds(space or SearchSpace.for_budget("cpu"))
+    )
+
+
+def _fits(budget_s: float, fastest_s: float, slowest_s: float, passes_a_step: float) -> bool:
+    """Whether a step taking `fastest_s` to `slowest_s` may train within the window in `budget_s`."""
+    most, least = budget_s / fastest_s, budget_s / slowest_s  # steps
+    enough = most >= GROWN_MIN_STEPS and most * passes_a_step >= GROWN_MIN_PASSES
+    return enough and least * passes_a_step <= tokenizers.MAX_BPE_PASSES
 
 
 def _step_flops(params: dict[str, Any], vocab_size: int) -> float:
@@ -125,7 +140,7 @@ def _step_flops(params: dict[str, Any], vocab_size: int) -> float:
 
 
 def _space_holds(space: SearchSpace) -> bool:
-    """Whether `space` holds the larger shape (a GPU's space is another; a user's may be narrower)."""
+    """Whether `space` holds the larger shape (a user's may be narrower)."""
     head_size = GROWN_SHAPE["n_embd"] // GROWN_SHAPE["n_head"]
     checks = {**{k: v for k, v in GROWN_SHAPE.items() if k != "n_embd"}, "head_size": head_size}
     return all(space.allows(name, value) for name, value in checks.items())

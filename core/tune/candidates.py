@@ -111,9 +111,9 @@ def first_candidates(
     space: SearchSpace, count: int, seed: int, overrides: dict[str, Any] | None = None, changes: dict | None = None
 ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(params, the space's values of them) of a first rung: the default configuration (with the plan's
-    `changes`: its tokenizer, a larger shape), its `neighbours` that the space allows, then a seeded random sample of the space (the random
-    start-up phase of a seeded TPE sampler). A candidate the space cannot express records no values (the
-    default, often)."""
+    `changes`: its tokenizer, a larger shape), its `neighbours` that the space allows, then a seeded random
+    sample of the space (the random start-up phase of a seeded TPE sampler). A candidate the space cannot
+    express records no values (the default, often)."""
     default = default_params(overrides) | (changes or {})
     out: list[tuple[dict[str, Any], dict[str, Any]]] = [(default, {})]
     other = []  # the tokenizer the plan searches beside the default's, as the second candidate
@@ -162,7 +162,7 @@ def init_tournament(
     tokenizer, space = _tokenizer_space(plan.tokenizer, space)
     study.set_user_attr(PLAN_ATTR, plan.to_json())
     study.set_user_attr("search_space", space.to_json())
-    changes = tokenizer | plan.grown.get("params", {})  # the plan's default: its tokenizer, a larger shape
+    changes = tokenizer | plan.grown.get("params", {})  # a long budget's default is larger (core.tune.budget)
     firsts = first_candidates(space, plan.rungs[0].candidates, seed, overrides, changes)
     for candidate, (params, fixed) in enumerate(firsts):
         study.enqueue_trial(

@@ -64,8 +64,8 @@ class Plan:
 
     @property
     def final_step_s(self) -> float:
-        """The expected pace of the final rung's model."""
-        return self.grown.get("step_s") or self.step_s * self.final_token_scale
+        """The expected pace of the final rung's model (a plan without search trains its default as it is)."""
+        return self.grown.get("step_s") or self.step_s * (self.final_token_scale if self.searches else 1)
 
     @property
     def searches(self) -> bool:
@@ -86,8 +86,8 @@ class Plan:
     def _rungs_text(self) -> str:
         if not self.searches:
             return self.note or "no search: the default configuration trains for all of the budget"
-        grown = "context (or batch)" if self.final_longer_context else "batch"
-        final = "1 x the rest" + (f" at {self.final_token_scale}x its {grown}" if self.final_token_scale > 1 else "")
+        larger = "context (or batch)" if self.final_longer_context else "batch"
+        final = "1 x the rest" + (f" at {self.final_token_scale}x its {larger}" if self.final_token_scale > 1 else "")
         parts = [f"{r.candidates} x {r.seconds:.0f}s" for r in self.rungs[:-1]] + [final]
         return f"{len(self.rungs)} rungs: " + ", then ".join(parts)
 
@@ -101,8 +101,8 @@ class Plan:
         first, *rest = self.rungs[:-1]
         parts = [f"{first.candidates} candidates train {_clock(first.seconds)} each"]
         parts += [f"the best {r.candidates} go on for {_clock(r.seconds)} more" for r in rest]
-        grown = " at twice its context" if self.final_token_scale > 1 and self.final_longer_context else ""
-        said = ", then ".join(parts) + f"; the winner trains for the last {_clock(final_s)}{grown} and is saved"
+        longer = " at twice its context" if self.final_token_scale > 1 and self.final_longer_context else ""
+        said = ", then ".join(parts) + f"; the winner trains for the last {_clock(final_s)}{longer} and is saved"
         said = self.tokenizer_text() + said
         return f"{said} ({self.note})" if self.note else said
 

@@ -172,9 +172,9 @@ def _run_rung(run: Running, trial: optuna.Trial) -> None:
     if owned.check():
         return end(None, _abandoned(trial))
     pace = watch.pace()
-    measured_default = rung == 0 and candidate == 0 and not run.plan.grown and dataset is run.dataset
-    if measured_default and pace is not None:
-        record_observed_speed(run.config, run.dataset, pace)
+    measured = rung == 0 and candidate == 0 and (run.plan.grown or dataset is run.dataset)  # a pace the plan read
+    if measured and pace is not None:
+        record_observed_speed(run.config, run.dataset, pace, run.plan.grown.get("changes"))
     if _record_rung(run, trial, score, final, watch, started):
         end(score)
 

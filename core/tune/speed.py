@@ -39,8 +39,9 @@ def measure_step_s(config: TournamentConfig, dataset: Dataset, changes: dict[str
     """Seconds a step of the default model (with `changes`, `_model_configs`) takes here: the median step of the
     quiet blocks among TIMED_BLOCKS blocks of BLOCK_STEPS steps timed after WARM_STEPS (allocations, the first
     kernels). Another process on the cores (the browser drawing the page that asked) only ever slows steps: a
-    block over QUIET_MARGIN times the fastest block's pace was disturbed. The fastest block alone reads low against the run; the median of the
-    quiet ones does not. Eagerly: where the run compiles, it does so because compiled steps are faster."""
+    block over QUIET_MARGIN times the fastest block's pace was disturbed. The fastest block alone reads low
+    against the run; the median of the quiet ones does not. Eagerly: where the run compiles, it does so because
+    compiled steps are faster."""
     model_config, train_config = _model_configs(config, dataset, changes)
     steps = WARM_STEPS + TIMED_BLOCKS * BLOCK_STEPS + 1
     train_config = replace_known(train_config, {"max_iters": steps, "max_minutes": 0.0, "warmup_iters": 0,
@@ -106,10 +107,13 @@ def measured_speed(
     return speed
 
 
-def record_observed_speed(config: TournamentConfig, dataset: Dataset, step_s: float) -> None:
-    """The default model's pace as a run found it, over the measured one when they differ by more than
-    OBSERVED_MARGIN: the next plan rests on what the machine did, not on a measurement the run disproved."""
-    key, known = _speed_key(config, dataset), _known_speeds(config)
+def record_observed_speed(
+    config: TournamentConfig, dataset: Dataset, step_s: float, changes: dict[str, Any] | None = None
+) -> None:
+    """The default model's pace (with `changes`) as a run found it, over the measured one when they differ by
+    more than OBSERVED_MARGIN: the next plan rests on what the machine did, not on a measurement the run
+    disproved."""
+    key, known = _speed_key(config, dataset, changes), _known_speeds(config)
     with contextlib.suppress(TypeError):
         speed = Speed(**known[key]) if isinstance(known.get(key), dict) else None
         if speed is not None and abs(step_s / speed.step_s - 1) > OBSERVED_MARGIN:
