@@ -25,6 +25,7 @@ from core.tune.speed import Speed, measured_speed, recorded_plan
 from core.variants import AS_PREPARED
 
 GROWN_SHAPE = {"n_layer": 6, "n_head": 4, "n_embd": 256, "block_size": 256}  # the CPU search space's largest
+GROWN_RATES = {"muon_lr": 0.01}  # the rate the long tournaments' winners chose (RESULTS.md); a user's wins
 # Where it trains: reading the text GROWN_MIN_PASSES to MAX_BPE_PASSES times (as `expected_passes` estimates them;
 # past MAX_BPE_PASSES a BPE overfits) in at least GROWN_MIN_STEPS steps, around where it was measured to win.
 GROWN_MIN_PASSES, GROWN_MIN_STEPS = 4.0, 2_500
@@ -67,12 +68,13 @@ def choose_plan(
     shape = GROWN_SHAPE
     note = (
         f"no search: a larger model ({shape['n_layer']} layers of {shape['n_embd']}, context {shape['block_size']} "
-        f"tokens, {step_s * 1000:.0f} ms a step) trains for the whole budget and reads the text about {passes:.1f} "
-        "times; one this size beat a search of smaller models"
+        f"tokens, {step_s * 1000:.0f} ms a step, about {passes:.1f} passes over the text) trains for the whole budget: "
+        "one this size beat a search of smaller models"
     )
+    params = shape | {k: v for k, v in GROWN_RATES.items() if k not in config.overrides}
     plan = make_plan(config.budget, speed.step_s, [Rung(1, 0.0)], workers=workers, note=note,
                      slice_overhead_s=SLICE_OVERHEAD_S + speed.score_s,
-                     grown={"params": shape, "step_s": step_s, "changes": changes})  # fmt: skip
+                     grown={"params": params, "step_s": step_s, "changes": changes})  # fmt: skip
     return plan, pick
 
 
@@ -106,8 +108,8 @@ def grown_default(
     elif config.tokenizer == "bpe":
         pick = tokenizers.TokenizerPick("bpe", tokenizers.BPE_SIZE, f"BPE {tokenizers.BPE_SIZE}, as asked")
     else:
-        why = (f"BPE {tokenizers.BPE_SIZE}: read about {passes:.1f} times in {config.budget / 60:.3g} min, where a "
-               f"BPE has beaten characters by {tokenizers.BPE_GAIN}")  # fmt: skip
+        why = (f"BPE {tokenizers.BPE_SIZE}: a BPE has beaten characters by {tokenizers.BPE_GAIN} where a budget "
+               "read the text a few times")  # fmt: skip
         pick = tokenizers.TokenizerPick("bpe", tokenizers.BPE_SIZE, why)
     return pick, passes, pace.step_s, changes
 
