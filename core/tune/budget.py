@@ -25,7 +25,6 @@ from core.tune.speed import Speed, measured_speed, recorded_plan
 from core.variants import AS_PREPARED
 
 GROWN_SHAPE = {"n_layer": 6, "n_head": 4, "n_embd": 256, "block_size": 256}  # the CPU search space's largest
-GROWN_RATES = {"muon_lr": 0.01}  # the rate the long tournaments' winners chose (RESULTS.md); a user's wins
 # Where it trains: reading the text GROWN_MIN_PASSES to MAX_BPE_PASSES times (as `expected_passes` estimates them;
 # past MAX_BPE_PASSES a BPE overfits) in at least GROWN_MIN_STEPS steps, around where it was measured to win.
 GROWN_MIN_PASSES, GROWN_MIN_STEPS = 4.0, 2_500
@@ -71,10 +70,9 @@ def choose_plan(
         f"tokens, {step_s * 1000:.0f} ms a step, about {passes:.1f} passes over the text) trains for the whole budget: "
         "one this size beat a search of smaller models"
     )
-    params = shape | {k: v for k, v in GROWN_RATES.items() if k not in config.overrides}
     plan = make_plan(config.budget, speed.step_s, [Rung(1, 0.0)], workers=workers, note=note,
                      slice_overhead_s=SLICE_OVERHEAD_S + speed.score_s,
-                     grown={"params": params, "step_s": step_s, "changes": changes})  # fmt: skip
+                     grown={"params": shape, "step_s": step_s, "changes": changes})  # fmt: skip
     return plan, pick
 
 

@@ -10,7 +10,7 @@ from core.data import Dataset
 from core.tune import budget as budgets
 from core.tune import record
 from core.tune import tokenizer as tokenizers
-from core.tune.budget import GROWN_RATES, GROWN_SHAPE, choose_plan
+from core.tune.budget import GROWN_SHAPE, choose_plan
 from core.tune.config import TournamentConfig
 from core.tune.plan import Plan
 from core.tune.record import prepare_tournament
@@ -53,7 +53,7 @@ def test_a_long_budget_on_a_bpe_trains_the_larger_default_for_all_of_it(tmp_path
     pace["step_s"] = grown_pace(dataset, config.budget, passes=6)
     default = Speed(config.budget / 300, 0.1)  # a pace that leaves room for a search
     plan, pick = choose_plan(config, dataset, default)
-    assert not plan.searches and plan.grown["params"] == GROWN_SHAPE | GROWN_RATES
+    assert not plan.searches and plan.grown["params"] == GROWN_SHAPE
     assert plan.grown["step_s"] == pace["step_s"]
     assert plan.final_step_s == pace["step_s"]  # its checkpoints are spaced by its own pace
     assert pick.params == {"tokenizer": "bpe", "vocab_size": tokenizers.BPE_SIZE} and "a few times" in pick.why
@@ -105,8 +105,7 @@ def test_the_larger_default_is_the_tournaments_only_candidate(tmp_path, dataset_
     params = study.trials[0].user_attrs["params"]
     assert {k: params[k] for k in GROWN_SHAPE} == GROWN_SHAPE and params["tokenizer"] == "bpe"
     assert params["vocab_size"] == 300 and "built in" in plan.summary()
-    assert params["muon_lr"] == GROWN_RATES["muon_lr"]
-    mine = config_for(tmp_path, dataset_dir, study="mine", overrides={"muon_lr": 0.03})  # a rate the user fixed wins
+    mine = config_for(tmp_path, dataset_dir, study="mine", overrides={"muon_lr": 0.03})  # a rate the user fixed
     study, plan = prepare_tournament(mine, SearchSpace.for_budget("cpu"))
     assert plan.grown and study.trials[0].user_attrs["params"]["muon_lr"] == 0.03
 
