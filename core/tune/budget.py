@@ -27,7 +27,7 @@ from core.variants import AS_PREPARED
 GROWN_SHAPE = {"n_layer": 6, "n_head": 4, "n_embd": 256, "block_size": 256}  # the CPU search space's largest
 # Where it trains: reading the text GROWN_MIN_PASSES to MAX_BPE_PASSES times (as `expected_passes` estimates them;
 # past MAX_BPE_PASSES a BPE overfits) in at least GROWN_MIN_STEPS steps, around where it was measured to win.
-GROWN_MIN_PASSES, GROWN_MIN_STEPS = 4.0, 2_500
+GROWN_MIN_PASSES, GROWN_MIN_STEPS = 4.0, 2_000
 # Its step against the default's, bounded by their arithmetic before it is measured: at least 1/FASTEST_SHARE
 # and at most SLOWEST_SHARE of the ratio of their FLOPs a step (a small model is bound by overheads more; the
 # measured ratio was about half the arithmetic's, RESULTS.md), so that budgets it cannot fit measure nothing.
