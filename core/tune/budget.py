@@ -131,7 +131,8 @@ def _fits(budget_s: float, fastest_s: float, slowest_s: float, passes_a_step: fl
     """Whether a step taking `fastest_s` to `slowest_s` may train within the window in `budget_s`."""
     most, least = budget_s / fastest_s, budget_s / slowest_s  # steps
     enough = most >= GROWN_MIN_STEPS and most * passes_a_step >= GROWN_MIN_PASSES
-    return enough and least * passes_a_step <= tokenizers.MAX_BPE_PASSES
+    possible = GROWN_MIN_STEPS * passes_a_step <= tokenizers.MAX_BPE_PASSES  # a small text: too many passes first
+    return enough and possible and least * passes_a_step <= tokenizers.MAX_BPE_PASSES
 
 
 def _step_flops(params: dict[str, Any], vocab_size: int) -> float:

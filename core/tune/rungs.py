@@ -172,8 +172,7 @@ def _run_rung(run: Running, trial: optuna.Trial) -> None:
     if owned.check():
         return end(None, _abandoned(trial))
     pace = watch.pace()
-    measured = rung == 0 and candidate == 0 and (run.plan.grown or dataset is run.dataset)  # a pace the plan read
-    if measured and pace is not None:
+    if rung == 0 and candidate == 0 and pace is not None and paced_by_plan(run.plan, dataset is run.dataset):
         record_observed_speed(run.config, run.dataset, pace, run.plan.grown.get("changes"))
     if _record_rung(run, trial, score, final, watch, started):
         end(score)
@@ -221,6 +220,12 @@ def _train_rung(run: Running, trial, final: bool, owned: _Ownership, watch: _Run
                                              fixed=set(run.config.overrides or {}))  # fmt: skip
     score = _final_rung(trial, run.plan, model_config, train_config, dataset, folder, run.final_dir, owned, rung, watch)
     return score, dataset
+
+
+def paced_by_plan(plan: Plan, on_its_dataset: bool) -> bool:
+    """Whether the first candidate's pace is one the plan read, so its run may correct it: the default's on the
+    tournament's dataset, or a larger default's under its own key (a plan recorded before it had one: none)."""
+    return bool(plan.grown.get("changes")) if plan.grown else on_its_dataset
 
 
 def _record_rung(run: Running, trial, score: float, final: bool, watch: _RungWatch, started: float) -> bool:

@@ -10,17 +10,18 @@ from core.data import Dataset
 from core.tune import budget as budgets
 from core.tune import record
 from core.tune import tokenizer as tokenizers
-from core.tune.budget import GROWN_SHAPE, choose_plan
+from core.tune.budget import GROWN_SHAPE, choose_plan, plan_for
 from core.tune.config import TournamentConfig
-from core.tune.plan import Plan
+from core.tune.plan import Plan, Rung, make_plan
 from core.tune.record import prepare_tournament
+from core.tune.rungs import paced_by_plan
 from core.tune.space import IntRange, SearchSpace
 from core.tune.speed import Speed, measured_speed, record_observed_speed
 
 
 def config_for(tmp_path, dataset_dir, **fields) -> TournamentConfig:
     values = {"study": "grown", "storage": f"sqlite:///{tmp_path / 's.db'}", "budget": 1800, "data_dir": str(dataset_dir),
-              "runs_dir": str(tmp_path / "runs")}  # fmt: skip
+              "runs_dir": str(tmp_path / "runs"), "device": "cpu"}  # fmt: skip
     return TournamentConfig(**(values | fields))
 
 
@@ -56,6 +57,9 @@ def test_a_long_budget_on_a_bpe_trains_the_larger_default_for_all_of_it(tmp_path
     assert not plan.searches and plan.grown["params"] == GROWN_SHAPE
     assert plan.grown["step_s"] == pace["step_s"]
     assert plan.final_step_s == pace["step_s"]  # its checkpoints are spaced by its own pace
+    usual = plan_for(config, Speed(0.1, 0.1))
+    assert usual.searches and usual.final_step_s == 0.1 * usual.final_token_scale  # the winner at a longer context
+    assert plan_for(config_for(tmp_path, dataset_dir, budget=30), Speed(0.1, 0.1)).final_step_s == 0.1
     assert pick.params == {"tokenizer": "bpe", "vocab_size": tokenizers.BPE_SIZE} and "a few times" in pick.why
     assert asked[-1]["changes"] == GROWN_SHAPE | {"vocab_size": tokenizers.BPE_SIZE}  # timed at the BPE's size
     plan.tokenizer = pick.to_json()
@@ -105,7 +109,7 @@ def test_the_larger_default_is_the_tournaments_only_candidate(tmp_path, dataset_
     params = study.trials[0].user_attrs["params"]
     assert {k: params[k] for k in GROWN_SHAPE} == GROWN_SHAPE and params["tokenizer"] == "bpe"
     assert params["vocab_size"] == 300 and "built in" in plan.summary()
-    mine = config_for(tmp_path, dataset_dir, study="mine", overrides={"muon_lr": 0.03})  # a rate the user fixed
+    mine = config_for(tmp_path, dataset_dir, study="mine", overrides={"muon_lr": 0.03})  # a field beside its shape
     study, plan = prepare_tournament(mine, SearchSpace.for_budget("cpu"))
     assert plan.grown and study.trials[0].user_attrs["params"]["muon_lr"] == 0.03
 
@@ -122,3 +126,12 @@ def test_the_larger_models_pace_is_kept_apart_from_the_defaults(tmp_path, datase
     record_observed_speed(config, dataset, other.step_s * 2, small)  # what its run found corrects it alone
     assert measured_speed(config, dataset, measure=False, changes=small).step_s == other.step_s * 2
     assert measured_speed(config, dataset, measure=False) == default
+
+
+def test_a_runs_pace_corrects_only_the_pace_its_plan_read():
+    plan = Plan.from_json(make_plan(1800, 0.05, [Rung(1, 0.0)]).to_json())
+    assert paced_by_plan(plan, True) and not paced_by_plan(plan, False)  # the default, on a tokenizer it tried
+    plan.grown = {"params": GROWN_SHAPE, "step_s": 0.6, "changes": GROWN_SHAPE | {"vocab_size": 2048}}
+    assert paced_by_plan(plan, False)  # the larger default on its BPE: under its own key
+    plan.grown = {"params": GROWN_SHAPE, "step_s": 0.6}  # recorded before the key existed: not the default's pace
+    assert not paced_by_plan(plan, True)
