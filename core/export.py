@@ -31,6 +31,7 @@ from core.card import CARD, write_card
 from core.checkpoint import VOCAB_TXT, WEIGHTS, LoadedModel, ModelError, load_model, read_config, resolve_model
 from core.fileio import fsync_dir
 from core.hf import HF_DIR, HF_PACKAGES, check_hf, write_hf_folder
+from core.logit_check import worst_logit_difference
 from core.model import GPT
 from core.runs import shown_model
 
@@ -101,28 +102,17 @@ def write_onnx(model: GPT, path: Path) -> None:
 
 
 def max_logit_difference(model: GPT, onnx_path: Path, seed: int = 0) -> float:
-    """The largest absolute difference between PyTorch's and onnxruntime's logits over random windows of
-    several batch sizes and lengths, the full context included."""
+    """The largest absolute difference between PyTorch's and onnxruntime's logits (core.logit_check)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    generator = torch.Generator().manual_seed(seed)
-    block, vocab = model.config.block_size, model.config.vocab_size
-    worst = 0.0
-    for batch, length in ((1, 1), (1, block), (3, max(1, block // 2)), (4, block)):
-        ids = torch.randint(0, vocab, (batch, length), generator=generator)
-        with torch.no_grad():
-            expected = _Logits(model)(ids).numpy()
-        got = session.run(["logits"], {"input_ids": ids.numpy()})[0]
-        if got.shape != expected.shape:
-            raise ExportError(f"the ONNX graph returned logits of shape {got.shape}, PyTorch {expected.shape}")
-        if not (np.isfinite(expected).all() and np.isfinite(got).all()):
-            raise ExportError("the model's logits are not finite numbers (NaN or infinite weights); the export "
-                              "was not kept: retrain or restore the model")  # fmt: skip
-        worst = max(worst, float(np.abs(got - expected).max()))
-    return worst
+
+    def theirs(ids: torch.Tensor) -> np.ndarray:
+        return session.run(["logits"], {"input_ids": ids.numpy()})[0]
+
+    return worst_logit_difference(model, theirs, "the ONNX graph", ExportError, seed)
 
 
 LEFTOVER_PREFIXES = (".tmp-export-", ".tmp-old-export-")

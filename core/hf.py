@@ -30,6 +30,7 @@ from core.bpe import TOKENIZER_JSON
 from core.card import read_card
 from core.checkpoint import LoadedModel, ModelError, weights_for_saving
 from core.config import ModelConfig
+from core.logit_check import worst_logit_difference
 from core.sampling import SamplingConfig
 
 HF_DIR = "hf"
@@ -167,19 +168,10 @@ def check_hf(loaded: LoadedModel, folder: Path, seed: int = 0) -> HfCheck:
     hf_logging.set_verbosity_error()
     remote = not is_gpt2(loaded.model.config)
     theirs = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=remote).eval()
-    generator = torch.Generator().manual_seed(seed)
-    block, vocab = loaded.model.config.block_size, loaded.model.config.vocab_size
-    worst = 0.0
-    for batch, length in ((1, 1), (1, block), (3, max(1, block // 2)), (2, block)):
-        ids = torch.randint(0, vocab, (batch, length), generator=generator)
-        with torch.no_grad():
-            ours, got = loaded.model(ids)[0].float(), theirs(input_ids=ids).logits.float()
-        if got.shape != ours.shape:
-            raise ModelError(f"transformers returned logits of shape {tuple(got.shape)}, PyTorch {tuple(ours.shape)}")
-        if not (torch.isfinite(got).all() and torch.isfinite(ours).all()):
-            raise ModelError("the model's logits are not finite numbers (NaN or infinite weights); the export was "
-                             "not kept: retrain or restore the model")  # fmt: skip
-        worst = max(worst, float((got - ours).abs().max()))
+    worst = worst_logit_difference(
+        loaded.model, lambda ids: theirs(input_ids=ids).logits, "transformers", ModelError, seed
+    )
+    block = loaded.model.config.block_size
     generate = pipeline("text-generation", model=str(folder), trust_remote_code=remote, device="cpu")
     torch.manual_seed(seed)
     prompt = "\n" if not loaded.vocab.unknown("\n") else loaded.vocab.chars[0]  # a text without line ends

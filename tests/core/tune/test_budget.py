@@ -10,7 +10,7 @@ from core.data import Dataset
 from core.tune import budget as budgets
 from core.tune import record
 from core.tune import tokenizer as tokenizers
-from core.tune.budget import GROWN_SHAPE, choose_plan, plan_for
+from core.tune.budget import GROWN_RECIPE, GROWN_SHAPE, choose_plan, plan_for
 from core.tune.config import TournamentConfig
 from core.tune.plan import Plan, Rung, make_plan
 from core.tune.record import prepare_tournament
@@ -54,7 +54,7 @@ def test_a_long_budget_on_a_bpe_trains_the_larger_default_for_all_of_it(tmp_path
     pace["step_s"] = grown_pace(dataset, config.budget, passes=6)
     default = Speed(config.budget / 300, 0.1)  # a pace that leaves room for a search
     plan, pick = choose_plan(config, dataset, default)
-    assert not plan.searches and plan.grown["params"] == GROWN_SHAPE
+    assert not plan.searches and plan.grown["params"] == GROWN_SHAPE | GROWN_RECIPE
     assert plan.grown["step_s"] == pace["step_s"]
     assert plan.final_step_s == pace["step_s"]  # its checkpoints are spaced by its own pace
     usual = plan_for(config, Speed(0.1, 0.1))
@@ -109,9 +109,12 @@ def test_the_larger_default_is_the_tournaments_only_candidate(tmp_path, dataset_
     params = study.trials[0].user_attrs["params"]
     assert {k: params[k] for k in GROWN_SHAPE} == GROWN_SHAPE and params["tokenizer"] == "bpe"
     assert params["vocab_size"] == 300 and "built in" in plan.summary()
-    mine = config_for(tmp_path, dataset_dir, study="mine", overrides={"muon_lr": 0.03})  # a field beside its shape
-    study, plan = prepare_tournament(mine, SearchSpace.for_budget("cpu"))
-    assert plan.grown and study.trials[0].user_attrs["params"]["muon_lr"] == 0.03
+    assert params["muon_weight_decay"] == GROWN_RECIPE["muon_weight_decay"]
+    mine = {"muon_lr": 0.03, "muon_weight_decay": 0.0}  # fields beside its shape: the user's own win
+    study, plan = prepare_tournament(
+        config_for(tmp_path, dataset_dir, study="mine", overrides=mine), SearchSpace.for_budget("cpu")
+    )
+    assert plan.grown and {k: study.trials[0].user_attrs["params"][k] for k in mine} == mine
 
 
 def test_the_larger_models_pace_is_kept_apart_from_the_defaults(tmp_path, dataset_dir):
