@@ -11,6 +11,7 @@ from core.tune import budget as budgets
 from core.tune import record
 from core.tune import tokenizer as tokenizers
 from core.tune.budget import GROWN_RECIPE, GROWN_SHAPE, choose_plan, plan_for
+from core.tune.candidates import candidate_configs
 from core.tune.config import TournamentConfig
 from core.tune.plan import Plan, Rung, make_plan
 from core.tune.record import prepare_tournament
@@ -109,7 +110,8 @@ def test_the_larger_default_is_the_tournaments_only_candidate(tmp_path, dataset_
     params = study.trials[0].user_attrs["params"]
     assert {k: params[k] for k in GROWN_SHAPE} == GROWN_SHAPE and params["tokenizer"] == "bpe"
     assert params["vocab_size"] == 300 and "built in" in plan.summary()
-    assert params["muon_weight_decay"] == GROWN_RECIPE["muon_weight_decay"]
+    _, train_config = candidate_configs(params, config, 0, params["vocab_size"])
+    assert train_config.muon_weight_decay == GROWN_RECIPE["muon_weight_decay"]  # what its trainer gets
     mine = {"muon_lr": 0.03, "muon_weight_decay": 0.0}  # fields beside its shape: the user's own win
     study, plan = prepare_tournament(
         config_for(tmp_path, dataset_dir, study="mine", overrides=mine), SearchSpace.for_budget("cpu")
