@@ -44,12 +44,17 @@ def bible_text() -> str:
 
 
 def plays_1mb_text() -> str:
-    plays: list[str] = []
+    """Whole plays of the default corpus, in its order, while they fit in SMALL_CHARS (the first one always)."""
+    plays, total = [], 0
     for _, text in iter_default_corpus():
-        if sum(map(len, plays)) + len(text) > SMALL_CHARS and plays:
+        total += len(text)
+        if total > SMALL_CHARS and plays:
             break
         plays.append(text)
     return "".join(plays)
+
+
+TEXTS = {"bible": bible_text, "plays-1mb": plays_1mb_text}  # the corpora that are not the default one
 
 
 def corpus_dir(name: str) -> Path:
@@ -64,6 +69,6 @@ def corpus_dir(name: str) -> Path:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             source = Path(tmp) / f"{name}.txt"
-            source.write_text(bible_text() if name == "bible" else plays_1mb_text(), encoding="utf-8")
+            source.write_text(TEXTS[name](), encoding="utf-8")
             prepare([source], folder)
     return folder
