@@ -27,7 +27,7 @@ from core.variants import AS_PREPARED
 GROWN_SHAPE = {"n_layer": 6, "n_head": 4, "n_embd": 256, "block_size": 256}  # the CPU search space's largest
 # What it trains with besides, where the user fixed nothing else: it reads the text a few times and overfits, and a
 # decoupled weight decay of its hidden matrices scored lower where it was measured (RESULTS.md).
-GROWN_RECIPE = {"muon_weight_decay": 0.02}
+GROWN_RECIPE = {"muon_weight_decay": 0.04}
 # Where it trains: reading the text GROWN_MIN_PASSES to MAX_BPE_PASSES times (as `expected_passes` estimates them;
 # past MAX_BPE_PASSES a BPE overfits) in at least GROWN_MIN_STEPS steps, around where it was measured to win.
 GROWN_MIN_PASSES, GROWN_MIN_STEPS = 4.0, 2_000
