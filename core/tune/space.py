@@ -124,7 +124,7 @@ class SearchSpace:
             batch_size=Choice((12, 16, 24)),
             block_size=Choice((64, 128, 256)),
             lr=FloatRange(5e-4, 3e-3, log=True),
-            muon_lr=FloatRange(0.004, 0.04, log=True),  # 0.005 beat 0.01 and 0.02 at 4 minutes (docs/tuning.md)
+            muon_lr=FloatRange(0.004, 0.04, log=True),  # the long tournaments chose 0.005-0.01 (RESULTS.md)
         )
 
     @classmethod

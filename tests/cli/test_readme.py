@@ -42,7 +42,7 @@ def test_every_everyday_command_of_the_readme_runs(tmp_path):
     for argv in readme_commands():
         if argv[2].startswith("--"):  # the workbench: parsed as typed, not served
             args = build_parser().parse_args([re.sub(r"^~", str(tmp_path), a) for a in argv[2:]])
-            assert args.command is None and args.allow_dir == [f"{tmp_path}/corpora"] and args.port == 8000
+            assert args.command is None and args.allow_dir == [f"{tmp_path}/corpora"] and args.port == 7861
             continue
         result = run_app(*tiny(argv), cwd=tmp_path, stdin="To be\nquit\n", timeout=600)
         assert result.returncode == 0, f"{shlex.join(argv)}:\n{result.stderr[-2000:]}"
