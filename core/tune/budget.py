@@ -68,12 +68,13 @@ def choose_plan(
         return plan, tokenizers.pick_tokenizer(config, dataset, speed.step_s).for_plan(plan.searches)
     pick, passes, step_s, changes = grown
     shape = GROWN_SHAPE
+    params = shape | {k: v for k, v in GROWN_RECIPE.items() if k not in config.overrides}
+    decay = f", weight decay {params['muon_weight_decay']:g} of its matrices" if "muon_weight_decay" in params else ""
     note = (
         f"no search: a larger model ({shape['n_layer']} layers of {shape['n_embd']}, context {shape['block_size']} "
-        f"tokens, {step_s * 1000:.0f} ms a step, about {passes:.1f} passes over the text) trains for the whole budget: "
-        "one this size beat a search of smaller models"
+        f"tokens, {step_s * 1000:.0f} ms a step, about {passes:.1f} passes over the text{decay}) trains for the whole "
+        "budget: one this size beat a search of smaller models"
     )
-    params = shape | {k: v for k, v in GROWN_RECIPE.items() if k not in config.overrides}
     plan = make_plan(config.budget, speed.step_s, [Rung(1, 0.0)], workers=workers, note=note,
                      slice_overhead_s=SLICE_OVERHEAD_S + speed.score_s,
                      grown={"params": params, "step_s": step_s, "changes": changes})  # fmt: skip

@@ -66,7 +66,7 @@ def test_a_long_budget_on_a_bpe_trains_the_larger_default_for_all_of_it(tmp_path
     plan.tokenizer = pick.to_json()
     said = plan.summary()
     assert said.startswith("BPE 2048: a BPE has beaten") and "a larger model (6 layers of 256" in said
-    assert "about 6.0 passes over the text) trains for the whole budget" in said
+    assert "about 6.0 passes over the text, weight decay 0.04 of its matrices) trains for the whole budget" in said
     assert Plan.from_json(plan.to_json()).grown == plan.grown  # a restarted tournament goes on with it
     forced, forced_pick = choose_plan(config_for(tmp_path, dataset_dir, tokenizer="bpe"), dataset, default)
     assert forced.grown and forced_pick.why == "BPE 2048, as asked"
