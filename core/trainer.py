@@ -219,9 +219,12 @@ def train(
     dataset: Dataset | None = None,
     dist: DistContext = SINGLE,
     budget_spans_resumes: bool = True,
+    score_whole_split: bool = True,
 ) -> TrainResult:
     """Train a model; with `out_dir`, checkpoint and save it there (see core.checkpoint for the layout).
     `max_minutes` is the run's across its resumes (`budget_spans_resumes`), or this call's (a tournament's slice).
+    A saved model is scored over the whole validation split unless `score_whole_split` is False (a tournament's
+    exploration slice, scored on a sample instead: the whole split cost more than the slice trained).
 
     Under torchrun (`dist.enabled`) every rank trains on its own random windows, gradients are averaged,
     and only rank 0 writes checkpoints, metrics and the model; the global batch is
@@ -239,7 +242,7 @@ def train(
             (run.hooks.on_status or log.debug)(note)
     _begin(run, info, budget_spans_resumes)
     try:
-        return _finish(run, _loop(run))
+        return _finish(run, _loop(run), score_whole_split)
     finally:
         if run.tracker:
             _finish_tracker(run)
@@ -569,7 +572,7 @@ def _save(run: Run) -> None:
         ) from err
 
 
-def _finish(run: Run, stop_reason: str) -> TrainResult:
+def _finish(run: Run, stop_reason: str, score_whole_split: bool = True) -> TrainResult:
     """Score the kept weights over the whole validation split (the one figure the card, evaluate and tables
     show), save, and say what the run reached."""
     if run.dist.enabled:
@@ -577,7 +580,7 @@ def _finish(run: Run, stop_reason: str) -> TrainResult:
             "world_size": run.dist.world_size,
             "ranks_agree": run.dist.same_everywhere(run.model),
         }
-    if run.writes:
+    if run.writes and score_whole_split:
         weights = run.best_weights or ckpt.weights_for_saving(run.model)
         scored = score_kept_weights(weights, run.model_config, run.dataset, run.device)
         run.kept_score.update(val_loss=scored.nats_per_char, val_chars=scored.chars)

@@ -319,6 +319,7 @@ def _continue(folder: Path, model_config, train_config, dataset, hooks: TrainHoo
         dataset=dataset,
         hooks=hooks,
         budget_spans_resumes=False,  # each slice has its own minutes
+        score_whole_split=False,  # the slice's score is `_score`'s sample; the whole split is the final rung's
     )
 
 

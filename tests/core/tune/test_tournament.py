@@ -23,7 +23,7 @@ from core.tune.candidates import candidate_configs, default_params, first_candid
 from core.tune.config import TournamentConfig, TuningError
 from core.tune.plan import END_MARGIN_S, SLICE_OVERHEAD_S, Plan, budget_minimums, plan_tournament
 from core.tune.record import STOPPED_REASON, _claim_waiting, _requeue_stopped, _rung_trials, prepare_tournament
-from core.tune.rungs import Running, _machine_threads, _run_rung, final_shape, run_tournament
+from core.tune.rungs import Running, _continue, _machine_threads, _run_rung, final_shape, run_tournament
 from core.tune.space import Choice, SearchSpace
 from core.tune.storage import make_storage, open_study
 from core.tune.study import MACHINE_THREADS_ENV, worker_env
@@ -383,3 +383,21 @@ def test_a_rung_reports_its_steps_and_a_stopped_rung_waits_for_the_next_run(tmp_
     _requeue_stopped(study)
     _requeue_stopped(study)  # once only
     assert len(retries()) == 1
+
+
+def test_an_exploration_slice_saves_its_candidate_without_scoring_the_whole_split(
+    tmp_path, tiny_model_config, tiny_train_config, monkeypatch
+):
+    # scoring the whole validation split twice a slice cost more than a short slice trained (RESULTS.md)
+    import core.trainer
+
+    scored = []
+    real = core.trainer.score_kept_weights
+    monkeypatch.setattr(core.trainer, "score_kept_weights", lambda *a, **k: scored.append(1) or real(*a, **k))
+    short = dataclasses.replace(tiny_train_config, max_iters=4)
+    dataset = Dataset(tiny_train_config.data_dir)
+    result = _continue(tmp_path / "candidate", tiny_model_config, short, dataset, TrainHooks())
+    assert scored == [] and result.whole_val_loss is None
+    assert ckpt.latest_checkpoint(tmp_path / "candidate") is not None  # the next rung continues it
+    kept = train(tiny_model_config, short, out_dir=tmp_path / "model")  # a saved model is still scored
+    assert scored == [1] and math.isfinite(kept.whole_val_loss)
