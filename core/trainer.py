@@ -223,8 +223,7 @@ def train(
 ) -> TrainResult:
     """Train a model; with `out_dir`, checkpoint and save it there (see core.checkpoint for the layout).
     `max_minutes` is the run's across its resumes (`budget_spans_resumes`), or this call's (a tournament's slice).
-    A saved model is scored over the whole validation split unless `score_whole_split` is False (a tournament's
-    exploration slice, scored on a sample instead: the whole split cost more than the slice trained).
+    `score_whole_split` False saves without the whole-split score (a tournament's slice: it cost more than it trained).
 
     Under torchrun (`dist.enabled`) every rank trains on its own random windows, gradients are averaged,
     and only rank 0 writes checkpoints, metrics and the model; the global batch is
